@@ -1,0 +1,152 @@
+"""Local training at a client: plain SGD, or DP-SGD through Opacus's PrivacyEngine.
+
+Each round wraps a *fresh* model: Opacus attaches hooks and a ``_module.`` wrapper to
+whatever it makes private, and re-wrapping a module twice stacks them.  The global
+weights are loaded into the plain module before wrapping and read back from the same
+plain module after training, so no ``_module.`` prefix ever reaches a state dict.
+"""
+
+from __future__ import annotations
+
+import math
+import secrets
+from collections import OrderedDict
+from dataclasses import dataclass, fields
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from privfl.config import ExperimentConfig, key_of
+from privfl.privacy.events import PoissonSubsampledGaussian
+
+
+@dataclass(frozen=True)
+class TrainingPlan:
+    """What the server asks every client to do in a round; travels in the train message."""
+
+    local_epochs: int
+    batch_size: int
+    learning_rate: float
+    momentum: float
+    dp: bool
+    noise_multiplier: float
+    max_grad_norm: float
+    grad_sample_mode: str
+
+    @classmethod
+    def from_config(cls, config: ExperimentConfig) -> TrainingPlan:
+        return cls(**{f.name: getattr(config, f.name) for f in fields(cls)})
+
+    def to_record_values(self) -> dict[str, Any]:
+        return {key_of(f.name): getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def from_record_values(cls, values: Any) -> TrainingPlan:
+        missing = [key_of(f.name) for f in fields(cls) if key_of(f.name) not in values]
+        if missing:
+            raise ValueError(f"train message lacks {', '.join(missing)}")
+        return cls(**{f.name: values[key_of(f.name)] for f in fields(cls)})
+
+    def batches_per_epoch(self, num_examples: int) -> int:
+        return max(1, math.ceil(num_examples / self.batch_size))
+
+    def privacy_event(self, num_examples: int) -> PoissonSubsampledGaussian:
+        """The DP event one round of this plan is, for an owner with ``num_examples`` records.
+
+        Opacus's DPDataLoader samples each record with rate 1 / len(data_loader),
+        i.e. 1 / ceil(n / batch_size), and takes len(data_loader) steps per epoch.
+        """
+        batches = self.batches_per_epoch(num_examples)
+        return PoissonSubsampledGaussian(
+            noise_multiplier=float(self.noise_multiplier),
+            sample_rate=1.0 / batches,
+            steps=self.local_epochs * batches,
+        )
+
+
+@dataclass(frozen=True)
+class LocalUpdate:
+    state_dict: OrderedDict[str, torch.Tensor]
+    num_examples: int
+    mean_loss: float  # over non-empty batches; NaN if every batch was empty
+    privacy_event: PoissonSubsampledGaussian | None  # as recorded by Opacus's accountant
+
+
+def train_locally(
+    model: nn.Module,
+    data: TensorDataset,
+    plan: TrainingPlan,
+    device: torch.device,
+    *,
+    seed: int,
+    noise_seed: int | None = None,
+) -> LocalUpdate:
+    """Train ``model`` (already holding the global weights) on ``data`` for one round.
+
+    ``seed`` fixes batch order and Poisson draws (Opacus's DPDataLoader keeps the
+    original loader's generator), so runs are reproducible.  The
+    noise generator is seeded from the OS's entropy unless ``noise_seed`` is given
+    (tests do): noise that anyone can regenerate from a known seed could be
+    subtracted from the update and would protect nothing.
+    """
+    model = model.to(device)
+    model.train()
+    sampling = torch.Generator().manual_seed(seed)
+    loader = DataLoader(data, batch_size=plan.batch_size, shuffle=True, generator=sampling)
+    optimizer = torch.optim.SGD(model.parameters(), lr=plan.learning_rate, momentum=plan.momentum)
+    criterion: Any = nn.CrossEntropyLoss()
+
+    engine = None
+    trained: nn.Module = model
+    if plan.dp:
+        from opacus import PrivacyEngine
+
+        engine = PrivacyEngine(accountant="rdp")  # records steps; privfl composes them itself
+        noise = torch.Generator(device=device).manual_seed(
+            noise_seed if noise_seed is not None else secrets.randbits(63)
+        )
+        common = dict(
+            module=model, optimizer=optimizer, data_loader=loader,
+            noise_multiplier=plan.noise_multiplier, max_grad_norm=plan.max_grad_norm,
+            poisson_sampling=True, noise_generator=noise, grad_sample_mode=plan.grad_sample_mode,
+        )
+        if plan.grad_sample_mode == "ghost":
+            trained, optimizer, criterion, loader = engine.make_private(criterion=criterion, **common)
+        else:
+            trained, optimizer, loader = engine.make_private(**common)
+
+    total_loss, loss_batches = 0.0, 0
+    for _ in range(plan.local_epochs):
+        for features, labels in loader:
+            features, labels = features.to(device), labels.to(device)
+            optimizer.zero_grad(set_to_none=True)
+            loss = criterion(trained(features), labels)
+            loss.backward()
+            # An empty Poisson batch still takes a (noise-only) step: the accountant
+            # counts it, so skipping it would make the accounting overstate privacy.
+            optimizer.step()
+            if len(labels):
+                total_loss += float(loss.detach())
+                loss_batches += 1
+
+    event = _recorded_event(engine, plan) if engine is not None else None
+    state = OrderedDict((k, v.detach().cpu().clone()) for k, v in model.state_dict().items())
+    return LocalUpdate(
+        state_dict=state,
+        num_examples=len(data),
+        mean_loss=total_loss / loss_batches if loss_batches else float("nan"),
+        privacy_event=event,
+    )
+
+
+def _recorded_event(engine: Any, plan: TrainingPlan) -> PoissonSubsampledGaussian:
+    """The round's DP event as Opacus counted it (steps actually taken, rate actually used)."""
+    history = engine.accountant.history
+    if len(history) != 1:
+        raise RuntimeError(f"expected one (noise, rate, steps) entry from Opacus, got {history}")
+    noise, rate, steps = history[0]
+    if noise != plan.noise_multiplier:
+        raise RuntimeError(f"Opacus used noise {noise}, the plan asked for {plan.noise_multiplier}")
+    return PoissonSubsampledGaussian(noise_multiplier=float(noise), sample_rate=float(rate), steps=int(steps))

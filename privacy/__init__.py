@@ -1,0 +1,1 @@
+"""Privacy accounting: DP events as data, accountants that compose them, budgets."""

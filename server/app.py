@@ -1,0 +1,66 @@
+"""privfl's ServerApp: budget-aware FedAvg over the owners, evaluated every round.
+
+Thin on purpose: configuration, strategy, evaluation and history each live in their
+own module; this one wires them for one run.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context
+from flwr.serverapp import Grid, ServerApp
+
+from privfl.client.training import TrainingPlan
+from privfl.config import ExperimentConfig
+from privfl.devices import resolve_device
+from privfl.models import ModelSpec, ensure_privatizable
+from privfl.server import run_dir as artefacts
+from privfl.server.evaluation import make_evaluate_fn
+from privfl.server.history import RunHistory
+from privfl.server.strategy import BudgetAwareFedAvg
+from privfl.simulations.datasets import load_dataset
+
+log = logging.getLogger("privfl.server")
+
+app = ServerApp()
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    config = ExperimentConfig.from_mapping(context.run_config, source="run config")
+    path = artefacts.prepare_run_dir(config)
+    log.info("privfl run directory: %s", path)
+
+    _, test = load_dataset(config.dataset, config.seed)
+    spec = ModelSpec(config.model, test.num_features, test.num_classes)
+    model = spec.build(seed=config.seed)
+    if config.dp:
+        ensure_privatizable(model)  # fail here, once, rather than in every client
+
+    history = RunHistory(experiment=config.experiment, config=config.to_mapping())
+    history_file = path / artefacts.HISTORY
+
+    def on_evaluation(server_round: int, loss: float, accuracy: float) -> None:
+        record = history.round(server_round)
+        record.test_loss, record.test_accuracy = loss, accuracy
+        history.save(history_file)  # evaluation closes a round: persist it now
+
+    strategy = BudgetAwareFedAvg(
+        fraction_train=config.fraction_train, min_owners=config.num_owners, history=history,
+        seed=config.seed,
+    )
+    train_config = ConfigRecord({**TrainingPlan.from_config(config).to_record_values(),
+                                 **spec.to_record_values()})
+    result = strategy.start(
+        grid=grid,
+        initial_arrays=ArrayRecord(model.state_dict()),
+        num_rounds=config.num_rounds,
+        train_config=train_config,
+        evaluate_fn=make_evaluate_fn(spec, test, resolve_device(config.device), on_evaluation),
+    )
+    final = result.arrays if len(result.arrays) else ArrayRecord(model.state_dict())  # no round trained
+    torch.save(final.to_torch_state_dict(), path / artefacts.MODEL)
+    history.save(history_file)
+    log.info("privfl run finished: test accuracy %s, artefacts in %s", history.final_accuracy(), path)

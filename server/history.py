@@ -1,0 +1,105 @@
+"""The run history: what happened each round, written to disk as it happens.
+
+The file is rewritten atomically after every round (temp file + rename), so a crash
+leaves the last complete round on disk, never a half-written file.  Per-owner
+privacy facts come from the owners' receipts and are kept per owner: they are never
+averaged with other owners'.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from privfl.protocol import PrivacyReceipt
+
+
+@dataclass
+class RoundRecord:
+    round: int
+    test_loss: float | None = None
+    test_accuracy: float | None = None
+    train_loss: float | None = None
+    participants: list[str] = field(default_factory=list)
+    refused: dict[str, str] = field(default_factory=dict)  # owner -> reason
+    failures: list[str] = field(default_factory=list)
+    receipts: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class RunHistory:
+    experiment: str
+    config: dict[str, Any]
+    rounds: list[RoundRecord] = field(default_factory=list)
+    owners: dict[str, dict[str, Any]] = field(default_factory=dict)  # owner -> latest privacy state
+
+    def round(self, number: int) -> RoundRecord:
+        for record in self.rounds:
+            if record.round == number:
+                return record
+        record = RoundRecord(number)
+        self.rounds.append(record)
+        return record
+
+    def record_receipt(self, number: int, receipt: PrivacyReceipt) -> None:
+        rec = self.round(number)
+        rec.receipts.append(_finite(asdict(receipt)))
+        owner = self.owners.setdefault(
+            receipt.owner_id, {"rounds_trained": 0, "rounds_refused": 0, "epsilon": 0.0}
+        )
+        owner.update(delta=receipt.delta, accountant=receipt.accountant)
+        owner["epsilon"] = receipt.epsilon
+        if receipt.status == "trained":
+            rec.participants.append(receipt.owner_id)
+            owner["rounds_trained"] += 1
+        else:
+            rec.refused[receipt.owner_id] = receipt.reason
+            owner["rounds_refused"] += 1
+
+    def final_accuracy(self) -> float | None:
+        scored = [r.test_accuracy for r in self.rounds if r.test_accuracy is not None]
+        return scored[-1] if scored else None
+
+    def to_json(self) -> dict[str, Any]:
+        return _finite({
+            "experiment": self.experiment,
+            "config": self.config,
+            "final_test_accuracy": self.final_accuracy(),
+            "owners": self.owners,
+            "rounds": [asdict(r) for r in sorted(self.rounds, key=lambda r: r.round)],
+        })
+
+    def save(self, path: Path) -> None:
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        tmp.write_text(json.dumps(self.to_json(), indent=2) + "\n", encoding="utf-8")
+        os.replace(tmp, path)
+
+
+def _finite(value: Any) -> Any:
+    """JSON has no infinity: a non-private epsilon is written as the string "inf"."""
+    if isinstance(value, float) and math.isinf(value):
+        return "inf"
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
+
+
+def epsilon_table(history: dict[str, Any]) -> str:
+    """A fixed-width per-owner table from a saved history (``history.json``)."""
+    owners = history["owners"]
+    lines = [f"{'owner':<14} {'epsilon':>9} {'delta':>9} {'accountant':>10} {'trained':>7} {'refused':>7}"]
+    for owner_id in sorted(owners):
+        o = owners[owner_id]
+        eps = o["epsilon"]
+        eps_text = "non-DP" if eps == "inf" else f"{eps:.3f}"
+        lines.append(
+            f"{owner_id:<14} {eps_text:>9} {o['delta']:>9.1e} {o['accountant']:>10} "
+            f"{o['rounds_trained']:>7} {o['rounds_refused']:>7}"
+        )
+    return "\n".join(lines)
