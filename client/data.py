@@ -46,19 +46,18 @@ def load_owner_data(config: ExperimentConfig, node_config: dict[str, Any]) -> Ow
             "node config has neither 'data-path' (deployment) nor 'partition-id' (simulation); "
             "start the SuperNode with --node-config 'owner-id=\"...\" data-path=\"/path/to/data.npz\"'"
         )
-    return simulated_owner(config, int(node_config["partition-id"]), int(node_config.get("num-partitions", -1)))
+    return simulated_owner(config, int(node_config["partition-id"]), int(node_config["num-partitions"]))
 
 
 def simulated_owner(config: ExperimentConfig, partition_id: int, num_partitions: int) -> OwnerData:
-    if num_partitions != config.num_owners:
-        raise OwnerDataError(
-            f"the federation has {num_partitions} simulated nodes but num-owners = {config.num_owners}; "
-            "make them equal (privfl simulate does; with flwr run pass "
-            f"--federation-config 'num-supernodes={config.num_owners}')"
-        )
+    """Owner ``partition_id`` of a federation of ``num_partitions`` simulated owners.
+
+    The federation's size is Flower's (``num-supernodes``), which ``privfl simulate``
+    sets to ``num-owners``; with plain ``flwr run`` it is whatever the federation says.
+    """
     if not 0 <= partition_id < num_partitions:
         raise OwnerDataError(f"partition-id {partition_id} is outside 0..{num_partitions - 1}")
-    owner_ids, partitions = _partitions(config.dataset, config.partitioning, config.num_owners,
+    owner_ids, partitions = _partitions(config.dataset, config.partitioning, num_partitions,
                                         config.dirichlet_alpha, config.seed)
     train, _ = load_dataset(config.dataset, config.seed)
     return OwnerData(owner_id=owner_ids[partition_id], train=train.subset(partitions[partition_id]))
@@ -74,8 +73,8 @@ def _partitions(
         names = natural_partitions(dataset)
         if names is None or len(names) != num_owners:
             raise OwnerDataError(
-                f"{dataset} has {len(names or [])} natural owners ({', '.join(names or [])}); "
-                f"set num-owners = {len(names or [])}"
+                f"{dataset} has {len(names or [])} natural owners ({', '.join(names or [])}) but the "
+                f"federation has {num_owners} nodes; run it with num-supernodes = {len(names or [])}"
             )
         blocks = heart_disease_owner_indices()
         return tuple(names), tuple(blocks[name] for name in names)

@@ -53,7 +53,7 @@ def run_train_round(msg: Message, context: Context) -> RecordDict:
     owner = load_owner_data(config, context.node_config)
     budget = owner_budget(config, context.node_config, owner)
     guard = BudgetGuard(context.state, budget, get_accountant(config.accountant))
-    release_id = f"{msg.metadata.run_id}:{asked['server-round']}"
+    release_id = f"{context.run_id}:{asked['server-round']}"
 
     def receipt(status: str, epsilon: float, event: Any = None, reason: str = "") -> protocol.PrivacyReceipt:
         return protocol.PrivacyReceipt(

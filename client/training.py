@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import secrets
+import warnings
 from collections import OrderedDict
 from dataclasses import dataclass, fields
 from typing import Any
@@ -74,6 +75,12 @@ class LocalUpdate:
     privacy_event: PoissonSubsampledGaussian | None  # as recorded by Opacus's accountant
 
 
+# Opacus warns on every PrivacyEngine that secure_mode is off (it needs torchcsprng,
+# which is not installable here; see README), and torch warns that the backward hooks
+# fire without input gradients (expected: Opacus hooks parameters, not inputs).
+_KNOWN_WARNINGS = ("Secure RNG turned off", "Full backward hook is firing")
+
+
 def train_locally(
     model: nn.Module,
     data: TensorDataset,
@@ -91,6 +98,16 @@ def train_locally(
     (tests do): noise that anyone can regenerate from a known seed could be
     subtracted from the update and would protect nothing.
     """
+    with warnings.catch_warnings():
+        for message in _KNOWN_WARNINGS:
+            warnings.filterwarnings("ignore", message=message)
+        return _train(model, data, plan, device, seed=seed, noise_seed=noise_seed)
+
+
+def _train(
+    model: nn.Module, data: TensorDataset, plan: TrainingPlan, device: torch.device, *, seed: int,
+    noise_seed: int | None,
+) -> LocalUpdate:
     model = model.to(device)
     model.train()
     sampling = torch.Generator().manual_seed(seed)

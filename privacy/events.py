@@ -36,7 +36,22 @@ class PoissonSubsampledGaussian:
             raise ValueError(f"steps must be an integer >= 0, got {self.steps!r}")
 
 
-DpEvent = PoissonSubsampledGaussian  # the union grows as mechanisms are added
+@dataclass(frozen=True)
+class Gaussian:
+    """One Gaussian mechanism over contributions clipped to a norm, without subsampling.
+
+    Server-side DP over clipped updates (the privacy unit is then the owner).  Stored
+    in ledgers already; no accountant composes it yet, so each refuses it (principle 3).
+    """
+
+    noise_multiplier: float
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.noise_multiplier) and self.noise_multiplier >= 0):
+            raise ValueError(f"noise_multiplier must be finite and >= 0, got {self.noise_multiplier}")
+
+
+DpEvent = PoissonSubsampledGaussian | Gaussian  # the union grows as mechanisms are added
 
 
 def merge_repeats(events: Iterable[DpEvent]) -> list[PoissonSubsampledGaussian]:

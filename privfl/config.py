@@ -79,7 +79,7 @@ class ExperimentConfig:
     experiment: str = _setting("quickstart", "name of the experiment; used in the run directory name")
     dataset: str = _setting("digits", "task data: digits | heart-disease", _one_of(DATASETS))
     model: str = _setting("logreg", "model: mlp | cnn | logreg, or 'package.module:factory'", _model_name)
-    num_owners: int = _setting(10, "number of data owners (simulated clients)", _positive)
+    num_owners: int = _setting(10, "number of simulated owners (privfl simulate starts this many SuperNodes)", _positive)
     partitioning: str = _setting(
         "iid", "how data is split across owners: iid | dirichlet | natural", _one_of(PARTITIONINGS)
     )
@@ -146,7 +146,8 @@ class ExperimentConfig:
             raise ConfigError(f"config file not found: {path}") from None
         except tomllib.TOMLDecodeError as err:
             raise ConfigError(f"{path}: not valid TOML: {err}") from None
-        return cls.from_mapping({**data, **(overrides or {})}, source=str(path))
+        source = f"{path} with overrides {dict(overrides)}" if overrides else str(path)
+        return cls.from_mapping({**data, **(overrides or {})}, source=source)
 
     def to_mapping(self) -> dict[str, Any]:
         """Dashed keys, ready for Flower's run config or a TOML file."""

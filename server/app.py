@@ -48,7 +48,9 @@ def main(grid: Grid, context: Context) -> None:
         history.save(history_file)  # evaluation closes a round: persist it now
 
     strategy = BudgetAwareFedAvg(
-        fraction_train=config.fraction_train, min_owners=config.num_owners, history=history,
+        # A simulation registers all its nodes at once; in a deployment, owners that
+        # connect later join later rounds.  Two owners are the least that FedAvg needs.
+        fraction_train=config.fraction_train, min_owners=min(2, config.num_owners), history=history,
         seed=config.seed,
     )
     train_config = ConfigRecord({**TrainingPlan.from_config(config).to_record_values(),
@@ -62,5 +64,6 @@ def main(grid: Grid, context: Context) -> None:
     )
     final = result.arrays if len(result.arrays) else ArrayRecord(model.state_dict())  # no round trained
     torch.save(final.to_torch_state_dict(), path / artefacts.MODEL)
+    history.status = "finished"
     history.save(history_file)
     log.info("privfl run finished: test accuracy %s, artefacts in %s", history.final_accuracy(), path)

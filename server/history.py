@@ -36,6 +36,7 @@ class RunHistory:
     config: dict[str, Any]
     rounds: list[RoundRecord] = field(default_factory=list)
     owners: dict[str, dict[str, Any]] = field(default_factory=dict)  # owner -> latest privacy state
+    status: str = "running"  # "finished" once the last round is saved: readers know the run is complete
 
     def round(self, number: int) -> RoundRecord:
         for record in self.rounds:
@@ -67,6 +68,7 @@ class RunHistory:
     def to_json(self) -> dict[str, Any]:
         return _finite({
             "experiment": self.experiment,
+            "status": self.status,
             "config": self.config,
             "final_test_accuracy": self.final_accuracy(),
             "owners": self.owners,
@@ -97,9 +99,10 @@ def epsilon_table(history: dict[str, Any]) -> str:
     for owner_id in sorted(owners):
         o = owners[owner_id]
         eps = o["epsilon"]
-        eps_text = "non-DP" if eps == "inf" else f"{eps:.3f}"
+        private = eps != "inf"
+        eps_text, delta_text = (f"{eps:.3f}", f"{o['delta']:.1e}") if private else ("non-DP", "-")
         lines.append(
-            f"{owner_id:<14} {eps_text:>9} {o['delta']:>9.1e} {o['accountant']:>10} "
+            f"{owner_id:<14} {eps_text:>9} {delta_text:>9} {o['accountant'] if private else '-':>10} "
             f"{o['rounds_trained']:>7} {o['rounds_refused']:>7}"
         )
     return "\n".join(lines)

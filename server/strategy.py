@@ -29,6 +29,7 @@ class BudgetAwareFedAvg(FedAvg):
     def __init__(
         self, *, fraction_train: float, min_owners: int, history: RunHistory, seed: int
     ) -> None:
+        """``min_owners``: how many owners must be connected before a round starts."""
         super().__init__(
             fraction_train=fraction_train, fraction_evaluate=0.0, min_available_nodes=min_owners,
             arrayrecord_key=protocol.ARRAYS, configrecord_key=protocol.TRAIN_CONFIG,

@@ -2,10 +2,10 @@
 
 ``flwr run`` on its own starts a *detached* local SuperLink on a fixed port and
 leaves it running.  privfl instead starts its own SuperLink in simulation mode as a
-child process on a free loopback port, submits the run to it with ``flwr run
---stream`` (so the command returns when the run ends), and stops the SuperLink (and
-with it the Ray workers) by PID afterwards, whatever happened.  Flower state, logs
-and the run's artefacts all land in the run directory.
+child process on a free loopback port, submits the run to it with ``flwr run``, waits
+until the ServerApp marks its history finished (or its process dies), and then stops
+the SuperLink and everything below it (simulation process, Ray) by PID, whatever
+happened.  Flower state, logs and the run's artefacts all land in the run directory.
 """
 
 from __future__ import annotations
@@ -98,13 +98,13 @@ def _superlink(env: dict[str, str], state_dir: Path, port: int) -> Iterator[subp
         "--log-file", str(log_file),
     ]
     process = subprocess.Popen(
-        command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True
+        command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT
     )
     try:
         _wait_until_listening(process, port, log_file)
         yield process
     finally:
-        _stop_group(process)
+        _stop_tree(process)
 
 
 def _wait_until_listening(process: subprocess.Popen, port: int, log_file: Path, timeout: float = 60) -> None:
@@ -119,23 +119,67 @@ def _wait_until_listening(process: subprocess.Popen, port: int, log_file: Path, 
     raise SimulationError(f"flower-superlink did not listen on port {port} within {timeout:.0f}s; see {log_file}")
 
 
-def _stop_group(process: subprocess.Popen) -> None:
-    """Stop the SuperLink and everything it started (ServerApp, simulation, Ray)."""
-    if process.poll() is None:
+def _descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (Linux /proc; empty elsewhere).
+
+    Ray starts its daemons in sessions of their own, so killing the SuperLink's
+    process group does not reach them; walking the process tree does.
+    """
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
-            os.killpg(process.pid, signal.SIGTERM)
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, queue = [], [pid]
+    while queue:
+        for child in children.get(queue.pop(), []):
+            found.append(child)
+            queue.append(child)
+    return found
+
+
+def _stop_tree(process: subprocess.Popen) -> None:
+    """Stop the SuperLink and everything it started (ServerApp, simulation, Ray)."""
+    tree = _descendants(process.pid)
+    if process.poll() is None:
+        process.terminate()
+        try:
             process.wait(timeout=20)
         except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
+            process.kill()
             process.wait(timeout=10)
-        except ProcessLookupError:
+    for pid in [*tree, *_descendants(process.pid)]:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
             pass
-    # Ray workers may outlive the SuperLink in their own sessions; they are its group's
-    # descendants only until they detach, so sweep the group once more.
-    try:
-        os.killpg(process.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
+
+
+class RoundProgress:
+    """Prints one line per finished round, read from the history the ServerApp writes."""
+
+    def __init__(self, history_file: Path, num_rounds: int, *, quiet: bool) -> None:
+        self.history_file, self.num_rounds, self.quiet = history_file, num_rounds, quiet
+        self.shown = -1
+
+    def poll(self) -> None:
+        try:
+            rounds = json.loads(self.history_file.read_text(encoding="utf-8"))["rounds"]
+        except (FileNotFoundError, json.JSONDecodeError, KeyError):
+            return
+        for record in rounds:
+            if record["round"] <= self.shown or record.get("test_accuracy") is None:
+                continue
+            self.shown = record["round"]
+            if self.quiet:
+                continue
+            epsilons = [r["epsilon"] for r in record.get("receipts", []) if r["status"] == "trained"]
+            eps_text = f", max owner epsilon {max(epsilons):.2f}" if epsilons and "inf" not in epsilons else ""
+            refused = f", {len(record['refused'])} refused" if record.get("refused") else ""
+            print(f"  round {record['round']:>3}/{self.num_rounds}: test accuracy {record['test_accuracy']:.3f}, "
+                  f"{len(record.get('participants', []))} owners trained{refused}{eps_text}", flush=True)
 
 
 def run_simulation(config: ExperimentConfig, *, log_to: Path | None = None, stream: bool = True) -> SimulationResult:
@@ -165,24 +209,94 @@ def run_simulation(config: ExperimentConfig, *, log_to: Path | None = None, stre
     _write_toml(run_config, config.to_mapping())
 
     log_path = log_to or run_dir / "simulation.log"
+    history_file = run_dir / artefacts.HISTORY
+    print(f"privfl: running '{config.experiment}' ({config.num_owners} owners, {config.num_rounds} rounds, "
+          f"{'DP-SGD' if config.dp else 'non-private'}) in {run_dir}", flush=True)
     try:
-        with _superlink(env, state_dir, port), open(log_path, "w", encoding="utf-8") as log:
-            command = ["flwr", "run", str(project_root()), CONNECTION, "--run-config", str(run_config), "--stream"]
-            process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-            assert process.stdout is not None
-            for line in process.stdout:
-                log.write(line)
-                if stream:
-                    sys.stdout.write(line)
-                    sys.stdout.flush()
-            code = process.wait()
+        with _superlink(env, state_dir, port) as superlink:
+            run_id = _submit(env, run_config)
+            streamer = _flwr(env, "log", str(run_id), CONNECTION, "--stream") if stream else None
+            try:
+                _wait_for_run(superlink, history_file, RoundProgress(history_file, config.num_rounds, quiet=stream),
+                              log_path)
+            finally:
+                if streamer is not None:
+                    streamer.terminate()
+                _save_log(env, run_id, log_path)
     finally:
         shutil.rmtree(ray_tmp, ignore_errors=True)
 
-    history_file = run_dir / artefacts.HISTORY
-    if code != 0 or not history_file.exists():
-        raise SimulationError(f"the Flower run failed (exit code {code}); its log is {log_path}")
     history = json.loads(history_file.read_text(encoding="utf-8"))
-    if len(history["rounds"]) < config.num_rounds + 1:  # round 0 is the initial evaluation
-        raise SimulationError(f"the run stopped after round {len(history['rounds']) - 1}; see {log_path}")
     return SimulationResult(run_dir=run_dir, history=history)
+
+
+def _flwr(env: dict[str, str], *args: str, capture: bool = False) -> subprocess.Popen:
+    return subprocess.Popen(["flwr", *args], env=env, text=True,
+                            stdout=subprocess.PIPE if capture else None,
+                            stderr=subprocess.STDOUT if capture else None)
+
+
+def _submit(env: dict[str, str], run_config: Path) -> int:
+    """Submit the run to the SuperLink; returns Flower's run id."""
+    process = _flwr(env, "run", str(project_root()), CONNECTION, "--run-config", str(run_config),
+                    "--format", "json", capture=True)
+    output, _ = process.communicate(timeout=120)
+    try:
+        reply = json.loads(output[output.index("{"):])
+        return int(reply["run-id"])
+    except (ValueError, KeyError) as err:
+        raise SimulationError(f"flwr run did not start the run ({err}):\n{output[-2000:]}") from None
+
+
+def _save_log(env: dict[str, str], run_id: int, log_path: Path) -> None:
+    """The run's whole Flower log (ServerApp and ClientApps), as the SuperLink kept it."""
+    process = _flwr(env, "log", str(run_id), CONNECTION, "--show", capture=True)
+    try:
+        output, _ = process.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        output = "(flwr log timed out)\n"
+    log_path.write_text(output, encoding="utf-8")
+
+
+def _status(history_file: Path) -> str | None:
+    try:
+        return json.loads(history_file.read_text(encoding="utf-8")).get("status")
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def _app_running(superlink: subprocess.Popen) -> bool:
+    """Whether the SuperLink's simulation process (ServerApp + ClientApps) is alive."""
+    for pid in _descendants(superlink.pid):
+        try:
+            if b"flwr-simulation" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                return True
+        except OSError:
+            continue
+    return False
+
+
+def _wait_for_run(superlink: subprocess.Popen, history_file: Path, progress: RoundProgress, log_path: Path,
+                  start_timeout: float = 180) -> None:
+    """Block until the ServerApp marks the history finished; fail if it dies first.
+
+    ``flwr run --stream`` is no completion signal: its log stream can end while the
+    run goes on.  The ServerApp's own ``status = finished`` and the simulation
+    process's life are.
+    """
+    started, seen_app = time.monotonic(), False
+    while True:
+        progress.poll()
+        if _status(history_file) == "finished":
+            progress.poll()
+            return
+        if superlink.poll() is not None:
+            raise SimulationError(f"flower-superlink exited with code {superlink.returncode}; see {log_path}")
+        if _app_running(superlink):
+            seen_app = True
+        elif seen_app and _status(history_file) != "finished":
+            raise SimulationError(f"the run ended before it finished; its Flower log is {log_path}")
+        elif not seen_app and time.monotonic() - started > start_timeout:
+            raise SimulationError(f"the simulation did not start within {start_timeout:.0f}s; see {log_path}")
+        time.sleep(0.5)

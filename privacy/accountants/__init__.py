@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import importlib
 
-from privfl.privacy.accountants.base import Accountant
+from privfl.privacy.accountants.base import Accountant, Composition
 
 _ACCOUNTANTS: dict[str, str] = {
     "rdp": "privfl.privacy.accountants.opacus_backed:RdpAccountant",
     "prv": "privfl.privacy.accountants.opacus_backed:PrvAccountant",
+    "pld": "privfl.privacy.accountants.pld:PldAccountant",
 }
 ACCOUNTANT_NAMES = tuple(_ACCOUNTANTS)
 
@@ -25,4 +26,4 @@ def get_accountant(name: str) -> Accountant:
     return getattr(importlib.import_module(module_name), class_name)()
 
 
-__all__ = ["ACCOUNTANT_NAMES", "Accountant", "get_accountant"]
+__all__ = ["ACCOUNTANT_NAMES", "Accountant", "Composition", "get_accountant"]

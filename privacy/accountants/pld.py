@@ -1,0 +1,171 @@
+"""Privacy loss distributions (Google's dp-accounting): the tightest of the three.
+
+Each event is dp-accounting's ``PoissonSampledDpEvent(q, GaussianDpEvent(sigma))``
+self-composed ``steps`` times, under add-or-remove-one neighbouring (the relation
+Opacus's accountants use), and the events are composed by convolving their PLDs.
+
+Discretisation.  A PLD is a distribution over privacy-loss values rounded to a grid
+of width ``value_discretization_interval``; dp-accounting defaults to 1e-4.  The
+rounding here is pessimistic (dp-accounting's default), so a coarser grid can only
+*raise* epsilon: every figure stays a valid upper bound, only a little looser.  The
+cost of building and convolving PLDs grows about linearly with 1/interval, so this
+accountant uses:
+
+- ``COARSE_INTERVAL = 1e-3`` first: about 10x faster than 1e-4; measured against
+  dp-accounting at 1e-4 it is at most 0.1% higher for epsilon >= 0.5 (e.g. 7.32016 vs
+  7.32014 for 60 steps at q=1/3, sigma=1.875; 6.1910 vs 6.1877 for 10,000 steps at
+  q=0.01, sigma=1), which tests/test_pld.py checks;
+- ``FINE_INTERVAL = 1e-4`` whenever the coarse figure is below
+  ``FINE_BELOW_EPSILON = 0.5``: for small epsilons the grid is a larger share of the
+  value (1e-3 gives +2% at epsilon 0.06), and small PLDs are cheap to recompute.
+
+The rule is deterministic, so a ledger's stored epsilon and a verifier's
+recomputation use the same grid.  Events with equal (noise, rate) are merged before
+composing (exact), so cost grows with the number of *distinct* settings; about
+15 ms each at the coarse grid.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from functools import lru_cache
+
+from privfl.privacy.accountants.base import Accountant, Composition
+from privfl.privacy.events import DpEvent, PoissonSubsampledGaussian, merge_repeats
+
+COARSE_INTERVAL = 1e-3
+FINE_INTERVAL = 1e-4
+FINE_BELOW_EPSILON = 0.5
+
+
+def _pld_module():
+    from dp_accounting.pld import privacy_loss_distribution  # heavy: import on first use
+
+    return privacy_loss_distribution
+
+
+@lru_cache(maxsize=1024)
+def _step_pld(noise_multiplier: float, sample_rate: float, interval: float):
+    """PLD of one Poisson-subsampled Gaussian step."""
+    from dp_accounting import privacy_accountant
+
+    return _pld_module().from_gaussian_mechanism(
+        standard_deviation=noise_multiplier,
+        sampling_prob=sample_rate,
+        value_discretization_interval=interval,
+        neighboring_relation=privacy_accountant.NeighboringRelation.ADD_OR_REMOVE_ONE,
+    )
+
+
+@lru_cache(maxsize=1024)
+def _event_pld(noise_multiplier: float, sample_rate: float, steps: int, interval: float):
+    """PLD of ``steps`` steps (dp-accounting's SelfComposedDpEvent of the step)."""
+    return _step_pld(noise_multiplier, sample_rate, interval).self_compose(steps)
+
+
+def _compose(events: Sequence[PoissonSubsampledGaussian], interval: float):
+    pld = None
+    for event in events:
+        part = _event_pld(event.noise_multiplier, event.sample_rate, event.steps, interval)
+        pld = part if pld is None else pld.compose(part)
+    return pld
+
+
+@lru_cache(maxsize=1024)
+def _merged_epsilon(merged: tuple[PoissonSubsampledGaussian, ...], delta: float) -> float:
+    epsilon = _compose(merged, COARSE_INTERVAL).get_epsilon_for_delta(delta)
+    if epsilon < FINE_BELOW_EPSILON:
+        epsilon = _compose(merged, FINE_INTERVAL).get_epsilon_for_delta(delta)
+    return float(epsilon)
+
+
+class PldAccountant(Accountant):
+    """Privacy loss distributions (Koskela et al. 2020; Doroshenko et al. 2022) via dp-accounting."""
+
+    name = "pld"
+
+    def epsilon(self, events: Sequence[DpEvent], delta: float) -> float:
+        merged = merge_repeats(events)
+        if not merged:
+            return 0.0
+        if any(e.noise_multiplier == 0 for e in merged):
+            return math.inf  # no noise, no guarantee
+        if not 0 < delta < 1:
+            raise ValueError(f"delta must be in (0, 1), got {delta}")
+        return _merged_epsilon(tuple(merged), delta)
+
+    def noise_multiplier(
+        self, *, target_epsilon: float, delta: float, sample_rate: float, steps: int
+    ) -> float:
+        """Bisection on sigma: epsilon falls monotonically as the noise grows.
+
+        Returns the upper end of the final bracket, so the result always meets the
+        target; the bracket is narrowed to 0.1% of sigma.
+        """
+        if not (math.isfinite(target_epsilon) and target_epsilon > 0):
+            raise ValueError(f"target epsilon must be finite and > 0, got {target_epsilon}")
+
+        def epsilon_at(sigma: float) -> float:
+            return self.epsilon([PoissonSubsampledGaussian(sigma, sample_rate, steps)], delta)
+
+        low, high = 0.0, 1.0
+        while epsilon_at(high) > target_epsilon:
+            low, high = high, 2 * high
+            if high > 1e6:
+                raise ValueError(f"no noise multiplier up to 1e6 reaches epsilon {target_epsilon}")
+        while high - low > 1e-3 * high:
+            middle = (low + high) / 2
+            if epsilon_at(middle) > target_epsilon:
+                low = middle
+            else:
+                high = middle
+        return high
+
+    def composition(self) -> Composition:
+        return _PldComposition(self)
+
+
+class _PldComposition(Composition):
+    """Keeps the running PLD, so each further event costs one convolution.
+
+    Composing event by event instead of merged settings changes only the floating-
+    point rounding of the convolutions (measured: 1e-9 relative); the grid rule is the
+    same as :meth:`PldAccountant.epsilon` (the fine PLD is kept while epsilon is small).
+    """
+
+    def __init__(self, accountant: Accountant) -> None:
+        super().__init__(accountant)
+        self._coarse = None
+        self._fine = None
+        self._fine_valid = True  # fine PLD holds every event added so far
+        self._no_noise = False
+
+    def add(self, event: DpEvent) -> None:
+        if not isinstance(event, PoissonSubsampledGaussian):
+            raise TypeError(f"no accountant here knows the DP event {type(event).__name__}")
+        super().add(event)
+        if event.steps == 0 or self._no_noise:
+            return
+        if event.noise_multiplier == 0:
+            self._no_noise = True
+            return
+        args = (event.noise_multiplier, event.sample_rate, event.steps)
+        part = _event_pld(*args, COARSE_INTERVAL)
+        self._coarse = part if self._coarse is None else self._coarse.compose(part)
+        if self._fine_valid:
+            part = _event_pld(*args, FINE_INTERVAL)
+            self._fine = part if self._fine is None else self._fine.compose(part)
+
+    def epsilon(self, delta: float) -> float:
+        if self._no_noise:
+            return math.inf
+        if self._coarse is None:
+            return 0.0
+        epsilon = float(self._coarse.get_epsilon_for_delta(delta))
+        if epsilon >= FINE_BELOW_EPSILON:
+            self._fine_valid, self._fine = False, None  # epsilon only grows: the fine grid is done
+            return epsilon
+        if not self._fine_valid:  # only after rounding noise; fall back to the exact rule
+            return self.accountant.epsilon(self._events, delta)
+        return float(self._fine.get_epsilon_for_delta(delta))

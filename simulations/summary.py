@@ -1,0 +1,28 @@
+"""The closing summary of ``privfl simulate``: where the run is, how good, at what privacy cost."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from privfl.server.history import epsilon_table
+from privfl.simulations.launcher import SimulationResult
+
+
+def print_summary(runs: Sequence[SimulationResult]) -> None:
+    for result in runs:
+        history = result.history
+        config = history["config"]
+        guarantee = (
+            f"DP-SGD, record-level (epsilon, delta) per owner, {config['accountant']} accountant"
+            if config["dp"] else "no differential privacy"
+        )
+        print()
+        print(f"== {history['experiment']}: {guarantee}")
+        print(f"run directory:       {result.run_dir}")
+        print(f"final test accuracy: {history['final_test_accuracy']:.4f}")
+        print("per-owner privacy spent:")
+        print(epsilon_table(history))
+    if len(runs) == 2:
+        private, baseline = (r.history["final_test_accuracy"] for r in runs)
+        print(f"\naccuracy: {runs[0].history['experiment']} {private:.4f}, "
+              f"{runs[1].history['experiment']} {baseline:.4f} (difference {baseline - private:+.4f})")
