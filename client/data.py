@@ -63,6 +63,11 @@ def simulated_owner(config: ExperimentConfig, partition_id: int, num_partitions:
     return OwnerData(owner_id=owner_ids[partition_id], train=train.subset(partitions[partition_id]))
 
 
+def simulated_owner_ids(config: ExperimentConfig, num_partitions: int) -> tuple[str, ...]:
+    """The owner names a simulated federation of ``num_partitions`` nodes will use."""
+    return _partitions(config.dataset, config.partitioning, num_partitions, config.dirichlet_alpha, config.seed)[0]
+
+
 @lru_cache(maxsize=8)
 def _partitions(
     dataset: str, partitioning: str, num_owners: int, alpha: float, seed: int

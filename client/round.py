@@ -1,30 +1,36 @@
 """One training round at a client, in the order the trust model demands.
 
 1. read what the server asks (training plan, model) and the owner's own policy;
-2. ask the owner's budget guard whether the release fits; refuse if it does not;
-3. train (DP-SGD when asked, and always when the owner requires DP);
-4. charge the release to the owner's record *before* the update leaves;
-5. return the update with a privacy receipt.
+2. ask the owner's ledger whether the release fits the budget; if not, record a
+   signed refusal and release nothing;
+3. train with DP-SGD (an owner whose config requires DP never trains without it);
+4. save the update and charge the release to the owner's ledger (durably) *before*
+   the update leaves;
+5. return the update with the signed ledger entry as its receipt.
+
+A retried round finds its charge in the ledger and re-sends the very update it
+charged for, so a retry neither charges twice nor releases a second noisy update.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
-import math
 from typing import Any
 
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 
 from privfl import protocol
-from privfl.client.budget_guard import BudgetGuard
 from privfl.client.data import OwnerData, load_owner_data
-from privfl.client.training import TrainingPlan, train_locally
+from privfl.client.owner_ledger import locate, open_owner_ledger
+from privfl.client.release_store import ReleaseStore
+from privfl.client.training import LocalUpdate, TrainingPlan, train_locally
 from privfl.config import ExperimentConfig
 from privfl.devices import resolve_device
 from privfl.models import ModelSpec, ensure_privatizable
 from privfl.privacy.accountants import get_accountant
-from privfl.privacy.budget import PrivacyBudget
+from privfl.privacy.budget import PrivacyBudget, decide_next_release
+from privfl.privacy.ledger import OwnerLedger
 
 log = logging.getLogger("privfl.client")
 
@@ -49,66 +55,86 @@ def run_train_round(msg: Message, context: Context) -> RecordDict:
     config = ExperimentConfig.from_mapping(context.run_config, source="run config")
     asked = msg.content[protocol.TRAIN_CONFIG]
     plan = TrainingPlan.from_record_values(asked)
-    spec = ModelSpec.from_record_values(asked)
     owner = load_owner_data(config, context.node_config)
+    if not config.dp and not plan.dp:  # an owner that allows non-private training
+        update = _train(config, asked, plan, owner, msg)
+        return _release(update, protocol.non_private_receipt(owner.owner_id))
+
     budget = owner_budget(config, context.node_config, owner)
-    guard = BudgetGuard(context.state, budget, get_accountant(config.accountant))
-    release_id = f"{context.run_id}:{asked['server-round']}"
+    with open_owner_ledger(owner.owner_id, locate(owner.owner_id, context.node_config, asked)) as ledger:
+        round_ = _Round(ledger, budget, config, plan, run_id=str(context.run_id),
+                        server_round=int(asked["server-round"]))
+        if not plan.dp:
+            return round_.refuse("the owner requires DP training; the server asked for non-private training")
+        charged = ledger.charge_for(round_.run_id, round_.server_round)
+        if charged is not None:
+            return round_.resend(charged)
+        planned = plan.privacy_event(len(owner.train))
+        decision = decide_next_release(ledger.events(), planned, budget, get_accountant(config.accountant))
+        if not decision.allowed:
+            log.info("%s refuses to train: %s", owner.owner_id, decision.reason)
+            return round_.refuse(decision.reason, planned)
+        update = _train(config, asked, plan, owner, msg)
+        if update.privacy_event != planned:
+            raise RuntimeError(
+                f"Opacus recorded {update.privacy_event}, not the planned {planned}; "
+                "refusing to release an update whose privacy cost was not checked"
+            )
+        return round_.charge_and_release(update)
 
-    def receipt(status: str, epsilon: float, event: Any = None, reason: str = "") -> protocol.PrivacyReceipt:
-        return protocol.PrivacyReceipt(
-            owner_id=owner.owner_id, status=status, epsilon=epsilon, delta=budget.delta,
-            accountant=guard.accountant.name,
-            noise_multiplier=event.noise_multiplier if event else 0.0,
-            sample_rate=event.sample_rate if event else 0.0,
-            steps=event.steps if event else 0, reason=reason,
-        )
 
-    if config.dp and not plan.dp:
-        return _refusal(receipt(protocol.REFUSED, guard.spent_epsilon(),
-                                reason="the owner requires DP training; the server asked for non-private training"))
-    if plan.dp:
-        if guard.is_charged(release_id):
-            log.warning("%s: round %s was already charged; training again without a second charge",
-                        owner.owner_id, release_id)
-            decision_epsilon = guard.spent_epsilon()
-        else:
-            decision = guard.decide(plan.privacy_event(len(owner.train)))
-            if not decision.allowed:
-                log.info("%s refuses to train: %s", owner.owner_id, decision.reason)
-                return _refusal(receipt(protocol.REFUSED, guard.spent_epsilon(), reason=decision.reason))
-            decision_epsilon = decision.projected_epsilon
+class _Round:
+    """One (run, round) of one owner: refuse, charge-then-release, or re-send."""
 
-    model = spec.build()
+    def __init__(self, ledger: OwnerLedger, budget: PrivacyBudget, config: ExperimentConfig,
+                 plan: TrainingPlan, *, run_id: str, server_round: int) -> None:
+        self.ledger, self.budget, self.config, self.plan = ledger, budget, config, plan
+        self.run_id, self.server_round = run_id, server_round
+        self.releases = ReleaseStore(ledger.path)
+
+    def _terms(self) -> dict[str, Any]:
+        return dict(delta=self.budget.delta, epsilon_budget=self.budget.epsilon,
+                    accountant=self.config.accountant, purpose=self.config.purpose)
+
+    def refuse(self, reason: str, planned: Any = None) -> RecordDict:
+        entry = self.ledger.refuse(self.run_id, self.server_round, reason, event=planned,
+                                   clipping_norm=self.plan.max_grad_norm, **self._terms())
+        return RecordDict({protocol.PRIVACY: protocol.signed_receipt(entry.signed_bytes())})
+
+    def charge_and_release(self, update: LocalUpdate) -> RecordDict:
+        digest = protocol.update_digest(update.state_dict)
+        self.releases.save(self.run_id, self.server_round, update)  # before the charge
+        entry = self.ledger.charge(self.run_id, self.server_round, update.privacy_event,
+                                   clipping_norm=self.plan.max_grad_norm, update_hash=digest, **self._terms())
+        return _release(update, protocol.signed_receipt(entry.signed_bytes()))
+
+    def resend(self, charged: Any) -> RecordDict:
+        update = self.releases.load(self.run_id, self.server_round, charged.update_hash)
+        if update is None:
+            raise RuntimeError(
+                f"owner {self.ledger.owner_id}: run {self.run_id} round {self.server_round} is already charged but "
+                "the update it was charged for is gone; refusing to release a second update under one charge"
+            )
+        log.warning("%s: round %s of run %s was already charged; re-sending the charged update",
+                    self.ledger.owner_id, self.server_round, self.run_id)
+        return _release(update, protocol.signed_receipt(charged.signed_bytes()))
+
+
+def _train(config: ExperimentConfig, asked: Any, plan: TrainingPlan, owner: OwnerData, msg: Message) -> LocalUpdate:
+    model = ModelSpec.from_record_values(asked).build()
     if plan.dp:
         ensure_privatizable(model)
     model.load_state_dict(msg.content[protocol.ARRAYS].to_torch_state_dict())
-    update = train_locally(
-        model, owner.train.to_torch(), plan, resolve_device(config.device),
-        seed=_round_seed(config.seed, int(asked["server-round"]), owner.owner_id),
-    )
+    return train_locally(model, owner.train.to_torch(), plan, resolve_device(config.device),
+                         seed=_round_seed(config.seed, int(asked["server-round"]), owner.owner_id))
 
-    if update.privacy_event is not None:
-        if update.privacy_event != plan.privacy_event(len(owner.train)):
-            raise RuntimeError(
-                f"Opacus recorded {update.privacy_event}, which differs from the planned release; "
-                "refusing to release an update whose privacy cost was not checked"
-            )
-        guard.charge(release_id, update.privacy_event)
-        epsilon = decision_epsilon
-    else:
-        epsilon = math.inf
 
-    metrics = MetricRecord({"num-examples": update.num_examples, "train-loss": update.mean_loss})
+def _release(update: LocalUpdate, receipt: Any) -> RecordDict:
     return RecordDict({
         protocol.ARRAYS: ArrayRecord(update.state_dict),
-        protocol.METRICS: metrics,
-        protocol.PRIVACY: receipt(protocol.TRAINED, epsilon, update.privacy_event).to_record(),
+        protocol.METRICS: MetricRecord({"num-examples": update.num_examples, "train-loss": update.mean_loss}),
+        protocol.PRIVACY: receipt,
     })
-
-
-def _refusal(receipt: protocol.PrivacyReceipt) -> RecordDict:
-    return RecordDict({protocol.PRIVACY: receipt.to_record()})
 
 
 def _round_seed(seed: int, server_round: int, owner_id: str) -> int:

@@ -101,7 +101,13 @@ class ExperimentConfig:
         "hooks", "Opacus per-sample gradient mode: hooks | functorch | ghost", _one_of(GRAD_SAMPLE_MODES)
     )
     device: str = _setting("auto", "training device: auto (cuda when available) | cpu | cuda", _one_of(DEVICES))
+    purpose: str = _setting(
+        "privfl simulation", "why the owners' data is processed; recorded in every ledger entry"
+    )
     run_dir: str = _setting("", "run directory; empty means ./runs/<experiment>-<timestamp>")
+    owner_keys_dir: str = _setting(
+        "", "folder of the owners' registered public keys (<owner>.pub); empty means <run-dir>/keys"
+    )
 
     def __post_init__(self) -> None:
         for f in fields(self):

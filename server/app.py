@@ -7,6 +7,7 @@ own module; this one wires them for one run.
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context
@@ -16,9 +17,11 @@ from privfl.client.training import TrainingPlan
 from privfl.config import ExperimentConfig
 from privfl.devices import resolve_device
 from privfl.models import ModelSpec, ensure_privatizable
+from privfl.privacy.ledger import FederationLedger
 from privfl.server import run_dir as artefacts
 from privfl.server.evaluation import make_evaluate_fn
 from privfl.server.history import RunHistory
+from privfl.server.receipts import ReceiptCheck
 from privfl.server.strategy import BudgetAwareFedAvg
 from privfl.simulations.datasets import load_dataset
 
@@ -47,14 +50,22 @@ def main(grid: Grid, context: Context) -> None:
         record.test_loss, record.test_accuracy = loss, accuracy
         history.save(history_file)  # evaluation closes a round: persist it now
 
+    plan = TrainingPlan.from_config(config)
+    ledger_dir = path / artefacts.LEDGERS
+    ledger_dir.mkdir(exist_ok=True)
+    owner_keys = Path(config.owner_keys_dir) if config.owner_keys_dir else path / artefacts.KEYS
+    federation = FederationLedger.open(ledger_dir / artefacts.FEDERATION_LEDGER)
+    receipts = ReceiptCheck(federation, owner_keys, plan, run_id=str(context.run_id))
     strategy = BudgetAwareFedAvg(
         # A simulation registers all its nodes at once; in a deployment, owners that
         # connect later join later rounds.  Two owners are the least that FedAvg needs.
         fraction_train=config.fraction_train, min_owners=min(2, config.num_owners), history=history,
-        seed=config.seed,
+        receipts=receipts, seed=config.seed,
     )
-    train_config = ConfigRecord({**TrainingPlan.from_config(config).to_record_values(),
-                                 **spec.to_record_values()})
+    # Simulated owners keep their ledgers and keys in the run directory (they have no
+    # institution of their own); deployed owners ignore these and use their node config.
+    simulated_owner_folders = {"ledger-dir": str(ledger_dir), "keys-dir": str(owner_keys)}
+    train_config = ConfigRecord({**plan.to_record_values(), **spec.to_record_values(), **simulated_owner_folders})
     result = strategy.start(
         grid=grid,
         initial_arrays=ArrayRecord(model.state_dict()),
@@ -64,6 +75,7 @@ def main(grid: Grid, context: Context) -> None:
     )
     final = result.arrays if len(result.arrays) else ArrayRecord(model.state_dict())  # no round trained
     torch.save(final.to_torch_state_dict(), path / artefacts.MODEL)
+    federation.close()
     history.status = "finished"
     history.save(history_file)
     log.info("privfl run finished: test accuracy %s, artefacts in %s", history.final_accuracy(), path)

@@ -11,6 +11,9 @@ from privfl.config import ExperimentConfig
 HISTORY = "history.json"
 MODEL = "model.pt"
 CONFIG = "config.json"
+LEDGERS = "ledgers"  # <owner>.db per simulated owner, and the federation ledger
+FEDERATION_LEDGER = "federation.db"
+KEYS = "keys"  # simulated owners' key pairs; the server reads the .pub files
 
 
 def default_run_dir(config: ExperimentConfig, base: Path | None = None) -> Path:

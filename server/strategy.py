@@ -1,6 +1,8 @@
 """FedAvg that knows about privacy budgets.
 
 Flower's FedAvg averages whatever comes back and samples any connected node.  Here:
+- every reply's receipt is verified (signature, run, round, parameters, update
+  hash) and kept in the federation ledger; an update without a valid receipt is dropped;
 - refusals (an owner whose budget would be crossed) are logged, kept out of the
   average, and the owner is not sampled again;
 - each owner's privacy receipt goes to the run history as it is, not averaged;
@@ -19,15 +21,17 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
 from privfl import protocol
-from privfl.protocol import PrivacyReceipt
+from privfl.privacy.ledger import ReceiptRejected
 from privfl.server.history import RunHistory
+from privfl.server.receipts import ReceiptCheck
 
 log = logging.getLogger("privfl.server")
 
 
 class BudgetAwareFedAvg(FedAvg):
     def __init__(
-        self, *, fraction_train: float, min_owners: int, history: RunHistory, seed: int
+        self, *, fraction_train: float, min_owners: int, history: RunHistory, receipts: ReceiptCheck,
+        seed: int,
     ) -> None:
         """``min_owners``: how many owners must be connected before a round starts."""
         super().__init__(
@@ -35,6 +39,7 @@ class BudgetAwareFedAvg(FedAvg):
             arrayrecord_key=protocol.ARRAYS, configrecord_key=protocol.TRAIN_CONFIG,
         )
         self.history = history
+        self.receipts = receipts
         self.exhausted: set[int] = set()  # node ids whose owners refused for lack of budget
         self._rng = random.Random(seed)
 
@@ -70,12 +75,13 @@ class BudgetAwareFedAvg(FedAvg):
                 log.error("round %d: node %d failed: %s", server_round, reply.metadata.src_node_id,
                           reply.error.reason)
                 continue
-            if protocol.PRIVACY not in reply.content.config_records:
-                record.failures.append(f"node {reply.metadata.src_node_id}: reply without privacy receipt")
-                log.error("round %d: node %d sent no privacy receipt; update dropped", server_round,
-                          reply.metadata.src_node_id)
+            try:
+                receipt = self.receipts.accept(reply, server_round)
+            except ReceiptRejected as err:
+                record.failures.append(f"node {reply.metadata.src_node_id}: {err}")
+                log.error("round %d: update from node %d rejected: %s", server_round,
+                          reply.metadata.src_node_id, err)
                 continue
-            receipt = PrivacyReceipt.from_record(reply.content[protocol.PRIVACY])
             self.history.record_receipt(server_round, receipt)
             if receipt.status == protocol.REFUSED:
                 self.exhausted.add(reply.metadata.src_node_id)

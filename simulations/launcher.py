@@ -21,10 +21,13 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from privfl.client.data import simulated_owner_ids
 from privfl.config import ExperimentConfig
+from privfl.privacy.keys import generate_owner_keys, load_public_key, owner_key_paths
+from privfl.privacy.ledger import VerificationReport, verify
 from privfl.server import run_dir as artefacts
 
 CONNECTION = "privfl-simulation"
@@ -38,6 +41,7 @@ class SimulationError(RuntimeError):
 class SimulationResult:
     run_dir: Path
     history: dict
+    ledgers: list[VerificationReport] = field(default_factory=list)  # every ledger, verified after the run
 
 
 def project_root() -> Path:
@@ -198,13 +202,11 @@ def run_simulation(config: ExperimentConfig, *, log_to: Path | None = None, stre
     (state_dir / "home").mkdir(exist_ok=True)
     (state_dir / "home" / "config.toml").write_text(
         f'[superlink]\ndefault = "{CONNECTION}"\n\n'
-        f'[superlink.{CONNECTION}]\naddress = "127.0.0.1:{port}"\ninsecure = true\n'
-        f"options.num-supernodes = {config.num_owners}\n"
-        # One CPU per simulated client, so both cores of a small machine train at once.
-        "options.backend.client-resources.num-cpus = 1\n"
-        "options.backend.client-resources.num-gpus = 0.0\n",
+        f'[superlink.{CONNECTION}]\naddress = "127.0.0.1:{port}"\ninsecure = true\n',
         encoding="utf-8",
     )
+    if config.dp:
+        _enroll_owners(config, run_dir / artefacts.KEYS)
     run_config = state_dir / "run-config.toml"
     _write_toml(run_config, config.to_mapping())
 
@@ -214,7 +216,7 @@ def run_simulation(config: ExperimentConfig, *, log_to: Path | None = None, stre
           f"{'DP-SGD' if config.dp else 'non-private'}) in {run_dir}", flush=True)
     try:
         with _superlink(env, state_dir, port) as superlink:
-            run_id = _submit(env, run_config)
+            run_id = _submit(env, run_config, config.num_owners)
             streamer = _flwr(env, "log", str(run_id), CONNECTION, "--stream") if stream else None
             try:
                 _wait_for_run(superlink, history_file, RoundProgress(history_file, config.num_rounds, quiet=stream),
@@ -227,7 +229,36 @@ def run_simulation(config: ExperimentConfig, *, log_to: Path | None = None, stre
         shutil.rmtree(ray_tmp, ignore_errors=True)
 
     history = json.loads(history_file.read_text(encoding="utf-8"))
-    return SimulationResult(run_dir=run_dir, history=history)
+    return SimulationResult(run_dir=run_dir, history=history, ledgers=verify_ledgers(run_dir))
+
+
+def _enroll_owners(config: ExperimentConfig, keys_dir: Path) -> None:
+    """Give every simulated owner a key pair, as an institution would before joining.
+
+    The server registers the public halves from this folder; the simulated owners
+    sign their ledger entries with the private halves (files of mode 0600).
+    """
+    keys_dir.mkdir(parents=True, exist_ok=True)
+    for owner_id in simulated_owner_ids(config, config.num_owners):
+        generate_owner_keys(keys_dir, owner_id)
+
+
+def verify_ledgers(run_dir: Path) -> list[VerificationReport]:
+    """Verify the federation ledger and every owner's ledger of a simulation run.
+
+    Owner ledgers are checked against the public keys enrolled before the run, not
+    against the keys recorded in the ledger files themselves.
+    """
+    ledger_dir, keys_dir = run_dir / artefacts.LEDGERS, run_dir / artefacts.KEYS
+    reports = []
+    for path in sorted(ledger_dir.glob("*.db")):
+        if path.name == artefacts.FEDERATION_LEDGER:
+            keys = {p.name.removesuffix(".pub"): load_public_key(p) for p in keys_dir.glob("*.pub")}
+            reports.append(verify(path, keys))
+        else:
+            public = owner_key_paths(keys_dir, path.stem)[1]
+            reports.append(verify(path, load_public_key(public) if public.exists() else None))
+    return reports
 
 
 def _flwr(env: dict[str, str], *args: str, capture: bool = False) -> subprocess.Popen:
@@ -236,9 +267,11 @@ def _flwr(env: dict[str, str], *args: str, capture: bool = False) -> subprocess.
                             stderr=subprocess.STDOUT if capture else None)
 
 
-def _submit(env: dict[str, str], run_config: Path) -> int:
+def _submit(env: dict[str, str], run_config: Path, num_owners: int) -> int:
     """Submit the run to the SuperLink; returns Flower's run id."""
     process = _flwr(env, "run", str(project_root()), CONNECTION, "--run-config", str(run_config),
+                    # One CPU per simulated client, so both cores of a small machine train at once.
+                    "--federation-config", f"num-supernodes={num_owners} client-resources-num-cpus=1",
                     "--format", "json", capture=True)
     output, _ = process.communicate(timeout=120)
     try:

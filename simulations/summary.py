@@ -22,6 +22,14 @@ def print_summary(runs: Sequence[SimulationResult]) -> None:
         print(f"final test accuracy: {history['final_test_accuracy']:.4f}")
         print("per-owner privacy spent:")
         print(epsilon_table(history))
+        if result.ledgers:
+            broken = [r for r in result.ledgers if not r.ok]
+            owners = sum(1 for r in result.ledgers if not r.path.endswith("federation.db"))
+            verdict = "all verified intact" if not broken else f"{len(broken)} NOT INTACT"
+            print(f"privacy ledgers:     {owners} owner ledgers + the federation ledger in "
+                  f"{result.run_dir / 'ledgers'}: {verdict}")
+            for report in broken:
+                print(report.summary())
     if len(runs) == 2:
         private, baseline = (r.history["final_test_accuracy"] for r in runs)
         print(f"\naccuracy: {runs[0].history['experiment']} {private:.4f}, "

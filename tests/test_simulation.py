@@ -20,6 +20,7 @@ from privfl.cli.simulate import load_config
 from privfl.client.training import TrainingPlan
 from privfl.models import build_model
 from privfl.privacy.accountants import get_accountant
+from privfl.privacy.ledger import CHARGE, REFUSAL, OwnerLedger
 from privfl.simulations.launcher import project_root, run_simulation
 from tests.conftest import processes_mentioning
 
@@ -55,6 +56,9 @@ def test_quickstart_trains_beyond_chance_and_reports_every_owners_epsilon(tmp_pa
     model = build_model(config.model, 64, 10)
     model.load_state_dict(torch.load(result.run_dir / "model.pt"))
     assert json.loads((result.run_dir / "config.json").read_text())["num-rounds"] == 3
+    ledgers = sorted(Path(r.path).name for r in result.ledgers)
+    assert ledgers == ["federation.db"] + [f"owner-{i}.db" for i in range(OWNERS)]
+    assert all(r.ok for r in result.ledgers), [r.summary() for r in result.ledgers if not r.ok]
     assert processes_mentioning(str(result.run_dir)) == []  # SuperLink, simulation and Ray are gone
 
 
@@ -62,7 +66,8 @@ def test_owners_refuse_once_their_budget_is_spent_and_the_server_carries_on(tmp_
     base = load_config("quickstart", [f"num-owners={OWNERS}", "num-rounds=4"])
     budget = (_round_epsilon(base, 2) + _round_epsilon(base, 3)) / 2  # room for two rounds, not three
     config = base.replace(epsilon_budget=budget, run_dir=str(tmp_path / "run"))
-    history = run_simulation(config, stream=False).history
+    result = run_simulation(config, stream=False)
+    history = result.history
 
     rounds = {r["round"]: r for r in history["rounds"]}
     assert len(rounds[1]["participants"]) == len(rounds[2]["participants"]) == OWNERS
@@ -73,6 +78,9 @@ def test_owners_refuse_once_their_budget_is_spent_and_the_server_carries_on(tmp_
     for owner in history["owners"].values():
         assert owner["epsilon"] <= budget
         assert owner["rounds_trained"] == 2 and owner["rounds_refused"] == 1
+    with OwnerLedger.open_readonly(result.run_dir / "ledgers" / "owner-0.db") as ledger:
+        assert [e.kind for e in ledger.entries()] == [CHARGE, CHARGE, REFUSAL]
+    assert all(r.ok for r in result.ledgers)
 
 
 def _free_port() -> int:

@@ -42,6 +42,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, UsageError, FileNotFoundError, FileExistsError) as err:
         print(f"privfl {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except RuntimeError as err:  # a run that failed (SimulationError): its log says more
+        print(f"privfl {args.command}: failed: {err}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
