@@ -24,6 +24,7 @@ would pass the budget, so a concurrent charge can never push the owner over it.
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -197,14 +198,14 @@ class OwnerLedger:
         BudgetExceeded and writes nothing (record a refusal instead).
         """
         self._require_key()
-        _check_release(run_id, round, delta, epsilon_budget)
+        round = _check_release(run_id, round, delta, epsilon_budget)
         if not isinstance(event, (PoissonSubsampledGaussian, Gaussian)):
             raise TypeError(f"event must be a privfl DP event, got {type(event).__name__}")
         if len(update_hash) not in (0, HASH_SIZE):
             raise ValueError(f"update_hash must be a sha256 digest ({HASH_SIZE} bytes), got {len(update_hash)}")
         if not (math.isfinite(clipping_norm) and clipping_norm > 0):
             raise ValueError(f"clipping_norm must be finite and > 0, got {clipping_norm}")
-        unit = privacy_unit or (OWNER if isinstance(event, Gaussian) else RECORD)
+        unit = _privacy_unit(privacy_unit, event)
         get_accountant(accountant)  # unknown name: ValueError before taking the lock
         with self._store.write():
             existing = self._store.find(self.owner_id, run_id, round, KIND_TO_PROTO[CHARGE])
@@ -252,10 +253,10 @@ class OwnerLedger:
         per (run_id, round): a repeated refusal returns the first.
         """
         self._require_key()
-        _check_release(run_id, round, delta, epsilon_budget)
+        round = _check_release(run_id, round, delta, epsilon_budget)
         if not reason:
             raise ValueError("a refusal needs a reason")
-        unit = privacy_unit or (OWNER if isinstance(event, Gaussian) else RECORD)
+        unit = _privacy_unit(privacy_unit, event)
         with self._store.write():
             existing = self._store.find(self.owner_id, run_id, round, KIND_TO_PROTO[REFUSAL])
             if existing is not None:
@@ -312,12 +313,26 @@ def _decode(row: StoredRow) -> Entry:
     return decode_entry(row.entry, row.signature, row.key_fingerprint)
 
 
-def _check_release(run_id: str, round: int, delta: float, epsilon_budget: float) -> None:
+def _privacy_unit(given: str | None, event: DpEvent | None) -> str:
+    """DP-SGD protects a record; DP over clipped updates protects the owner (principle 4)."""
+    unit = given or (OWNER if isinstance(event, Gaussian) else RECORD)
+    if unit not in (RECORD, OWNER):
+        raise ValueError(f"privacy_unit must be '{RECORD}' or '{OWNER}', got {unit!r}")
+    return unit
+
+
+def _check_release(run_id: str, round: int, delta: float, epsilon_budget: float) -> int:
+    """Validate a release's identity and budget; returns the round as a plain int."""
     if not isinstance(run_id, str) or not run_id:
         raise ValueError("run_id must be a non-empty string")
-    if not (isinstance(round, int) and round >= 0):
-        raise ValueError(f"round must be an integer >= 0, got {round!r}")
+    try:
+        round = operator.index(round)
+    except TypeError:
+        raise ValueError(f"round must be an integer, got {round!r}") from None
+    if round < 0:
+        raise ValueError(f"round must be >= 0, got {round}")
     if not 0 < delta < 1:
         raise ValueError(f"delta must be in (0, 1), got {delta}")
     if not (math.isfinite(epsilon_budget) and epsilon_budget > 0):
         raise ValueError(f"epsilon_budget must be finite and > 0, got {epsilon_budget}")
+    return round

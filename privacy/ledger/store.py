@@ -24,7 +24,6 @@ uniqueness rules; verification checks that they agree with the signed bytes.
 from __future__ import annotations
 
 import sqlite3
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -59,8 +58,7 @@ SCHEMA = [
     """CREATE TABLE keys (
         fingerprint TEXT PRIMARY KEY,
         owner_id TEXT NOT NULL,
-        public_key BLOB NOT NULL,
-        added_unix_nanos INTEGER NOT NULL)""",
+        public_key BLOB NOT NULL)""",
     """CREATE TABLE entries (
         id INTEGER PRIMARY KEY,
         owner_id TEXT NOT NULL,
@@ -138,7 +136,7 @@ class LedgerStore:
                 if not store._has_schema():
                     store._create(kind, meta)
                 store._check_identity(kind, meta)
-        except sqlite3.DatabaseError as err:
+        except (sqlite3.DatabaseError, UnicodeDecodeError) as err:
             db.close()
             raise NotALedgerError(f"{path} is not a privfl ledger ({err})") from None
         except BaseException:
@@ -162,7 +160,7 @@ class LedgerStore:
             if not store._has_schema():
                 raise NotALedgerError(f"{path} is not a privfl ledger (no ledger tables)")
             store._check_identity(None, {})
-        except sqlite3.DatabaseError as err:
+        except (sqlite3.DatabaseError, UnicodeDecodeError, ValueError) as err:
             db.close()
             raise NotALedgerError(f"{path} is not a readable privfl ledger ({err})") from None
         except BaseException:
@@ -180,14 +178,13 @@ class LedgerStore:
         return True
 
     def _create(self, kind: str, meta: dict[str, str]) -> None:
-        from privfl import __version__
-
         self._db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
         self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         for statement in SCHEMA:
             self._db.execute(statement)
-        values = {"ledger_kind": kind, "schema_version": str(SCHEMA_VERSION),
-                  "created_unix_nanos": str(time.time_ns()), "created_by": f"privfl {__version__}", **meta}
+        # Only facts a verifier can check (kind, schema, owner): an unsigned value it could
+        # not check (a creation time, a version string) could be edited unnoticed.
+        values = {"ledger_kind": kind, "schema_version": str(SCHEMA_VERSION), **meta}
         self._db.executemany("INSERT INTO meta (key, value) VALUES (?, ?)", sorted(values.items()))
 
     def _check_identity(self, kind: str | None, meta: dict[str, str]) -> None:
@@ -240,7 +237,7 @@ class LedgerStore:
     def keys(self) -> list[tuple[str, str, bytes]]:
         """(fingerprint, owner_id, raw public key) for every key the ledger records."""
         return list(self._db.execute(
-            "SELECT fingerprint, owner_id, public_key FROM keys ORDER BY added_unix_nanos, fingerprint"))
+            "SELECT fingerprint, owner_id, public_key FROM keys ORDER BY rowid"))
 
     def owner_ids(self) -> list[str]:
         return [r[0] for r in self._db.execute("SELECT DISTINCT owner_id FROM entries ORDER BY owner_id")]
@@ -286,6 +283,9 @@ class LedgerStore:
     def triggers(self) -> tuple[str, ...]:
         return tuple(sorted(r[0] for r in self._db.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'")))
 
+    def pragma(self, name: str) -> int:
+        return int(self._db.execute(f"PRAGMA {name}").fetchone()[0])
+
     def integrity_problems(self) -> list[str]:
         rows = [r[0] for r in self._db.execute("PRAGMA integrity_check")]
         return [] if rows == ["ok"] else rows
@@ -294,8 +294,8 @@ class LedgerStore:
 
     def add_key(self, owner_id: str, fingerprint: str, public_key: bytes) -> None:
         self._require_write()
-        self._db.execute("INSERT INTO keys (fingerprint, owner_id, public_key, added_unix_nanos) VALUES (?, ?, ?, ?)",
-                         (fingerprint, owner_id, public_key, time.time_ns()))
+        self._db.execute("INSERT INTO keys (fingerprint, owner_id, public_key) VALUES (?, ?, ?)",
+                         (fingerprint, owner_id, public_key))
 
     def insert(self, *, owner_id: str, sequence: int, run_id: str, round: int, kind: int,
                entry: bytes, signature: bytes, key_fingerprint: str) -> None:

@@ -41,7 +41,9 @@ from privfl.privacy.ledger.epsilon import EPSILON_REL_TOL, PrefixEpsilons, epsil
 from privfl.privacy.ledger.errors import LedgerError, NotALedgerError, UnsupportedEvent
 from privfl.privacy.ledger.owner import compute_epsilon
 from privfl.privacy.ledger.signing import signature_problem
-from privfl.privacy.ledger.store import FEDERATION_LEDGER, OWNER_LEDGER, SCHEMA, LedgerStore, StoredRow
+from privfl.privacy.ledger.store import (
+    FEDERATION_LEDGER, OWNER_LEDGER, SCHEMA, SCHEMA_VERSION, LedgerStore, StoredRow,
+)
 from privfl.protos import ledger_pb2
 
 EPSILON_CHECKS = ("all", "last", "none")
@@ -132,6 +134,9 @@ def verify(
         return _verify_open(store, report, public_key, epsilon_check, list(anchors), anchors_source)
     except sqlite3.DatabaseError as err:  # corruption met while reading rows
         return report.fail(f"the file is damaged: SQLite reports {err}")
+    except (ValueError, TypeError, UnicodeDecodeError, OverflowError) as err:
+        # Data no privfl version writes (e.g. a column whose type was changed): fail closed.
+        return report.fail(f"the file holds data privfl never writes ({type(err).__name__}: {err})")
     finally:
         store.close()
 
@@ -148,9 +153,23 @@ def _verify_open(store: LedgerStore, report: VerificationReport, public_key: Pub
     report.ledger_kind = kind = meta.get("ledger_kind", "")
     if kind not in (OWNER_LEDGER, FEDERATION_LEDGER):
         return report.fail(f"unknown ledger kind {kind!r} in the metadata")
+    versions = {store.pragma("user_version"), meta.get("schema_version")}
+    if versions != {SCHEMA_VERSION, str(SCHEMA_VERSION)}:
+        return report.fail(f"schema version is not {SCHEMA_VERSION} (user_version {store.pragma('user_version')}, "
+                           f"metadata {meta.get('schema_version')!r})")
+    expected_meta = {"ledger_kind", "schema_version"} | ({"owner_id"} if kind == OWNER_LEDGER else set())
+    if set(meta) != expected_meta:
+        return report.fail(f"the metadata keys are {sorted(meta)}, expected {sorted(expected_meta)}")
 
     recorded: dict[str, list[tuple[str, bytes]]] = {}
     for fp, owner, raw in store.keys():
+        try:
+            consistent = fingerprint(public_key_from_bytes(raw)) == fp
+        except (LedgerError, ValueError, TypeError):
+            consistent = False
+        if not consistent:
+            return report.fail("the keys table's public key does not match its recorded fingerprint "
+                               "(keys table altered)", str(owner))
         recorded.setdefault(owner, []).append((fp, raw))
     owners = sorted(set(recorded) | set(store.owner_ids()))
     if kind == OWNER_LEDGER:
@@ -172,10 +191,6 @@ def _verify_open(store: LedgerStore, report: VerificationReport, public_key: Pub
     for owner in owners:
         if owner in supplied:
             keys[owner] = supplied[owner]
-            stored = recorded.get(owner, [])
-            if stored and stored[0][0] != fingerprint(supplied[owner]):
-                report.notes.append(f"owner {owner}: the ledger records key {stored[0][0][:16]}..., "
-                                    f"checking against the supplied key {fingerprint(supplied[owner])[:16]}...")
             continue
         stored = recorded.get(owner, [])
         if len(stored) != 1:
@@ -193,6 +208,11 @@ def _verify_open(store: LedgerStore, report: VerificationReport, public_key: Pub
     for owner in owners:
         if not _walk_owner(store, report, owner, keys[owner], kind, epsilon_check):
             return report
+    for owner in owners:  # entries verified under supplied keys: the file must record those same keys
+        stored = recorded.get(owner, [])
+        if owner in supplied and [fp for fp, _ in stored] != [fingerprint(supplied[owner])]:
+            return report.fail(f"the entries verify under the supplied key, but the ledger records "
+                               f"{[fp[:16] + '...' for fp, _ in stored]} for this owner (keys table altered)", owner)
     _check_anchors(store, report, anchors, anchors_source, set(owners))
     return report
 
@@ -223,9 +243,15 @@ def _schema_problem(store: LedgerStore) -> str | None:
             "): the append-only guards were tampered with or the file was not written by privfl")
 
 
-def _schema_of(db: sqlite3.Connection) -> dict[str, str]:
-    rows = db.execute("SELECT type, name, sql FROM sqlite_master WHERE name NOT LIKE 'sqlite_%'")
-    return {f"{t} {n}": " ".join((sql or "").split()) for t, n, sql in rows}
+def _schema_of(db: sqlite3.Connection) -> dict[str, tuple]:
+    """Every schema object (SQLite's automatic indexes included) by type and name, SQL verbatim.
+
+    SQLite keeps each CREATE statement's text as written, so a ledger's schema text is
+    byte-for-byte that of a fresh database built from SCHEMA; even a changed space is
+    an edit of the file.
+    """
+    rows = db.execute("SELECT type, name, tbl_name, sql FROM sqlite_master")
+    return {f"{kind} {name}": (table, sql) for kind, name, table, sql in rows}
 
 
 def _walk_owner(store: LedgerStore, report: VerificationReport, owner: str, key: Ed25519PublicKey,
@@ -238,6 +264,9 @@ def _walk_owner(store: LedgerStore, report: VerificationReport, owner: str, key:
     rows = list(store.rows(owner))
     for index, row in enumerate(rows):
         seq = row.sequence
+        types = _type_problem(row)
+        if types:
+            return not report.fail(types, owner, seq if isinstance(seq, int) else None)
         signed = ledger_pb2.SignedEntry(entry=row.entry, signature=row.signature, key_fingerprint=row.key_fingerprint)
         problem = signature_problem(signed, key)
         if problem:
@@ -306,6 +335,18 @@ def _check_epsilon(report: VerificationReport, prefix: PrefixEpsilons, charges: 
     if not complete and stored < recomputed * (1 - EPSILON_REL_TOL):
         return (f"states cumulative epsilon {stored!r}, below the {recomputed!r} that the charges held here "
                 f"alone compose to ({entry.accountant})")
+    return None
+
+
+_COLUMN_TYPES = {"id": int, "owner_id": str, "sequence": int, "run_id": str, "round": int, "kind": int,
+                 "entry": bytes, "signature": bytes, "key_fingerprint": str}
+
+
+def _type_problem(row: StoredRow) -> str | None:
+    for column, kind in _COLUMN_TYPES.items():
+        value = getattr(row, column)
+        if type(value) is not kind:
+            return f"the row's {column} column holds a {type(value).__name__}, not a {kind.__name__}"
     return None
 
 
