@@ -54,9 +54,13 @@ def run(args: argparse.Namespace) -> int:
     if args.run_dir:
         config = config.replace(run_dir=str(args.run_dir))
     from privfl.simulations.launcher import run_simulation
+    from privfl.simulations.preflight import preflight
     from privfl.simulations.summary import print_summary
 
     baseline = load_config(args.baseline, []) if args.baseline else None  # refuse bad input before running
+    for checked in (config, baseline):
+        if checked is not None:
+            preflight(checked)
     runs = [run_simulation(config, stream=args.verbose)]
     if baseline is not None:
         private_dir = runs[0].run_dir
