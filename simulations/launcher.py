@@ -28,6 +28,7 @@ from privfl.client.data import simulated_owner_ids
 from privfl.config import ExperimentConfig
 from privfl.privacy.keys import generate_owner_keys, load_public_key, owner_key_paths
 from privfl.privacy.ledger import VerificationReport, verify
+from privfl.privacy.report import write_run_report
 from privfl.server import run_dir as artefacts
 
 CONNECTION = "privfl-simulation"
@@ -42,6 +43,7 @@ class SimulationResult:
     run_dir: Path
     history: dict
     ledgers: list[VerificationReport] = field(default_factory=list)  # every ledger, verified after the run
+    reports: list[Path] = field(default_factory=list)  # the privacy budget report, in every format
 
 
 def project_root() -> Path:
@@ -229,7 +231,9 @@ def run_simulation(config: ExperimentConfig, *, log_to: Path | None = None, stre
         shutil.rmtree(ray_tmp, ignore_errors=True)
 
     history = json.loads(history_file.read_text(encoding="utf-8"))
-    return SimulationResult(run_dir=run_dir, history=history, ledgers=verify_ledgers(run_dir))
+    ledgers = verify_ledgers(run_dir)
+    reports = write_run_report(run_dir) if ledgers else []
+    return SimulationResult(run_dir=run_dir, history=history, ledgers=ledgers, reports=reports)
 
 
 def _enroll_owners(config: ExperimentConfig, keys_dir: Path) -> None:

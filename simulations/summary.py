@@ -30,6 +30,10 @@ def print_summary(runs: Sequence[SimulationResult]) -> None:
                   f"{result.run_dir / 'ledgers'}: {verdict}")
             for report in broken:
                 print(report.summary())
+        if result.reports:
+            html = next((p for p in result.reports if p.suffix == ".html"), result.reports[0])
+            others = ", ".join(p.suffix.lstrip(".") for p in result.reports if p != html)
+            print(f"privacy report:      {html}" + (f" (also {others})" if others else ""))
     if len(runs) == 2:
         private, baseline = (r.history["final_test_accuracy"] for r in runs)
         print(f"\naccuracy: {runs[0].history['experiment']} {private:.4f}, "
