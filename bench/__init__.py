@@ -1,0 +1,1 @@
+"""privfl benchmarks: each module runs with ``python -m bench.NAME`` (see docs/benchmarks.md)."""

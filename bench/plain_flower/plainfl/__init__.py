@@ -1,0 +1,1 @@
+"""Plain Flower baseline app (no privfl): see ../pyproject.toml."""

@@ -1,0 +1,149 @@
+"""Benchmark privacy budget reports: a 100-owner, 50-round federation (the acceptance: < 10 s).
+
+    python -m bench.report_bench            # federation ledger alone and the whole run folder, 3 repeats
+    python -m bench.report_bench --quick    # federation ledger alone, once (about a minute with the build)
+
+Builds a synthetic federation with the real ledger APIs
+(:func:`privfl.privacy.report.synthetic.build_synthetic_federation`: owners of different
+sizes, so different sampling rates; the small ones run out of budget and refuse), then
+measures, with every accountant cache cleared first:
+
+- ``cli``: the whole ``privfl report ... --out report.html`` command in a fresh process
+  (Python start, imports of Opacus/torch and matplotlib, verification, recomputation,
+  plots, HTML) -- what a user waits for;
+- ``build``: ``build_report`` in-process (verify every file, recompute every epsilon);
+- ``figures``, ``html``, ``json``, ``csv``, ``pdf``: drawing and writing each format.
+
+Inputs: ``federation`` (the federation ledger alone, with the owners' keys) and, in full
+mode, ``run-folder`` (the federation ledger plus all 100 owner ledgers, each verified and
+checked against the federation's copies).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make the bench package importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.common import parser, print_table, write_results  # noqa: E402
+
+NAME = "report_bench"
+
+
+def clear_caches() -> None:
+    """Forget cached RDP curves, PLDs and epsilons, so every measurement starts cold."""
+    from privfl.privacy.accountants import opacus_backed, pld
+
+    for module, names in ((opacus_backed, ("_rdp_per_step", "_cached_epsilon")),
+                          (pld, ("_step_pld", "_event_pld", "_merged_epsilon"))):
+        for name in names:
+            cached = getattr(module, name, None)
+            if hasattr(cached, "cache_clear"):
+                cached.cache_clear()
+
+
+def scratch_dir() -> Path:
+    """A RAM disk where there is one: building 5,000 fsynced entries on a disk takes minutes."""
+    shm = Path("/dev/shm")
+    return Path(tempfile.mkdtemp(prefix="privfl-report-bench-", dir=shm if shm.is_dir() else None))
+
+
+def privfl_command() -> list[str]:
+    script = Path(sys.executable).parent / "privfl"
+    return [str(script)] if script.exists() else [sys.executable, "-c", "import sys; from privfl.cli import main; "
+                                                                        "sys.exit(main())"]
+
+
+def measure(label: str, ledgers: list[Path], keys: Path, out: Path, formats: list[str]) -> dict:
+    from privfl.privacy.report import build_report, write_report
+    from privfl.privacy.report.plots import report_figures
+
+    clear_caches()
+    row: dict = {"input": label, "ledger_files": len(ledgers)}
+    start = time.perf_counter()
+    report = build_report(ledgers, keys=keys, key_files_dir=keys)
+    row["build_s"] = time.perf_counter() - start
+    mark = time.perf_counter()
+    figures = report_figures(report.document)
+    row["figures_s"] = time.perf_counter() - mark
+    for fmt in formats:
+        mark = time.perf_counter()
+        path = write_report(report, out / f"{label}.{fmt}", fmt, figures)
+        row[f"{fmt}_s"] = time.perf_counter() - mark
+        row[f"{fmt}_bytes"] = path.stat().st_size
+    row["html_json_s"] = row["build_s"] + row["figures_s"] + row.get("html_s", 0) + row.get("json_s", 0)
+    row["total_s"] = time.perf_counter() - start
+    summary = report.document["summary"]
+    row.update(intact=report.intact, owners=summary["owners"], entries=summary["entries"],
+               refusals=summary["refusals"])
+    return row
+
+
+def cli_run(label: str, ledgers: list[Path], keys: Path, out: Path) -> dict:
+    command = [*privfl_command(), "report", *map(str, ledgers), "--keys-dir", str(keys),
+               "--out", str(out / f"{label}-cli.html")]
+    start = time.perf_counter()
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    wall = time.perf_counter() - start
+    if done.returncode != 0:
+        raise RuntimeError(f"privfl report failed ({done.returncode}):\n{done.stderr[-2000:]}")
+    return {"input": label, "ledger_files": len(ledgers), "cli_html_s": wall}
+
+
+def main() -> None:
+    p = parser(NAME, __doc__.split("\n\n")[0])
+    p.add_argument("--owners", type=int, default=100)
+    p.add_argument("--rounds", type=int, default=50)
+    p.add_argument("--repeats", type=int, default=None, help="default: 1 with --quick, else 3")
+    p.add_argument("--keep", type=Path, help="copy the built ledgers here (to look at the reports)")
+    args = p.parse_args()
+    repeats = args.repeats or (1 if args.quick else 3)
+    folder = scratch_dir()
+    try:
+        from privfl.privacy.report.synthetic import build_synthetic_federation
+
+        start = time.perf_counter()
+        federation = build_synthetic_federation(folder / "run", args.owners, args.rounds)
+        build_s = time.perf_counter() - start
+        print(f"built {args.owners} owners x {args.rounds} rounds: {federation.charges} charges, "
+              f"{federation.refusals} refusals, in {build_s:.1f} s (not part of the report's time)")
+        inputs = [("federation", [federation.federation_ledger])]
+        if not args.quick:
+            inputs.append(("run-folder", sorted(federation.ledgers.glob("*.db"))))
+        formats = ["html", "json"] if args.quick else ["html", "json", "csv", "pdf"]
+        out = folder / "out"
+        out.mkdir()
+        rows, cli_rows = [], []
+        for label, ledgers in inputs:
+            for repeat in range(repeats):
+                cli_rows.append({**cli_run(label, ledgers, federation.keys, out), "repeat": repeat})
+                rows.append({**measure(label, ledgers, federation.keys, out, formats), "repeat": repeat})
+        print_table(cli_rows, [("input", "input", ""), ("ledger_files", "files", "d"), ("repeat", "rep", "d"),
+                               ("cli_html_s", "privfl report --out x.html: wall s (fresh process)", ".2f")],
+                    title=f"\nwhole command, {args.owners} owners x {args.rounds} rounds")
+        columns = [("input", "input", ""), ("repeat", "rep", "d"), ("build_s", "build s", ".2f"),
+                   ("figures_s", "plots s", ".2f")]
+        columns += [(f"{f}_s", f"{f} s", ".2f") for f in formats]
+        columns += [("html_json_s", "build+html+json s", ".2f"), ("total_s", "all s", ".2f")]
+        print_table(rows, columns, title="\nin-process phases (accountant caches cleared before each)")
+        if args.keep:
+            shutil.copytree(folder, args.keep, dirs_exist_ok=True)
+        write_results(args.out, NAME, quick=args.quick,
+                      settings={"owners": args.owners, "rounds": args.rounds, "repeats": repeats,
+                                "formats": formats, "scratch": str(folder.parent),
+                                "load_average": os.getloadavg()},
+                      results=rows + cli_rows, ledger_build_s=build_s, charges=federation.charges,
+                      refusals=federation.refusals)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
