@@ -28,6 +28,10 @@ from privfl.simulations.datasets import (
 from privfl.simulations.partitioning import dirichlet_partition, iid_partition
 
 
+# A simulation's worker process serves many rounds of many owners: load each data set once.
+_load_dataset = lru_cache(maxsize=4)(load_dataset)
+
+
 class OwnerDataError(ValueError):
     """The node config does not identify a usable partition or data file."""
 
@@ -59,7 +63,7 @@ def simulated_owner(config: ExperimentConfig, partition_id: int, num_partitions:
         raise OwnerDataError(f"partition-id {partition_id} is outside 0..{num_partitions - 1}")
     owner_ids, partitions = _partitions(config.dataset, config.partitioning, num_partitions,
                                         config.dirichlet_alpha, config.seed)
-    train, _ = load_dataset(config.dataset, config.seed)
+    train, _ = _load_dataset(config.dataset, config.seed)
     return OwnerData(owner_id=owner_ids[partition_id], train=train.subset(partitions[partition_id]))
 
 
@@ -73,7 +77,7 @@ def _partitions(
     dataset: str, partitioning: str, num_owners: int, alpha: float, seed: int
 ) -> tuple[tuple[str, ...], tuple[np.ndarray, ...]]:
     """Owner names and index sets; cached because a worker process serves many rounds."""
-    train, _ = load_dataset(dataset, seed)
+    train, _ = _load_dataset(dataset, seed)
     if partitioning == "natural":
         names = natural_partitions(dataset)
         if names is None or len(names) != num_owners:

@@ -54,7 +54,8 @@ def main(grid: Grid, context: Context) -> None:
     ledger_dir = path / artefacts.LEDGERS
     ledger_dir.mkdir(exist_ok=True)
     owner_keys = Path(config.owner_keys_dir) if config.owner_keys_dir else path / artefacts.KEYS
-    federation = FederationLedger.open(ledger_dir / artefacts.FEDERATION_LEDGER)
+    # A non-private run releases no DP events, so it keeps no federation ledger.
+    federation = FederationLedger.open(ledger_dir / artefacts.FEDERATION_LEDGER) if config.dp else None
     receipts = ReceiptCheck(federation, owner_keys, plan, run_id=str(context.run_id))
     strategy = BudgetAwareFedAvg(
         # A simulation registers all its nodes at once; in a deployment, owners that
@@ -75,7 +76,8 @@ def main(grid: Grid, context: Context) -> None:
     )
     final = result.arrays if len(result.arrays) else ArrayRecord(model.state_dict())  # no round trained
     torch.save(final.to_torch_state_dict(), path / artefacts.MODEL)
-    federation.close()
+    if federation is not None:
+        federation.close()
     history.status = "finished"
     history.save(history_file)
     log.info("privfl run finished: test accuracy %s, artefacts in %s", history.final_accuracy(), path)

@@ -25,7 +25,9 @@ log = logging.getLogger("privfl.server")
 
 
 class ReceiptCheck:
-    def __init__(self, ledger: FederationLedger, owner_keys_dir: Path, plan: TrainingPlan, run_id: str) -> None:
+    def __init__(self, ledger: FederationLedger | None, owner_keys_dir: Path, plan: TrainingPlan,
+                 run_id: str) -> None:
+        """``ledger`` is None only in a non-private run, which accepts no signed receipts."""
         self.ledger, self.owner_keys_dir, self.plan, self.run_id = ledger, owner_keys_dir, plan, run_id
         self._owner_of_node: dict[int, str] = {}
 
@@ -39,6 +41,8 @@ class ReceiptCheck:
             if self.plan.dp:
                 raise ReceiptRejected("a non-private update in a DP run")
             return PrivacyReceipt.non_private(self._bind(reply, str(record[protocol.OWNER_ID])))
+        if self.ledger is None:
+            raise ReceiptRejected("a signed DP receipt in a non-private run")
         signed = record.get(protocol.SIGNED_ENTRY)
         if not isinstance(signed, bytes) or not signed:
             raise ReceiptRejected("the receipt is not a signed ledger entry")

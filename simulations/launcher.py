@@ -231,7 +231,7 @@ def run_simulation(config: ExperimentConfig, *, log_to: Path | None = None, stre
         shutil.rmtree(ray_tmp, ignore_errors=True)
 
     history = json.loads(history_file.read_text(encoding="utf-8"))
-    ledgers = verify_ledgers(run_dir)
+    ledgers = verify_ledgers(run_dir) if config.dp else []
     reports = write_run_report(run_dir) if ledgers else []
     return SimulationResult(run_dir=run_dir, history=history, ledgers=ledgers, reports=reports)
 
@@ -271,11 +271,22 @@ def _flwr(env: dict[str, str], *args: str, capture: bool = False) -> subprocess.
                             stderr=subprocess.STDOUT if capture else None)
 
 
+def _client_resources() -> str:
+    """One CPU per simulated client, so both cores of a small machine train at once.
+
+    Ray hides GPUs from workers that ask for none: on a CUDA machine every client asks
+    for a quarter of one, so up to four share it and train on ``cuda``.
+    """
+    import torch
+
+    gpus = 0.25 if torch.cuda.is_available() else 0.0
+    return f"client-resources-num-cpus=1 client-resources-num-gpus={gpus}"
+
+
 def _submit(env: dict[str, str], run_config: Path, num_owners: int) -> int:
     """Submit the run to the SuperLink; returns Flower's run id."""
     process = _flwr(env, "run", str(project_root()), CONNECTION, "--run-config", str(run_config),
-                    # One CPU per simulated client, so both cores of a small machine train at once.
-                    "--federation-config", f"num-supernodes={num_owners} client-resources-num-cpus=1",
+                    "--federation-config", f"num-supernodes={num_owners} {_client_resources()}",
                     "--format", "json", capture=True)
     output, _ = process.communicate(timeout=120)
     try:

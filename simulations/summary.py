@@ -20,6 +20,11 @@ def print_summary(runs: Sequence[SimulationResult]) -> None:
         print(f"== {history['experiment']}: {guarantee}")
         print(f"run directory:       {result.run_dir}")
         print(f"final test accuracy: {history['final_test_accuracy']:.4f}")
+        failures = sum(len(r.get("failures", [])) for r in history["rounds"])
+        if failures:
+            trained = sum(len(r.get("participants", [])) for r in history["rounds"])
+            print(f"WARNING: {failures} client update(s) failed or were rejected ({trained} accepted); "
+                  f"see 'failures' in {result.run_dir / 'history.json'}")
         print("per-owner privacy spent:")
         print(epsilon_table(history))
         if result.ledgers:
