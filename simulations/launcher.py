@@ -30,6 +30,7 @@ from privfl.privacy.keys import generate_owner_keys, load_public_key, owner_key_
 from privfl.privacy.ledger import VerificationReport, verify
 from privfl.privacy.report import write_run_report
 from privfl.server import run_dir as artefacts
+from privfl.simulations.processes import command_line, descendants
 
 CONNECTION = "privfl-simulation"
 
@@ -125,30 +126,9 @@ def _wait_until_listening(process: subprocess.Popen, port: int, log_file: Path, 
     raise SimulationError(f"flower-superlink did not listen on port {port} within {timeout:.0f}s; see {log_file}")
 
 
-def _descendants(pid: int) -> list[int]:
-    """Every process below ``pid`` (Linux /proc; empty elsewhere).
-
-    Ray starts its daemons in sessions of their own, so killing the SuperLink's
-    process group does not reach them; walking the process tree does.
-    """
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    found, queue = [], [pid]
-    while queue:
-        for child in children.get(queue.pop(), []):
-            found.append(child)
-            queue.append(child)
-    return found
-
-
 def _stop_tree(process: subprocess.Popen) -> None:
     """Stop the SuperLink and everything it started (ServerApp, simulation, Ray)."""
-    tree = _descendants(process.pid)
+    tree = descendants(process.pid)
     if process.poll() is None:
         process.terminate()
         try:
@@ -156,7 +136,7 @@ def _stop_tree(process: subprocess.Popen) -> None:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(timeout=10)
-    for pid in [*tree, *_descendants(process.pid)]:
+    for pid in [*tree, *descendants(process.pid)]:
         try:
             os.kill(pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
@@ -316,13 +296,7 @@ def _status(history_file: Path) -> str | None:
 
 def _app_running(superlink: subprocess.Popen) -> bool:
     """Whether the SuperLink's simulation process (ServerApp + ClientApps) is alive."""
-    for pid in _descendants(superlink.pid):
-        try:
-            if b"flwr-simulation" in Path(f"/proc/{pid}/cmdline").read_bytes():
-                return True
-        except OSError:
-            continue
-    return False
+    return any("flwr-simulation" in command_line(pid) for pid in descendants(superlink.pid))
 
 
 def _wait_for_run(superlink: subprocess.Popen, history_file: Path, progress: RoundProgress, log_path: Path,

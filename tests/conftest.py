@@ -1,17 +1,21 @@
-"""Shared helpers: end-to-end tests run real Flower processes and must leave none behind."""
+"""Shared fixtures and helpers for the test suite."""
 
 from __future__ import annotations
 
-from pathlib import Path
+import pytest
+
+from privfl.simulations.processes import processes_mentioning
+
+__all__ = ["processes_mentioning"]
 
 
-def processes_mentioning(text: str) -> list[int]:
-    """PIDs whose command line contains ``text`` (Linux /proc)."""
-    found = []
-    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
-        try:
-            if text in cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace"):
-                found.append(int(cmdline.parent.name))
-        except OSError:
-            continue
-    return found
+@pytest.fixture
+def flower_task_identity():
+    """Flower's runtime sets who is sending before a Message can be built; here the test
+    plays the ServerApp of run 7 (a Message built outside that runtime needs this)."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    previous = TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 7, 0, 1
+    yield
+    TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = previous

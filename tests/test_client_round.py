@@ -22,15 +22,7 @@ CONFIG = ExperimentConfig(num_owners=4, num_rounds=3)
 N = 1437 // 4 + 1  # digits train split, IID over 4 owners: owner-1 holds 360 records
 
 
-@pytest.fixture(autouse=True)
-def _task_identity():
-    """Flower's runtime sets who is sending; here the test plays the ServerApp of run 7."""
-    from flwr.supercore.task_identity import TaskIdentity
-
-    previous = TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id
-    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 7, 0, 1
-    yield
-    TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = previous
+pytestmark = pytest.mark.usefixtures("flower_task_identity")
 
 
 def _context(config: ExperimentConfig = CONFIG, **node) -> Context:

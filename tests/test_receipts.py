@@ -20,14 +20,7 @@ EVENT = PLAN.privacy_event(144)
 UPDATE = OrderedDict(w=torch.arange(6.0).reshape(2, 3), b=torch.zeros(2))
 
 
-@pytest.fixture(autouse=True)
-def _task_identity():
-    from flwr.supercore.task_identity import TaskIdentity
-
-    previous = TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id
-    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 7, 0, 1
-    yield
-    TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = previous
+pytestmark = pytest.mark.usefixtures("flower_task_identity")
 
 
 @pytest.fixture
