@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import settings
 
 from privfl.simulations.processes import processes_mentioning
+
+# Property tests check behaviour, not speed: on a loaded 2-core CI machine a per-example
+# deadline only produces flaky failures.
+settings.register_profile("privfl", deadline=None)
+settings.load_profile("privfl")
 
 __all__ = ["processes_mentioning"]
 
