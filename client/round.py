@@ -15,11 +15,11 @@ charged for, so a retry neither charges twice nor releases a second noisy update
 from __future__ import annotations
 
 import hashlib
-import logging
 from typing import Any
 
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 
+from privfl.logs import get_logger
 from privfl import protocol
 from privfl.client.data import OwnerData, load_owner_data
 from privfl.client.owner_ledger import locate, open_owner_ledger
@@ -32,7 +32,7 @@ from privfl.privacy.accountants import get_accountant
 from privfl.privacy.budget import PrivacyBudget, decide_next_release
 from privfl.privacy.ledger import OwnerLedger
 
-log = logging.getLogger("privfl.client")
+log = get_logger("client")
 
 
 def owner_budget(config: ExperimentConfig, node_config: dict[str, Any], owner: OwnerData) -> PrivacyBudget:

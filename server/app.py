@@ -6,13 +6,13 @@ own module; this one wires them for one run.
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
 
+from privfl.logs import get_logger
 from privfl.client.training import TrainingPlan
 from privfl.config import ExperimentConfig
 from privfl.devices import resolve_device
@@ -25,7 +25,7 @@ from privfl.server.receipts import ReceiptCheck
 from privfl.server.strategy import BudgetAwareFedAvg
 from privfl.simulations.datasets import load_dataset
 
-log = logging.getLogger("privfl.server")
+log = get_logger("server")
 
 app = ServerApp()
 

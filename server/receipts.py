@@ -9,19 +9,19 @@ federation ledger even when the update is rejected: the owner did spend it.
 
 from __future__ import annotations
 
-import logging
 import math
 from pathlib import Path
 
 from flwr.app import Message
 
+from privfl.logs import get_logger
 from privfl import protocol
 from privfl.client.training import TrainingPlan
 from privfl.privacy.keys import KeyFileError, load_public_key, owner_key_paths
 from privfl.privacy.ledger import Entry, FederationLedger, LedgerError, ReceiptRejected
 from privfl.protocol import PrivacyReceipt
 
-log = logging.getLogger("privfl.server")
+log = get_logger("server")
 
 
 class ReceiptCheck:

@@ -11,7 +11,6 @@ Flower's FedAvg averages whatever comes back and samples any connected node.  He
 
 from __future__ import annotations
 
-import logging
 import random
 import time
 from collections.abc import Iterable
@@ -20,12 +19,13 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricReco
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
+from privfl.logs import get_logger
 from privfl import protocol
 from privfl.privacy.ledger import ReceiptRejected
 from privfl.server.history import RunHistory
 from privfl.server.receipts import ReceiptCheck
 
-log = logging.getLogger("privfl.server")
+log = get_logger("server")
 
 
 class BudgetAwareFedAvg(FedAvg):
