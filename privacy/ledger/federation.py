@@ -31,10 +31,10 @@ from privfl.privacy.ledger.entry import CHARGE, KIND_TO_PROTO, Entry, decode_ent
 from privfl.privacy.ledger.errors import LedgerError, LedgerKeyMismatch, ReceiptRejected, UnsupportedEvent
 from privfl.privacy.ledger.owner import compute_epsilon
 from privfl.privacy.ledger.signing import signature_problem
-from privfl.privacy.ledger.store import FEDERATION_LEDGER, LedgerStore, StoredRow
+from privfl.privacy.ledger.store import FEDERATION_LEDGER, LedgerFile, LedgerStore, StoredRow
 from privfl.protos import ledger_pb2
 
-class FederationLedger:
+class FederationLedger(LedgerFile):
     def __init__(self, store: LedgerStore) -> None:
         self._store = store
 
@@ -49,19 +49,6 @@ class FederationLedger:
             store.close()
             raise LedgerError(f"{path} is not a federation ledger")
         return cls(store)
-
-    def close(self) -> None:
-        self._store.close()
-
-    def __enter__(self) -> FederationLedger:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    @property
-    def path(self) -> Path:
-        return self._store.path
 
     # -- owners and keys -------------------------------------------------------
 

@@ -42,7 +42,7 @@ from privfl.privacy.ledger.errors import (
     BudgetExceeded, ChargeConflict, LedgerError, LedgerKeyMismatch, UnsupportedEvent,
 )
 from privfl.privacy.ledger.signing import sign_entry
-from privfl.privacy.ledger.store import OWNER_LEDGER, LedgerStore, StoredRow
+from privfl.privacy.ledger.store import LedgerFile, LedgerStore, OWNER_LEDGER, StoredRow
 
 
 def compute_epsilon(accountant: str, events: Sequence[DpEvent], delta: float) -> float:
@@ -61,7 +61,7 @@ class _EventCache:
     events: tuple[DpEvent, ...]
 
 
-class OwnerLedger:
+class OwnerLedger(LedgerFile):
     """One owner's append-only, hash-chained, signed ledger."""
 
     def __init__(self, store: LedgerStore, owner_id: str, signing_key: Ed25519PrivateKey | None,
@@ -118,19 +118,6 @@ class OwnerLedger:
             store.close()
             raise
         return cls(store, owner_id, None, public)
-
-    def close(self) -> None:
-        self._store.close()
-
-    def __enter__(self) -> OwnerLedger:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    @property
-    def path(self) -> Path:
-        return self._store.path
 
     # -- reading ---------------------------------------------------------------
 

@@ -28,6 +28,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Self
 
 from privfl.privacy.ledger.errors import LedgerError, NotALedgerError
 
@@ -308,3 +309,22 @@ class LedgerStore:
     def _require_write(self) -> None:
         if not self._in_write:
             raise LedgerError("internal: ledger writes must happen inside store.write()")
+
+
+class LedgerFile:
+    """A ledger over one open store: closes it, and serves as a context manager."""
+
+    _store: LedgerStore
+
+    def close(self) -> None:
+        self._store.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def path(self) -> Path:
+        return self._store.path
