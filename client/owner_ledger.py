@@ -56,7 +56,24 @@ def locate(owner_id: str, node_config: dict[str, Any], asked: Any) -> LedgerLoca
     return LedgerLocation(ledger_dir / f"{owner_id}.db", owner_key_paths(keys_dir, owner_id)[0], simulated=True)
 
 
+_OPEN: dict[tuple[str, Path, Path], OwnerLedger] = {}
+
+
 def open_owner_ledger(owner_id: str, location: LedgerLocation) -> OwnerLedger:
+    """The owner's ledger, kept open for the life of this process.
+
+    A node process serves many rounds; reopening the ledger each round costs a schema
+    check and a WAL checkpoint (an fsync) on every close.  Keeping it open is safe:
+    every append takes SQLite's write lock and re-reads the chain head, so other
+    processes appending to the same file are seen.
+    """
+    key = (owner_id, location.ledger.resolve(), location.private_key.resolve())
+    if key not in _OPEN:
+        _OPEN[key] = _open(owner_id, location)
+    return _OPEN[key]
+
+
+def _open(owner_id: str, location: LedgerLocation) -> OwnerLedger:
     if location.simulated and not location.private_key.exists():
         location.private_key.parent.mkdir(parents=True, exist_ok=True)
         try:
@@ -66,3 +83,9 @@ def open_owner_ledger(owner_id: str, location: LedgerLocation) -> OwnerLedger:
     location.ledger.parent.mkdir(parents=True, exist_ok=True)
     key = load_private_key(location.private_key, location.passphrase)
     return OwnerLedger.open(location.ledger, owner_id, key)
+
+
+def close_owner_ledgers() -> None:
+    """Close every ledger this process holds open (as a process exit or restart would)."""
+    while _OPEN:
+        _OPEN.popitem()[1].close()

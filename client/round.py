@@ -61,26 +61,26 @@ def run_train_round(msg: Message, context: Context) -> RecordDict:
         return _release(update, protocol.non_private_receipt(owner.owner_id))
 
     budget = owner_budget(config, context.node_config, owner)
-    with open_owner_ledger(owner.owner_id, locate(owner.owner_id, context.node_config, asked)) as ledger:
-        round_ = _Round(ledger, budget, config, plan, run_id=str(context.run_id),
-                        server_round=int(asked["server-round"]))
-        if not plan.dp:
-            return round_.refuse("the owner requires DP training; the server asked for non-private training")
-        charged = ledger.charge_for(round_.run_id, round_.server_round)
-        if charged is not None:
-            return round_.resend(charged)
-        planned = plan.privacy_event(len(owner.train))
-        decision = decide_next_release(ledger.events(), planned, budget, get_accountant(config.accountant))
-        if not decision.allowed:
-            log.info("%s refuses to train: %s", owner.owner_id, decision.reason)
-            return round_.refuse(decision.reason, planned)
-        update = _train(config, asked, plan, owner, msg)
-        if update.privacy_event != planned:
-            raise RuntimeError(
-                f"Opacus recorded {update.privacy_event}, not the planned {planned}; "
-                "refusing to release an update whose privacy cost was not checked"
-            )
-        return round_.charge_and_release(update)
+    ledger = open_owner_ledger(owner.owner_id, locate(owner.owner_id, context.node_config, asked))
+    round_ = _Round(ledger, budget, config, plan, run_id=str(context.run_id),
+                    server_round=int(asked["server-round"]))
+    if not plan.dp:
+        return round_.refuse("the owner requires DP training; the server asked for non-private training")
+    charged = ledger.charge_for(round_.run_id, round_.server_round)
+    if charged is not None:
+        return round_.resend(charged)
+    planned = plan.privacy_event(len(owner.train))
+    decision = decide_next_release(ledger.events(), planned, budget, get_accountant(config.accountant))
+    if not decision.allowed:
+        log.info("%s refuses to train: %s", owner.owner_id, decision.reason)
+        return round_.refuse(decision.reason, planned)
+    update = _train(config, asked, plan, owner, msg)
+    if update.privacy_event != planned:
+        raise RuntimeError(
+            f"Opacus recorded {update.privacy_event}, not the planned {planned}; "
+            "refusing to release an update whose privacy cost was not checked"
+        )
+    return round_.charge_and_release(update)
 
 
 class _Round:

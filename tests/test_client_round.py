@@ -10,6 +10,7 @@ import pytest
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
 
 from privfl import protocol
+from privfl.client.owner_ledger import close_owner_ledgers
 from privfl.client.round import run_train_round
 from privfl.client.training import TrainingPlan
 from privfl.config import ExperimentConfig
@@ -75,7 +76,8 @@ def test_a_trained_round_returns_update_and_signed_entry_with_cumulative_epsilon
 def test_the_owner_refuses_when_the_next_round_would_cross_its_budget_even_after_a_restart(tmp_path):
     budget = {"epsilon-budget": _one_round_epsilon() * 1.01}  # room for one round, not two
     assert _entry(_round(tmp_path, 1, context=_context(**budget))).kind == CHARGE
-    for attempt in range(2):  # a fresh node (restart) reads the same ledger and refuses again
+    for attempt in range(2):  # a restarted node reads the same ledger and refuses again
+        close_owner_ledgers()
         reply = _round(tmp_path, 2, context=_context(**budget))
         entry = _entry(reply)
         assert entry.kind == REFUSAL and "would exceed the budget" in entry.refusal_reason
@@ -87,6 +89,7 @@ def test_the_owner_refuses_when_the_next_round_would_cross_its_budget_even_after
 
 def test_a_retried_round_resends_the_charged_update_and_charges_once(tmp_path):
     first = _round(tmp_path, 1)
+    close_owner_ledgers()  # the retry comes from a restarted node
     again = _round(tmp_path, 1, context=_context())
     assert _entry(again).signed_bytes() == _entry(first).signed_bytes()
     assert protocol.update_digest(again[protocol.ARRAYS].to_torch_state_dict()) == _entry(first).update_hash
