@@ -54,7 +54,8 @@ def run_case(case: dict[str, Any]) -> dict[str, Any]:
     torch.set_num_threads(case["threads"])
     from opacus import PrivacyEngine  # noqa: F401  imported before the baseline for every mode
 
-    from privfl.client.training import TrainingPlan, train_locally
+    from privfl.client.training import train_locally
+    from privfl.protocol import TrainingPlan
     from privfl.devices import resolve_device
     from privfl.models import build_model
     from privfl.simulations.datasets import load_dataset
@@ -145,7 +146,8 @@ def profile_case(case: dict[str, Any]) -> dict[str, Any]:
     import torch
 
     torch.set_num_threads(case["threads"])
-    from privfl.client.training import TrainingPlan, train_locally
+    from privfl.client.training import train_locally
+    from privfl.protocol import TrainingPlan
     from privfl.models import build_model
     from privfl.simulations.datasets import load_dataset
     from privfl.simulations.partitioning import iid_partition

@@ -172,6 +172,7 @@ def run_privfl(config: Any, run_dir: Path, *, memory: bool = True) -> dict[str, 
 def run_plain_app(run_config: dict[str, Any], num_supernodes: int, work_dir: Path, *,
                   app_dir: Path = PLAIN_APP, memory: bool = True, timeout: float = 900) -> dict[str, Any]:
     """A Flower app without privfl, run the way privfl's launcher runs privfl."""
+    from privfl import settings
     from privfl.simulations import launcher as L
 
     work_dir = Path(work_dir)
@@ -191,7 +192,7 @@ def run_plain_app(run_config: dict[str, Any], num_supernodes: int, work_dir: Pat
         encoding="utf-8",
     )
     run_config_file = state_dir / "run-config.toml"
-    L._write_toml(run_config_file, {**run_config, "progress-file": str(progress_file)})
+    run_config_file.write_text(settings.toml_dumps({**run_config, "progress-file": str(progress_file)}), encoding="utf-8")
     if sampler:
         sampler.__enter__()
     try:

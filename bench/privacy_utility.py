@@ -85,15 +85,22 @@ def make_config(setting: Setting, target: float | None, seed: int, rounds: int |
 
 
 def owners_of(config) -> list:
-    from privfl.client.data import simulated_owner
+    from privfl.simulations.federation import simulated_federation
 
-    return [simulated_owner(config, i, config.num_owners) for i in range(config.num_owners)]
+    return [simulated_owner_of(config, i) for i in range(len(simulated_federation(config).owner_ids))]
+
+
+def simulated_owner_of(config, index: int):
+    from privfl.client.data import simulated_owner
+    from privfl.simulations.federation import simulated_federation
+
+    return simulated_owner(config, index, len(simulated_federation(config).owner_ids))
 
 
 def plan_sigma(config, target: float) -> float:
     """The noise multiplier that keeps every owner within ``target`` after the whole run."""
-    from privfl.client.training import TrainingPlan
     from privfl.privacy.accountants import get_accountant
+    from privfl.protocol import TrainingPlan
 
     accountant = get_accountant(config.accountant)
     plan = TrainingPlan.from_config(config.replace(noise_multiplier=1.0))
@@ -119,11 +126,12 @@ def run_inprocess(config) -> dict[str, Any]:
     import torch
 
     from privfl.client.round import _round_seed  # the ClientApp's batch-order seed
-    from privfl.client.training import TrainingPlan, train_locally
+    from privfl.client.training import train_locally
     from privfl.devices import resolve_device
     from privfl.models import ModelSpec
     from privfl.privacy.accountants import get_accountant
-    from privfl.server.evaluation import evaluate
+    from privfl.protocol import TrainingPlan
+    from privfl.task import evaluate
     from privfl.simulations.datasets import load_dataset
 
     started = time.perf_counter()
@@ -145,7 +153,7 @@ def run_inprocess(config) -> dict[str, Any]:
                 model.load_state_dict(global_state)
                 update = train_locally(
                     model, data[owner.owner_id], plan, device,
-                    seed=_round_seed(config.seed, server_round, owner.owner_id),
+                    seed=_round_seed(f"{config.experiment}-{config.seed}", server_round, owner.owner_id),
                     noise_seed=_noise_seed(config.seed, server_round, owner.owner_id),
                 )
                 if update.privacy_event is not None:
@@ -160,12 +168,12 @@ def run_inprocess(config) -> dict[str, Any]:
 
     model = spec.build()
     model.load_state_dict(global_state)
-    _, accuracy = evaluate(model, test, device)
+    _, accuracy = evaluate(model, test, device=device)
     result: dict[str, Any] = {"accuracy": accuracy, "train_s": time.perf_counter() - started}
     if config.dataset == "heart-disease":
         from privfl.simulations.datasets import load_heart_disease
 
-        per_hospital = {h: evaluate(model, t, device)[1] for h, (_, t) in load_heart_disease().items()}
+        per_hospital = {h: evaluate(model, t, device=device)[1] for h, (_, t) in load_heart_disease().items()}
         result["per_hospital_accuracy"] = per_hospital
         result["mean_hospital_accuracy"] = float(np.mean(list(per_hospital.values())))
     if config.dp:

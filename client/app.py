@@ -1,7 +1,7 @@
-"""privfl's ClientApp: train on the owner's own data, within the owner's budget.
+"""privfl's ClientApp: train and evaluate on the owner's own data, within the owner's policy.
 
-Thin on purpose: the steps live in :mod:`privfl.client.round`, this module only
-adapts Flower's message to them.
+Thin on purpose: the steps live in :mod:`privfl.client.round` (training) and
+:mod:`privfl.client.evaluation`; this module only adapts Flower's messages to them.
 """
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ from __future__ import annotations
 from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
+from privfl.client.evaluation import run_evaluate_round
 from privfl.client.round import run_train_round
 
 app = ClientApp()
@@ -17,3 +18,8 @@ app = ClientApp()
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     return Message(content=run_train_round(msg, context), reply_to=msg)
+
+
+@app.evaluate()
+def evaluate(msg: Message, context: Context) -> Message:
+    return Message(content=run_evaluate_round(msg, context), reply_to=msg)

@@ -1,12 +1,12 @@
-"""Which records a client trains on, decided from its node config.
+"""The records an owner trains and evaluates on.
 
 Two ways in, one result (:class:`OwnerData`):
-- deployment: the institution points its SuperNode at its own file with
-  ``--node-config 'owner-id="st-mary" data-path="/data/st-mary.npz"'`` (arrays
-  ``features`` float (n, d) and ``labels`` int (n,));
+- deployment: the institution's policy names its own files (``data``, and
+  ``evaluation-data`` if it answers evaluation requests), read with
+  :mod:`privfl.datafiles` (CSV, Parquet or .npz; schema in docs/data.md);
 - simulation: Flower gives each simulated node only ``partition-id`` and
-  ``num-partitions``, so the owner's share of a bundled dataset is recomputed from
-  the experiment config (deterministic for its seed) and named after the partition.
+  ``num-partitions``; the owner's share is that partition of the simulated
+  federation (:func:`privfl.simulations.federation.simulated_federation`).
 """
 
 from __future__ import annotations
@@ -14,98 +14,55 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
-
-import numpy as np
 
 from privfl.config import ExperimentConfig
-from privfl.simulations.datasets import (
-    ArrayDataset,
-    heart_disease_owner_indices,
-    load_dataset,
-    natural_partitions,
-)
-from privfl.simulations.partitioning import dirichlet_partition, iid_partition
-
-
-# A simulation's worker process serves many rounds of many owners: load each data set once.
-_load_dataset = lru_cache(maxsize=4)(load_dataset)
+from privfl.privacy.policy import OwnerPolicy
+from privfl.simulations.datasets import ArrayDataset
+from privfl.simulations.federation import simulated_federation
 
 
 class OwnerDataError(ValueError):
-    """The node config does not identify a usable partition or data file."""
+    """The owner's data cannot be read or does not fit; the message says why."""
 
 
 @dataclass(frozen=True, eq=False)
 class OwnerData:
     owner_id: str
     train: ArrayDataset
-
-
-def load_owner_data(config: ExperimentConfig, node_config: dict[str, Any]) -> OwnerData:
-    if "data-path" in node_config:
-        return _load_file(node_config)
-    if "partition-id" not in node_config:
-        raise OwnerDataError(
-            "node config has neither 'data-path' (deployment) nor 'partition-id' (simulation); "
-            "start the SuperNode with --node-config 'owner-id=\"...\" data-path=\"/path/to/data.npz\"'"
-        )
-    return simulated_owner(config, int(node_config["partition-id"]), int(node_config["num-partitions"]))
+    evaluation: ArrayDataset | None = None
 
 
 def simulated_owner(config: ExperimentConfig, partition_id: int, num_partitions: int) -> OwnerData:
-    """Owner ``partition_id`` of a federation of ``num_partitions`` simulated owners.
-
-    The federation's size is Flower's (``num-supernodes``), which ``privfl simulate``
-    sets to ``num-owners``; with plain ``flwr run`` it is whatever the federation says.
-    """
+    """Owner ``partition_id`` of a federation of ``num_partitions`` simulated owners."""
     if not 0 <= partition_id < num_partitions:
         raise OwnerDataError(f"partition-id {partition_id} is outside 0..{num_partitions - 1}")
-    owner_ids, partitions = _partitions(config.dataset, config.partitioning, num_partitions,
-                                        config.dirichlet_alpha, config.seed)
-    train, _ = _load_dataset(config.dataset, config.seed)
-    return OwnerData(owner_id=owner_ids[partition_id], train=train.subset(partitions[partition_id]))
+    owner_id, train, evaluation = simulated_federation(config, num_partitions).owner(partition_id)
+    return OwnerData(owner_id, train, evaluation)
 
 
-def simulated_owner_ids(config: ExperimentConfig, num_partitions: int) -> tuple[str, ...]:
-    """The owner names a simulated federation of ``num_partitions`` nodes will use."""
-    return _partitions(config.dataset, config.partitioning, num_partitions, config.dirichlet_alpha, config.seed)[0]
+def deployed_owner_data(policy: OwnerPolicy) -> OwnerData:
+    """The institution's own files, as its policy names them (read once while unchanged)."""
+    train = _read(policy.data, policy.label_column, "data")
+    evaluation = _read(policy.evaluation_data, policy.label_column, "evaluation-data") \
+        if policy.evaluation_data else None
+    return OwnerData(policy.owner_id, train, evaluation)
+
+
+def _read(path: str, label_column: str, key: str) -> ArrayDataset:
+    file = Path(path)
+    try:
+        stat = file.stat()
+    except OSError as err:
+        raise OwnerDataError(f"{key} {file}: {err.strerror or err}") from None
+    return _read_cached(str(file.resolve()), stat.st_mtime_ns, stat.st_size, label_column, key)
 
 
 @lru_cache(maxsize=8)
-def _partitions(
-    dataset: str, partitioning: str, num_owners: int, alpha: float, seed: int
-) -> tuple[tuple[str, ...], tuple[np.ndarray, ...]]:
-    """Owner names and index sets; cached because a worker process serves many rounds."""
-    train, _ = _load_dataset(dataset, seed)
-    if partitioning == "natural":
-        names = natural_partitions(dataset)
-        if names is None or len(names) != num_owners:
-            raise OwnerDataError(
-                f"{dataset} has {len(names or [])} natural owners ({', '.join(names or [])}) but the "
-                f"federation has {num_owners} nodes; run it with num-supernodes = {len(names or [])}"
-            )
-        blocks = heart_disease_owner_indices()
-        return tuple(names), tuple(blocks[name] for name in names)
-    if partitioning == "iid":
-        parts = iid_partition(len(train), num_owners, seed)
-    else:
-        parts = dirichlet_partition(train.labels, num_owners, alpha, seed)
-    width = len(str(num_owners - 1))
-    return tuple(f"owner-{i:0{width}d}" for i in range(num_owners)), tuple(parts)
+def _read_cached(path: str, mtime_ns: int, size: int, label_column: str, key: str) -> ArrayDataset:
+    from privfl.datafiles import DataFileError, read_owner_data
 
-
-def _load_file(node_config: dict[str, Any]) -> OwnerData:
-    path = Path(str(node_config["data-path"]))
-    owner_id = str(node_config.get("owner-id", "")).strip()
-    if not owner_id:
-        raise OwnerDataError("node config sets data-path but no owner-id; add owner-id=\"<your institution>\"")
     try:
-        with np.load(path) as arrays:
-            features, labels = arrays["features"], arrays["labels"]
-    except FileNotFoundError:
-        raise OwnerDataError(f"data-path {path} does not exist") from None
-    except (KeyError, ValueError, OSError) as err:
-        raise OwnerDataError(f"data-path {path}: expected an .npz with arrays 'features' and 'labels' ({err})") from None
-    num_classes = int(node_config.get("num-classes", int(labels.max()) + 1))
-    return OwnerData(owner_id, ArrayDataset(features, labels, num_classes, name=path.stem))
+        loaded = read_owner_data(path, label_column=label_column)
+    except DataFileError as err:
+        raise OwnerDataError(f"{key} {path}: {err}") from None
+    return loaded if isinstance(loaded, ArrayDataset) else loaded.dataset

@@ -1,15 +1,20 @@
-"""One training round at a client, in the order the trust model demands.
+"""One training round at an owner, in the order the trust model demands.
 
-1. read what the server asks (training plan, model) and the owner's own policy;
-2. ask the owner's ledger whether the release fits the budget; if not, record a
-   signed refusal and release nothing;
-3. train with DP-SGD (an owner whose config requires DP never trains without it);
-4. save the update and charge the release to the owner's ledger (durably) *before*
-   the update leaves;
+1. find the owner this node serves: its own policy, key and ledger (a node that has
+   none of them refuses, unsigned, saying why; it never falls back to the run config);
+2. read the request and check it against the owner's policy (protocol version,
+   purpose, privacy unit, model, DP required, least noise, data shape, delta); a
+   request below the policy gets a signed refusal and nothing is released;
+3. ask the owner's ledger whether the release fits the budget (and the per-round
+   cap); if not, a signed refusal;
+4. train with DP-SGD, save the update and charge the release to the owner's ledger
+   (durably) *before* the update leaves;
 5. return the update with the signed ledger entry as its receipt.
 
-A retried round finds its charge in the ledger and re-sends the very update it
-charged for, so a retry neither charges twice nor releases a second noisy update.
+A charge is keyed by privfl's experiment id and round (not Flower's run id, which a
+resumed experiment changes).  A retried or resumed round finds its charge and re-sends
+the very update it charged for, so it is never charged twice and never releases a
+second noisy update under one charge.
 """
 
 from __future__ import annotations
@@ -19,114 +24,126 @@ from typing import Any
 
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 
-from privfl.logs import get_logger
 from privfl import protocol
-from privfl.client.data import OwnerData, load_owner_data
-from privfl.client.owner_ledger import locate, open_owner_ledger
+from privfl.client.data import OwnerDataError
+from privfl.client.guard import decide_release, review_request
+from privfl.client.owner import Owner, OwnerSetupError, node_owner
 from privfl.client.release_store import ReleaseStore
-from privfl.client.training import LocalUpdate, TrainingPlan, train_locally
-from privfl.config import ExperimentConfig
+from privfl.client.training import LocalUpdate, train_locally
 from privfl.devices import resolve_device
-from privfl.models import ModelSpec, ensure_privatizable
-from privfl.privacy.accountants import get_accountant
-from privfl.privacy.budget import PrivacyBudget, decide_next_release
-from privfl.privacy.ledger import OwnerLedger
+from privfl.logs import get_logger
+from privfl.protocol import ProtocolError, RoundRequest
 
 log = get_logger("client")
 
 
-def owner_budget(config: ExperimentConfig, node_config: dict[str, Any], owner: OwnerData) -> PrivacyBudget:
-    """The owner's budget: its node config wins over the experiment's defaults.
-
-    delta must stay below 1/n: a larger delta admits mechanisms that publish a
-    whole record outright with probability delta.
-    """
-    epsilon = float(node_config.get("epsilon-budget", config.epsilon_budget))
-    delta = float(node_config.get("delta", config.delta))
-    if delta >= 1.0 / len(owner.train):
-        raise ValueError(
-            f"owner {owner.owner_id}: delta = {delta:g} is not below 1/n = 1/{len(owner.train)}; "
-            f"set delta below {1.0 / len(owner.train):.2g}"
-        )
-    return PrivacyBudget(epsilon=epsilon, delta=delta)
-
-
 def run_train_round(msg: Message, context: Context) -> RecordDict:
-    config = ExperimentConfig.from_mapping(context.run_config, source="run config")
-    asked = msg.content[protocol.TRAIN_CONFIG]
-    plan = TrainingPlan.from_record_values(asked)
-    owner = load_owner_data(config, context.node_config)
-    if not config.dp and not plan.dp:  # an owner that allows non-private training
-        update = _train(config, asked, plan, owner, msg)
-        return _release(update, protocol.non_private_receipt(owner.owner_id))
+    asked = msg.content.config_records.get(protocol.TRAIN_CONFIG, {})
+    try:
+        owner = node_owner(context, str(asked.get("owners-dir", "")))
+    except OwnerSetupError as err:
+        log.error("refusing to train (unsigned: no usable policy or key): %s", err)
+        return RecordDict({protocol.PRIVACY: protocol.unsigned_refusal(str(err), err.owner_id)})
+    experiment_id, server_round = asked.get("experiment-id"), asked.get("server-round")
+    if not (isinstance(experiment_id, str) and experiment_id and isinstance(server_round, int)
+            and not isinstance(server_round, bool) and server_round >= 0):
+        reason = "the request names no experiment id and round, which key every charge"
+        log.error("%s refuses: %s", owner.owner_id, reason)
+        return RecordDict({protocol.PRIVACY: protocol.unsigned_refusal(reason, owner.owner_id)})
+    round_ = _Round(owner, experiment_id, server_round)
+    try:
+        request = RoundRequest.from_record(asked)
+    except ProtocolError as err:
+        return round_.refuse(f"the request does not follow this owner's protocol: {err}")
+    try:
+        data = owner.data()
+    except OwnerDataError as err:
+        return round_.refuse(f"this owner's data cannot be used: {err}")
+    reason = review_request(owner.policy, request, data, training=True)
+    if reason:
+        return round_.refuse(reason, request=request)
+    if not request.plan.dp:  # the owner's policy allows non-private training (dp-required = false)
+        return _release(_train(owner, request, msg), protocol.non_private_receipt(owner.owner_id))
 
-    budget = owner_budget(config, context.node_config, owner)
-    ledger = open_owner_ledger(owner.owner_id, locate(owner.owner_id, context.node_config, asked))
-    round_ = _Round(ledger, budget, config, plan, run_id=str(context.run_id),
-                    server_round=int(asked["server-round"]))
-    if not plan.dp:
-        return round_.refuse("the owner requires DP training; the server asked for non-private training")
-    charged = ledger.charge_for(round_.run_id, round_.server_round)
+    charged = owner.ledger.charge_for(experiment_id, server_round)
     if charged is not None:
         return round_.resend(charged)
-    planned = plan.privacy_event(len(owner.train))
-    decision = decide_next_release(ledger.events(), planned, budget, get_accountant(config.accountant))
+    planned = request.plan.privacy_event(len(data.train))
+    decision = decide_release(owner.policy, owner.ledger.events(), planned)
     if not decision.allowed:
-        log.info("%s refuses to train: %s", owner.owner_id, decision.reason)
-        return round_.refuse(decision.reason, planned)
-    update = _train(config, asked, plan, owner, msg)
+        return round_.refuse(decision.reason, request=request, planned=planned)
+    try:
+        update = _train(owner, request, msg)
+    except _GlobalModelMismatch as err:
+        return round_.refuse(str(err), request=request, planned=planned)
     if update.privacy_event != planned:
         raise RuntimeError(
             f"Opacus recorded {update.privacy_event}, not the planned {planned}; "
             "refusing to release an update whose privacy cost was not checked"
         )
-    return round_.charge_and_release(update)
+    return round_.charge_and_release(update, request)
 
 
 class _Round:
-    """One (run, round) of one owner: refuse, charge-then-release, or re-send."""
+    """One (experiment, round) of one owner: refuse, charge-then-release, or re-send."""
 
-    def __init__(self, ledger: OwnerLedger, budget: PrivacyBudget, config: ExperimentConfig,
-                 plan: TrainingPlan, *, run_id: str, server_round: int) -> None:
-        self.ledger, self.budget, self.config, self.plan = ledger, budget, config, plan
-        self.run_id, self.server_round = run_id, server_round
-        self.releases = ReleaseStore(ledger.path)
+    def __init__(self, owner: Owner, experiment_id: str, server_round: int) -> None:
+        self.owner, self.experiment_id, self.server_round = owner, experiment_id, server_round
+        self.releases = ReleaseStore(owner.ledger.path)
 
-    def _terms(self) -> dict[str, Any]:
-        return dict(delta=self.budget.delta, epsilon_budget=self.budget.epsilon,
-                    accountant=self.config.accountant, purpose=self.config.purpose)
+    def _terms(self, request: RoundRequest | None) -> dict[str, Any]:
+        policy = self.owner.policy
+        unit = request.privacy_unit if request is not None and request.privacy_unit in ("record", "owner") else None
+        return dict(delta=policy.delta, epsilon_budget=policy.epsilon_budget, accountant=policy.accountant,
+                    purpose=request.purpose if request is not None else "", privacy_unit=unit)
 
-    def refuse(self, reason: str, planned: Any = None) -> RecordDict:
-        entry = self.ledger.refuse(self.run_id, self.server_round, reason, event=planned,
-                                   clipping_norm=self.plan.max_grad_norm, **self._terms())
+    def refuse(self, reason: str, *, request: RoundRequest | None = None, planned: Any = None) -> RecordDict:
+        log.warning("%s refuses round %s of %s: %s", self.owner.owner_id, self.server_round, self.experiment_id,
+                    reason)
+        clipping = request.plan.max_grad_norm if request is not None else 0.0
+        entry = self.owner.ledger.refuse(self.experiment_id, self.server_round, reason, event=planned,
+                                         clipping_norm=clipping, **self._terms(request))
         return RecordDict({protocol.PRIVACY: protocol.signed_receipt(entry.signed_bytes())})
 
-    def charge_and_release(self, update: LocalUpdate) -> RecordDict:
+    def charge_and_release(self, update: LocalUpdate, request: RoundRequest) -> RecordDict:
         digest = protocol.update_digest(update.state_dict)
-        self.releases.save(self.run_id, self.server_round, update)  # before the charge
-        entry = self.ledger.charge(self.run_id, self.server_round, update.privacy_event,
-                                   clipping_norm=self.plan.max_grad_norm, update_hash=digest, **self._terms())
+        self.releases.save(self.experiment_id, self.server_round, update)  # before the charge
+        entry = self.owner.ledger.charge(self.experiment_id, self.server_round, update.privacy_event,
+                                         clipping_norm=request.plan.max_grad_norm, update_hash=digest,
+                                         **self._terms(request))
         return _release(update, protocol.signed_receipt(entry.signed_bytes()))
 
     def resend(self, charged: Any) -> RecordDict:
-        update = self.releases.load(self.run_id, self.server_round, charged.update_hash)
+        update = self.releases.load(self.experiment_id, self.server_round, charged.update_hash)
         if update is None:
             raise RuntimeError(
-                f"owner {self.ledger.owner_id}: run {self.run_id} round {self.server_round} is already charged but "
-                "the update it was charged for is gone; refusing to release a second update under one charge"
+                f"owner {self.owner.owner_id}: round {self.server_round} of {self.experiment_id} is already charged "
+                "but the update it was charged for is gone; refusing to release a second update under one charge"
             )
-        log.warning("%s: round %s of run %s was already charged; re-sending the charged update",
-                    self.ledger.owner_id, self.server_round, self.run_id)
+        log.warning("%s: round %s of %s was already charged; re-sending the charged update",
+                    self.owner.owner_id, self.server_round, self.experiment_id)
         return _release(update, protocol.signed_receipt(charged.signed_bytes()))
 
 
-def _train(config: ExperimentConfig, asked: Any, plan: TrainingPlan, owner: OwnerData, msg: Message) -> LocalUpdate:
-    model = ModelSpec.from_record_values(asked).build()
-    if plan.dp:
-        ensure_privatizable(model)
-    model.load_state_dict(msg.content[protocol.ARRAYS].to_torch_state_dict())
-    return train_locally(model, owner.train.to_torch(), plan, resolve_device(config.device),
-                         seed=_round_seed(config.seed, int(asked["server-round"]), owner.owner_id))
+class _GlobalModelMismatch(ValueError):
+    """The global model's weights do not fit the model the request names."""
+
+
+def _train(owner: Owner, request: RoundRequest, msg: Message) -> LocalUpdate:
+    from privfl.task import ModelMismatchError, ModelNotPrivatizableError, check_model
+
+    try:
+        model = check_model(request.model, private=request.plan.dp)
+    except (ModelMismatchError, ModelNotPrivatizableError) as err:
+        raise _GlobalModelMismatch(str(err)) from None
+    try:
+        model.load_state_dict(msg.content[protocol.ARRAYS].to_torch_state_dict())
+    except (RuntimeError, KeyError, ValueError) as err:
+        raise _GlobalModelMismatch(f"the global model's weights do not fit model {request.model.name!r}: "
+                                   f"{str(err).splitlines()[0]}") from None
+    data = owner.data()
+    return train_locally(model, data.train.to_torch(), request.plan, resolve_device(owner.policy.device),
+                         seed=_round_seed(request.experiment_id, request.server_round, owner.owner_id))
 
 
 def _release(update: LocalUpdate, receipt: Any) -> RecordDict:
@@ -137,7 +154,7 @@ def _release(update: LocalUpdate, receipt: Any) -> RecordDict:
     })
 
 
-def _round_seed(seed: int, server_round: int, owner_id: str) -> int:
-    """Distinct, reproducible batch order per (experiment seed, round, owner)."""
-    digest = hashlib.sha256(f"{seed}:{server_round}:{owner_id}".encode()).digest()
+def _round_seed(experiment_id: str, server_round: int, owner_id: str) -> int:
+    """Distinct, reproducible batch order per (experiment, round, owner); noise is never seeded from it."""
+    digest = hashlib.sha256(f"{experiment_id}:{server_round}:{owner_id}".encode()).digest()
     return int.from_bytes(digest[:7], "little")

@@ -8,63 +8,19 @@ plain module after training, so no ``_module.`` prefix ever reaches a state dict
 
 from __future__ import annotations
 
-import math
 import secrets
 import warnings
 from collections import OrderedDict
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from privfl.config import ExperimentConfig, key_of
 from privfl.privacy.events import PoissonSubsampledGaussian
-
-
-@dataclass(frozen=True)
-class TrainingPlan:
-    """What the server asks every client to do in a round; travels in the train message."""
-
-    local_epochs: int
-    batch_size: int
-    learning_rate: float
-    momentum: float
-    dp: bool
-    noise_multiplier: float
-    max_grad_norm: float
-    grad_sample_mode: str
-
-    @classmethod
-    def from_config(cls, config: ExperimentConfig) -> TrainingPlan:
-        return cls(**{f.name: getattr(config, f.name) for f in fields(cls)})
-
-    def to_record_values(self) -> dict[str, Any]:
-        return {key_of(f.name): getattr(self, f.name) for f in fields(self)}
-
-    @classmethod
-    def from_record_values(cls, values: Any) -> TrainingPlan:
-        missing = [key_of(f.name) for f in fields(cls) if key_of(f.name) not in values]
-        if missing:
-            raise ValueError(f"train message lacks {', '.join(missing)}")
-        return cls(**{f.name: values[key_of(f.name)] for f in fields(cls)})
-
-    def batches_per_epoch(self, num_examples: int) -> int:
-        return max(1, math.ceil(num_examples / self.batch_size))
-
-    def privacy_event(self, num_examples: int) -> PoissonSubsampledGaussian:
-        """The DP event one round of this plan is, for an owner with ``num_examples`` records.
-
-        Opacus's DPDataLoader samples each record with rate 1 / len(data_loader),
-        i.e. 1 / ceil(n / batch_size), and takes len(data_loader) steps per epoch.
-        """
-        batches = self.batches_per_epoch(num_examples)
-        return PoissonSubsampledGaussian(
-            noise_multiplier=float(self.noise_multiplier),
-            sample_rate=1.0 / batches,
-            steps=self.local_epochs * batches,
-        )
+from privfl.protocol import TrainingPlan
+from privfl.task import ClassificationLoss
 
 
 @dataclass(frozen=True)
@@ -113,7 +69,7 @@ def _train(
     sampling = torch.Generator().manual_seed(seed)
     loader = DataLoader(data, batch_size=plan.batch_size, shuffle=True, generator=sampling)
     optimizer = torch.optim.SGD(model.parameters(), lr=plan.learning_rate, momentum=plan.momentum)
-    criterion: Any = nn.CrossEntropyLoss()
+    criterion: Any = ClassificationLoss()
 
     engine = None
     trained: nn.Module = model

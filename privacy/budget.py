@@ -35,9 +35,15 @@ class BudgetDecision:
     projected_epsilon: float  # epsilon after the next release, if it were made
     budget: PrivacyBudget
     accountant: str
+    round_epsilon: float = 0.0  # the next release's epsilon on its own
+    max_round_epsilon: float = 0.0  # the owner's per-round cap (0: none)
 
     @property
     def reason(self) -> str:
+        if self.max_round_epsilon and self.round_epsilon > self.max_round_epsilon:
+            return (f"next release alone would cost epsilon {self.round_epsilon:.4g} > the per-round limit "
+                    f"{self.max_round_epsilon:g} (max-round-epsilon) at delta={self.budget.delta:g} "
+                    f"({self.accountant})")
         verdict, relation = ("fits", "<=") if self.allowed else ("would exceed", ">")
         return (
             f"next release {verdict} the budget: epsilon {self.projected_epsilon:.4g} {relation} "
@@ -46,12 +52,18 @@ class BudgetDecision:
 
 
 def decide_next_release(
-    spent: Sequence[DpEvent], planned: DpEvent, budget: PrivacyBudget, accountant: Accountant
+    spent: Sequence[DpEvent], planned: DpEvent, budget: PrivacyBudget, accountant: Accountant,
+    *, max_round_epsilon: float = 0.0,
 ) -> BudgetDecision:
+    """Allowed only when the projected lifetime epsilon fits the budget and, if the owner caps
+    rounds, the release alone fits the cap."""
     projected = accountant.epsilon([*spent, planned], budget.delta)
+    alone = accountant.epsilon([planned], budget.delta) if max_round_epsilon else 0.0
     return BudgetDecision(
-        allowed=projected <= budget.epsilon,
+        allowed=projected <= budget.epsilon and (not max_round_epsilon or alone <= max_round_epsilon),
         projected_epsilon=projected,
         budget=budget,
         accountant=accountant.name,
+        round_epsilon=alone,
+        max_round_epsilon=max_round_epsilon,
     )

@@ -1,3 +1,3 @@
 """privfl: privacy-preserving federated learning on Flower and Opacus."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

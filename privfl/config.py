@@ -1,63 +1,46 @@
-"""The experiment configuration: one validated object, the single home of every setting.
+"""The experiment configuration: one validated object, the single home of every run setting.
 
 Flower hands the ServerApp and every ClientApp a flat ``run_config`` mapping with
 dashed keys (``noise-multiplier = 1.0``).  This module turns such a mapping, or a TOML
 file of the same shape, into an :class:`ExperimentConfig` and refuses anything it
-cannot vouch for: an unknown key (with a suggestion), a value of the wrong type, or a
-value outside its range.  Every other module receives the validated object, so no
-setting is parsed or defaulted twice.
+cannot vouch for (:mod:`privfl.settings`).  Every other module receives the validated
+object, so no setting is parsed or defaulted twice.
 
-The defaults below are the ``quickstart`` experiment.  ``pyproject.toml`` repeats
-them under ``[tool.flwr.app.config]`` because Flower only accepts run-config keys
-declared there; a test keeps the two identical.
+What the configuration is *not*: an owner's policy.  In a deployment the run config is
+written by the coordinator, so a deployed owner takes nothing that protects its data
+from it (budget, delta, accountant, DP required, least noise, purposes, device: see
+:mod:`privfl.privacy.policy`).  Simulated owners have no institution behind them; their
+policies are derived from this config in one place,
+:func:`privfl.privacy.policy.simulated_owner_policy`.
+
+The defaults below are the ``quickstart`` experiment.  The Flower app that ``flwr run``
+ships declares the same keys; it is generated from this class
+(:mod:`privfl.app_bundle`), so the two cannot drift apart.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import difflib
-import math
 import tomllib
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from privfl import settings
 from privfl.privacy.accountants import ACCOUNTANT_NAMES
+from privfl.settings import SettingsError, fraction, non_negative, one_of, positive, probability_delta, setting
 
-DATASETS = ("digits", "heart-disease")
-PARTITIONINGS = ("iid", "dirichlet", "natural")
+BUNDLED_DATASETS = ("digits", "heart-disease")
+DATASETS = (*BUNDLED_DATASETS, "folder", "none")
+PARTITIONINGS = ("auto", "iid", "dirichlet", "natural")
 GRAD_SAMPLE_MODES = ("hooks", "functorch", "ghost")
 DEVICES = ("auto", "cpu", "cuda")
+FEDERATED_EVALUATION = ("last", "every", "off")
 
 
-class ConfigError(ValueError):
+class ConfigError(SettingsError):
     """A configuration value is missing, unknown, mistyped or out of range."""
-
-
-def _positive(value: float) -> str | None:
-    return None if value > 0 else "must be > 0"
-
-
-def _non_negative(value: float) -> str | None:
-    return None if value >= 0 else "must be >= 0"
-
-
-def _fraction(value: float) -> str | None:
-    return None if 0 < value <= 1 else "must be in (0, 1]"
-
-
-def _delta(value: float) -> str | None:
-    # delta is the probability that the epsilon guarantee fails outright; at 1 or
-    # above there is no guarantee, and it should sit well below 1/n of the records.
-    return None if 0 < value < 1 else "must be in (0, 1), and should be well below 1/n"
-
-
-def _one_of(choices: tuple[str, ...]) -> Callable[[str], str | None]:
-    def check(value: str) -> str | None:
-        return None if value in choices else f"must be one of {', '.join(choices)}"
-
-    return check
 
 
 def _model_name(value: str) -> str | None:
@@ -68,81 +51,106 @@ def _model_name(value: str) -> str | None:
     return f"must be one of {', '.join(MODEL_NAMES)} or 'package.module:factory'"
 
 
-def _setting(default: Any, help: str, check: Callable[[Any], str | None] | None = None) -> Any:
-    return field(default=default, metadata={"help": help, "check": check})
-
-
 @dataclass(frozen=True)
 class ExperimentConfig:
     """Everything one federated run needs; field ``foo_bar`` is run-config key ``foo-bar``."""
 
-    experiment: str = _setting("quickstart", "name of the experiment; used in the run directory name")
-    dataset: str = _setting("digits", "task data: digits | heart-disease", _one_of(DATASETS))
-    model: str = _setting("logreg", "model: mlp | cnn | logreg, or 'package.module:factory'", _model_name)
-    num_owners: int = _setting(10, "number of simulated owners (privfl simulate starts this many SuperNodes)", _positive)
-    partitioning: str = _setting(
-        "iid", "how data is split across owners: iid | dirichlet | natural", _one_of(PARTITIONINGS)
-    )
-    dirichlet_alpha: float = _setting(0.5, "label skew for dirichlet partitioning (smaller = more skewed)", _positive)
-    seed: int = _setting(0, "seed for data split, partitioning and model initialisation", _non_negative)
-    num_rounds: int = _setting(20, "federated rounds", _positive)
-    fraction_train: float = _setting(1.0, "fraction of owners with budget left sampled per round", _fraction)
-    local_epochs: int = _setting(1, "local epochs per round", _positive)
-    batch_size: int = _setting(72, "expected local batch size (Poisson sampling under DP)", _positive)
-    learning_rate: float = _setting(5.0, "local SGD learning rate", _positive)
-    momentum: float = _setting(0.0, "local SGD momentum", _non_negative)
-    dp: bool = _setting(True, "train with DP-SGD (Opacus) at every client")
-    noise_multiplier: float = _setting(2.3, "DP-SGD noise std / clipping norm", _non_negative)
-    max_grad_norm: float = _setting(1.0, "DP-SGD per-sample gradient clipping norm", _positive)
-    delta: float = _setting(1e-5, "delta of each owner's (epsilon, delta) guarantee", _delta)
-    epsilon_budget: float = _setting(8.0, "lifetime epsilon budget of each owner", _positive)
-    accountant: str = _setting("rdp", "accountant that composes DP-SGD steps: rdp | prv", _one_of(ACCOUNTANT_NAMES))
-    grad_sample_mode: str = _setting(
-        "hooks", "Opacus per-sample gradient mode: hooks | functorch | ghost", _one_of(GRAD_SAMPLE_MODES)
-    )
-    device: str = _setting("auto", "training device: auto (cuda when available) | cpu | cuda", _one_of(DEVICES))
-    purpose: str = _setting(
-        "privfl simulation", "why the owners' data is processed; recorded in every ledger entry"
-    )
-    run_dir: str = _setting("", "run directory; empty means ./runs/<experiment>-<timestamp>")
-    owner_keys_dir: str = _setting(
-        "", "folder of the owners' registered public keys (<owner>.pub); empty means <run-dir>/keys"
-    )
+    experiment: str = setting("quickstart", "name of the experiment; used in the run directory name")
+    experiment_id: str = setting(
+        "", "privfl's id of this experiment: owners key their charges by it and a resumed experiment keeps it "
+        "(empty: <experiment>-<UTC time>-<random>)")
+    dataset: str = setting(
+        "digits", "task data: digits | heart-disease (bundled) | folder (data-dir) | none (the owners bring "
+        "their data; set num-features and num-classes)", one_of(DATASETS))
+    data_dir: str = setting("", "dataset = folder: one file per owner <owner>.csv|.parquet|.npz, optional test.*")
+    label_column: str = setting("label", "dataset = folder: the label column of every file")
+    num_features: int = setting(0, "model inputs (0: from the data set; required when dataset = none)", non_negative)
+    num_classes: int = setting(0, "classes (0: from the data set; required when dataset = none)", non_negative)
+    model: str = setting("logreg", "model: mlp | cnn | logreg, or 'package.module:factory'", _model_name)
+    num_owners: int = setting(
+        0, "simulated owners (0: one per natural owner of the data, e.g. one per file of a folder; 10 for "
+        "data sets without natural owners)", non_negative)
+    partitioning: str = setting(
+        "auto", "how simulated owners split the data: iid | dirichlet | natural | auto (natural where the data "
+        "has owners, else iid)", one_of(PARTITIONINGS))
+    dirichlet_alpha: float = setting(0.5, "label skew for dirichlet partitioning (smaller = more skewed)", positive)
+    seed: int = setting(0, "seed for data split, partitioning and model initialisation", non_negative)
+    num_rounds: int = setting(20, "federated rounds", positive)
+    fraction_train: float = setting(1.0, "fraction of owners with budget left sampled per round", fraction)
+    min_owners: int = setting(2, "owners that must be connected before round 1 (deployment)", positive)
+    round_timeout: float = setting(600.0, "seconds the server waits for the owners' replies in a round", positive)
+    local_epochs: int = setting(1, "local epochs per round", positive)
+    batch_size: int = setting(72, "expected local batch size (Poisson sampling under DP)", positive)
+    learning_rate: float = setting(5.0, "local SGD learning rate", positive)
+    momentum: float = setting(0.0, "local SGD momentum", non_negative)
+    dp: bool = setting(True, "ask the owners for DP-SGD (Opacus); an owner whose policy requires DP refuses "
+                             "non-private requests")
+    noise_multiplier: float = setting(2.3, "DP-SGD noise std / clipping norm", non_negative)
+    max_grad_norm: float = setting(1.0, "DP-SGD per-sample gradient clipping norm", positive)
+    grad_sample_mode: str = setting(
+        "hooks", "Opacus per-sample gradient mode: hooks | functorch | ghost", one_of(GRAD_SAMPLE_MODES))
+    purpose: str = setting(
+        "privfl simulation", "why the owners' data is processed; an owner refuses a purpose its policy does not "
+        "allow; recorded in every ledger entry")
+    federated_evaluation: str = setting(
+        "last", "evaluate the global model at the owners (on their own data): last round | every round | off",
+        one_of(FEDERATED_EVALUATION))
+    deployment: bool = setting(
+        False, "the owners are real institutions (their own policies, data and ledgers); false: privfl enrols "
+        "simulated owners in the federation folder")
+    # -- the simulated owners' policies (a deployed owner's come from its node) --------
+    epsilon_budget: float = setting(8.0, "simulated owners: lifetime epsilon budget of each owner", positive)
+    delta: float = setting(1e-5, "simulated owners: delta of each owner's (epsilon, delta) guarantee",
+                           probability_delta)
+    accountant: str = setting("rdp", "simulated owners: accountant that composes their releases: rdp | prv | pld",
+                              one_of(ACCOUNTANT_NAMES))
+    device: str = setting("auto", "simulated owners and the server: auto (cuda when available) | cpu | cuda",
+                          one_of(DEVICES))
+    # -- where things live ------------------------------------------------------------
+    run_dir: str = setting("", "run directory; empty means ./runs/<experiment>-<timestamp>")
+    federation_dir: str = setting(
+        "", "simulation: what outlives a run, owners/<owner>/ (policy, ledger, signing key) and coordinator/; "
+        "reuse it to compose the owners' lifetime spend (empty: a fresh <run-dir>.federation)")
+    coordinator_dir: str = setting(
+        "", "the coordinator's folder: its signing key, the owners' registered public keys (owner-keys/) and "
+        "the registry of each owner's last accepted ledger head (empty: <federation-dir>/coordinator)")
 
     def __post_init__(self) -> None:
-        for f in fields(self):
-            check = f.metadata.get("check")
-            message = check(getattr(self, f.name)) if check else None
-            if message:
-                raise ConfigError(f"{key_of(f.name)} = {getattr(self, f.name)!r}: {message}")
+        settings.validate(self)
         if self.dp and self.noise_multiplier == 0:
             raise ConfigError("noise-multiplier = 0 with dp = true gives no privacy guarantee; set it > 0")
-        if self.partitioning == "natural" and self.dataset != "heart-disease":
+        if self.partitioning == "natural" and self.dataset not in ("heart-disease", "folder"):
             raise ConfigError(
                 "partitioning = 'natural' needs a dataset with a natural split "
-                "(heart-disease: one owner per hospital); use iid or dirichlet for digits"
+                "(heart-disease: one owner per hospital; folder: one owner per file); use iid or dirichlet for digits"
             )
+        if self.dataset == "folder":
+            if not self.data_dir:
+                raise ConfigError("dataset = 'folder' needs data-dir = \"PATH\": a folder of <owner>.csv|.parquet|"
+                                  ".npz files (see docs/data.md)")
+            if self.partitioning not in ("auto", "natural"):
+                raise ConfigError("dataset = 'folder' has one owner per file: set partitioning = 'natural' (or auto)")
+        if self.dataset == "none" and not (self.num_features and self.num_classes):
+            raise ConfigError("dataset = 'none' (the owners bring their data): set num-features and num-classes, "
+                              "the model's inputs and classes")
+        if self.dataset == "digits" and self.scheme == "natural":
+            raise ConfigError("digits has no natural owners")
 
-    # ---- conversions -------------------------------------------------------------
+    # ---- derived ---------------------------------------------------------------------
+
+    @property
+    def scheme(self) -> str:
+        """The partitioning actually used ('auto' resolved)."""
+        if self.partitioning != "auto":
+            return self.partitioning
+        return "natural" if self.dataset in ("heart-disease", "folder") else "iid"
+
+    # ---- conversions -----------------------------------------------------------------
 
     @classmethod
     def from_mapping(cls, mapping: Mapping[str, Any], *, source: str = "config") -> ExperimentConfig:
         """Build from dashed keys; keys not given take their defaults."""
-        known = {key_of(f.name): f for f in fields(cls)}
-        values: dict[str, Any] = {}
-        for key, raw in mapping.items():
-            if key not in known:
-                hint = difflib.get_close_matches(key, known, n=1)
-                suggestion = f" (did you mean '{hint[0]}'?)" if hint else ""
-                raise ConfigError(
-                    f"{source}: unknown key '{key}'{suggestion}; known keys: {', '.join(known)}"
-                )
-            f = known[key]
-            values[f.name] = _coerce(key, raw, type(f.default), source)
-        try:
-            return cls(**values)
-        except ConfigError as err:
-            raise ConfigError(f"{source}: {err}") from None
+        return settings.load_settings(cls, mapping, source=source, error=ConfigError)
 
     @classmethod
     def from_toml(cls, path: Path, overrides: Mapping[str, Any] | None = None) -> ExperimentConfig:
@@ -153,44 +161,27 @@ class ExperimentConfig:
         except tomllib.TOMLDecodeError as err:
             raise ConfigError(f"{path}: not valid TOML: {err}") from None
         source = f"{path} with overrides {dict(overrides)}" if overrides else str(path)
-        return cls.from_mapping({**data, **(overrides or {})}, source=source)
+        merged = {**data, **(overrides or {})}
+        written = data.get("data-dir")
+        if isinstance(written, str) and written and merged.get("data-dir") == written \
+                and not Path(written).is_absolute():
+            merged["data-dir"] = str((path.parent / written).resolve())  # relative to the config file
+        return cls.from_mapping(merged, source=source)
 
     def to_mapping(self) -> dict[str, Any]:
         """Dashed keys, ready for Flower's run config or a TOML file."""
-        return {key_of(f.name): getattr(self, f.name) for f in fields(self)}
+        return settings.to_mapping(self)
 
     def replace(self, **changes: Any) -> ExperimentConfig:
         return dataclasses.replace(self, **changes)
 
 
-def key_of(field_name: str) -> str:
-    return field_name.replace("_", "-")
+key_of = settings.key_of
 
 
 def describe_keys() -> list[tuple[str, Any, str]]:
     """(key, default, help) for every setting, for ``--help`` and docs."""
-    return [(key_of(f.name), f.default, f.metadata["help"]) for f in fields(ExperimentConfig)]
-
-
-def _coerce(key: str, raw: Any, expected: type, source: str) -> Any:
-    """Accept a value only when it means what the setting expects (no silent casts)."""
-    if expected is bool:
-        if isinstance(raw, bool):
-            return raw
-    elif expected is int:
-        if isinstance(raw, int) and not isinstance(raw, bool):
-            return raw
-        if isinstance(raw, float) and raw.is_integer():
-            return int(raw)
-    elif expected is float:
-        if isinstance(raw, (int, float)) and not isinstance(raw, bool) and math.isfinite(raw):
-            return float(raw)
-    elif expected is str:
-        if isinstance(raw, str):
-            return raw
-    raise ConfigError(
-        f"{source}: {key} = {raw!r} has type {type(raw).__name__}; expected {expected.__name__}"
-    )
+    return settings.describe(ExperimentConfig)
 
 
 def parse_override(text: str) -> tuple[str, Any]:

@@ -1,10 +1,17 @@
 """What travels between ServerApp and ClientApp besides the weights, in one place.
 
-A train reply carries three records: ``arrays`` (the update), ``metrics`` (numbers
-FedAvg may average, weighted by ``num-examples``) and ``privacy`` (the owner's signed
-ledger entry for the round: who trained, under which DP event, at what cumulative
-epsilon; never averaged).  A refusal carries only ``privacy``, with the signed
-refusal entry.
+A round request (train or evaluate) carries ``arrays`` (the global model) and
+``config``: the :class:`RoundRequest` — privfl's protocol and package versions, the
+experiment id and round that key every charge, the declared purpose and privacy unit,
+the model's shape and, for training, the :class:`TrainingPlan`.  The owner checks all
+of it against its own policy before anything else (:mod:`privfl.client.round`).
+
+A train reply carries ``arrays`` (the update), ``metrics`` (numbers FedAvg may
+average, weighted by ``num-examples``) and ``privacy``: the owner's signed ledger
+entry for the round (its receipt; never averaged).  A refusal carries only
+``privacy``: the signed refusal entry, or, when the owner cannot sign at all (no
+valid policy, no key), an unsigned refusal with the reason.  An evaluate reply
+carries ``metrics`` (loss, accuracy, num-examples) and ``owner`` (who answered).
 """
 
 from __future__ import annotations
@@ -12,19 +19,40 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 import numpy as np
 from flwr.app import ConfigRecord
 
+from privfl import __version__
+from privfl.models import ModelSpec
+from privfl.privacy.events import PoissonSubsampledGaussian
+from privfl.settings import key_of
+
+# Bumped whenever a key below changes meaning or a required key is added; an owner
+# refuses a coordinator that speaks another version rather than guess what it means.
+PROTOCOL_VERSION = 2
+
 ARRAYS = "arrays"
 METRICS = "metrics"
 TRAIN_CONFIG = "config"
 PRIVACY = "privacy"
+OWNER = "owner"
 
 TRAINED = "trained"
 REFUSED = "refused"
+
+SIGNED_ENTRY = "signed-entry"  # bytes of the owner's SignedEntry (protos/ledger.proto)
+OWNER_ID = "owner-id"
+NON_PRIVATE = "non-private"
+UNSIGNED_REFUSAL = "refusal"  # reason text, when the owner could not sign a refusal
+OWNER_PRIVFL_VERSION = "privfl-version"
+OWNER_PROTOCOL_VERSION = "protocol-version"
+
+
+class ProtocolError(ValueError):
+    """A message that does not follow this protocol (missing key, wrong type, other version)."""
 
 
 def update_digest(state_dict: Mapping[str, Any]) -> bytes:
@@ -42,19 +70,119 @@ def update_digest(state_dict: Mapping[str, Any]) -> bytes:
     return digest.digest()
 
 
-SIGNED_ENTRY = "signed-entry"  # bytes of the owner's SignedEntry (protos/ledger.proto)
-OWNER_ID = "owner-id"
-NON_PRIVATE = "non-private"
+@dataclass(frozen=True)
+class TrainingPlan:
+    """How the coordinator asks every owner to train in a round."""
+
+    local_epochs: int
+    batch_size: int
+    learning_rate: float
+    momentum: float
+    dp: bool
+    noise_multiplier: float
+    max_grad_norm: float
+    grad_sample_mode: str
+
+    @classmethod
+    def from_config(cls, config: Any) -> TrainingPlan:
+        return cls(**{f.name: getattr(config, f.name) for f in fields(cls)})
+
+    def batches_per_epoch(self, num_examples: int) -> int:
+        return max(1, math.ceil(num_examples / self.batch_size))
+
+    def privacy_event(self, num_examples: int) -> PoissonSubsampledGaussian:
+        """The DP event one round of this plan is, for an owner with ``num_examples`` records.
+
+        Opacus's DPDataLoader samples each record with rate 1 / len(data_loader),
+        i.e. 1 / ceil(n / batch_size), and takes len(data_loader) steps per epoch.
+        """
+        batches = self.batches_per_epoch(num_examples)
+        return PoissonSubsampledGaussian(
+            noise_multiplier=float(self.noise_multiplier),
+            sample_rate=1.0 / batches,
+            steps=self.local_epochs * batches,
+        )
+
+
+_PLAN_TYPES = {"local_epochs": int, "batch_size": int, "learning_rate": float, "momentum": float, "dp": bool,
+               "noise_multiplier": float, "max_grad_norm": float, "grad_sample_mode": str}
+
+
+@dataclass(frozen=True)
+class RoundRequest:
+    """What the coordinator asks of an owner in one round, as the owner reads it."""
+
+    experiment_id: str
+    server_round: int
+    purpose: str
+    privacy_unit: str
+    model: ModelSpec
+    plan: TrainingPlan
+    protocol_version: int = PROTOCOL_VERSION
+    privfl_version: str = __version__
+    owners_dir: str = ""  # simulations only: where simulated owners keep their folders
+
+    def to_record(self) -> ConfigRecord:
+        values: dict[str, Any] = {
+            "protocol-version": self.protocol_version, "privfl-version": self.privfl_version,
+            "experiment-id": self.experiment_id, "server-round": self.server_round, "purpose": self.purpose,
+            "privacy-unit": self.privacy_unit, "owners-dir": self.owners_dir,
+            **self.model.to_record_values(),
+            **{key_of(f.name): getattr(self.plan, f.name) for f in fields(TrainingPlan)},
+        }
+        return ConfigRecord(values)
+
+    @classmethod
+    def from_record(cls, record: Any) -> RoundRequest:
+        """Parse and type-check a request; raises ProtocolError saying what is wrong."""
+        version = record.get("protocol-version") if hasattr(record, "get") else None
+        if version != PROTOCOL_VERSION:
+            raise ProtocolError(
+                f"the coordinator speaks privfl protocol {version!r} (privfl {record.get('privfl-version', '?')}); "
+                f"this owner speaks protocol {PROTOCOL_VERSION} (privfl {__version__}): upgrade one side")
+        plan = TrainingPlan(**{name: _typed(record, key_of(name), kind) for name, kind in _PLAN_TYPES.items()})
+        model = ModelSpec(_typed(record, "model", str), _typed(record, "num-features", int),
+                          _typed(record, "num-classes", int))
+        return cls(
+            experiment_id=_typed(record, "experiment-id", str), server_round=_typed(record, "server-round", int),
+            purpose=_typed(record, "purpose", str), privacy_unit=_typed(record, "privacy-unit", str),
+            model=model, plan=plan, protocol_version=version,
+            privfl_version=_typed(record, "privfl-version", str), owners_dir=str(record.get("owners-dir", "")),
+        )
+
+
+def _typed(record: Any, key: str, kind: type) -> Any:
+    if key not in record:
+        raise ProtocolError(f"the request lacks '{key}'")
+    value = record[key]
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise ProtocolError(f"the request's '{key}' is {value!r}, not a {kind.__name__}")
+    return value
 
 
 def signed_receipt(signed_entry: bytes) -> ConfigRecord:
-    """What an owner sends about a round: its signed ledger entry, nothing else to trust."""
-    return ConfigRecord({SIGNED_ENTRY: signed_entry})
+    """What an owner sends about a round: its signed ledger entry, and the code it runs."""
+    return ConfigRecord({SIGNED_ENTRY: signed_entry, OWNER_PRIVFL_VERSION: __version__,
+                         OWNER_PROTOCOL_VERSION: PROTOCOL_VERSION})
+
+
+def unsigned_refusal(reason: str, owner_id: str = "") -> ConfigRecord:
+    """A refusal the owner cannot sign (no valid policy or key): the reason, nothing else to trust."""
+    return ConfigRecord({UNSIGNED_REFUSAL: reason, OWNER_ID: owner_id, OWNER_PRIVFL_VERSION: __version__,
+                         OWNER_PROTOCOL_VERSION: PROTOCOL_VERSION})
 
 
 def non_private_receipt(owner_id: str) -> ConfigRecord:
-    """An owner that allowed non-private training: no DP event, so no ledger entry."""
-    return ConfigRecord({OWNER_ID: owner_id, NON_PRIVATE: True})
+    """An owner whose policy allows non-private training: no DP event, so no ledger entry."""
+    return ConfigRecord({OWNER_ID: owner_id, NON_PRIVATE: True, OWNER_PRIVFL_VERSION: __version__,
+                         OWNER_PROTOCOL_VERSION: PROTOCOL_VERSION})
+
+
+def owner_record(owner_id: str) -> ConfigRecord:
+    """Who answered an evaluation request (kept per owner, never averaged)."""
+    return ConfigRecord({OWNER_ID: owner_id, OWNER_PRIVFL_VERSION: __version__})
 
 
 @dataclass(frozen=True)
@@ -70,6 +198,8 @@ class PrivacyReceipt:
     sample_rate: float = 0.0
     steps: int = 0
     reason: str = ""
+    signed: bool = True  # False: an unsigned refusal (the owner had no valid policy or key)
+    sequence: int = 0  # the owner's ledger head after this entry
 
     @classmethod
     def from_entry(cls, entry: Any) -> PrivacyReceipt:
@@ -80,9 +210,14 @@ class PrivacyReceipt:
             epsilon=entry.cumulative_epsilon, delta=entry.delta, accountant=entry.accountant,
             noise_multiplier=getattr(event, "noise_multiplier", 0.0),
             sample_rate=getattr(event, "sample_rate", 0.0), steps=getattr(event, "steps", 0),
-            reason=entry.refusal_reason,
+            reason=entry.refusal_reason, sequence=entry.sequence,
         )
 
     @classmethod
     def non_private(cls, owner_id: str) -> PrivacyReceipt:
         return cls(owner_id=owner_id, status=TRAINED, epsilon=math.inf, delta=0.0, accountant="")
+
+    @classmethod
+    def unsigned_refusal(cls, owner_id: str, reason: str) -> PrivacyReceipt:
+        return cls(owner_id=owner_id, status=REFUSED, epsilon=math.nan, delta=0.0, accountant="", reason=reason,
+                   signed=False)

@@ -1,29 +1,28 @@
-"""privfl's ServerApp: budget-aware FedAvg over the owners, evaluated every round.
+"""privfl's ServerApp: FedAvg over the owners that agree to train, evaluated at the owners.
 
-Thin on purpose: configuration, strategy, evaluation and history each live in their
-own module; this one wires them for one run.
+Thin on purpose: configuration, the task, strategy, receipts, evaluation and history
+each live in their own module; this one wires them for one run.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context
+from flwr.app import ArrayRecord, Context
 from flwr.serverapp import Grid, ServerApp
 
-from privfl.logs import get_logger
-from privfl.client.training import TrainingPlan
 from privfl.config import ExperimentConfig
 from privfl.devices import resolve_device
-from privfl.models import ModelSpec, ensure_privatizable
+from privfl.logs import get_logger
+from privfl.models import ModelSpec
 from privfl.privacy.ledger import FederationLedger
+from privfl.protocol import RoundRequest, TrainingPlan
 from privfl.server import run_dir as artefacts
 from privfl.server.evaluation import make_evaluate_fn
 from privfl.server.history import RunHistory
 from privfl.server.receipts import ReceiptCheck
 from privfl.server.strategy import BudgetAwareFedAvg
-from privfl.simulations.datasets import load_dataset
+from privfl.server.task import federation_task
+from privfl.task import check_model
 
 log = get_logger("server")
 
@@ -32,52 +31,54 @@ app = ServerApp()
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
-    config = ExperimentConfig.from_mapping(context.run_config, source="run config")
-    path = artefacts.prepare_run_dir(config)
-    log.info("privfl run directory: %s", path)
+    config = artefacts.settle(ExperimentConfig.from_mapping(context.run_config, source="run config"))
+    where = artefacts.prepare_run_dir(config)
+    log.info("privfl experiment %s, run directory: %s", config.experiment_id, where.run_dir)
 
-    _, test = load_dataset(config.dataset, config.seed)
-    spec = ModelSpec(config.model, test.num_features, test.num_classes)
-    model = spec.build(seed=config.seed)
-    if config.dp:
-        ensure_privatizable(model)  # fail here, once, rather than in every client
+    task = federation_task(config, where)
+    spec = ModelSpec(config.model, task.num_features, task.num_classes)
+    model = check_model(spec, private=config.dp, seed=config.seed)  # fail here, once, not in every owner
 
-    history = RunHistory(experiment=config.experiment, config=config.to_mapping())
-    history_file = path / artefacts.HISTORY
+    history = RunHistory(experiment=config.experiment, config=config.to_mapping(), experiment_id=config.experiment_id)
 
     def on_evaluation(server_round: int, loss: float, accuracy: float) -> None:
         record = history.round(server_round)
         record.test_loss, record.test_accuracy = loss, accuracy
-        history.save(history_file)  # evaluation closes a round: persist it now
+        history.save(where.history)  # evaluation closes a round: persist it now
+
+    def on_round_end(server_round: int, arrays: ArrayRecord) -> None:
+        history.round(server_round)
+        history.save(where.history)
 
     plan = TrainingPlan.from_config(config)
-    ledger_dir = path / artefacts.LEDGERS
-    ledger_dir.mkdir(exist_ok=True)
-    owner_keys = Path(config.owner_keys_dir) if config.owner_keys_dir else path / artefacts.KEYS
     # A non-private run releases no DP events, so it keeps no federation ledger.
-    federation = FederationLedger.open(ledger_dir / artefacts.FEDERATION_LEDGER) if config.dp else None
-    receipts = ReceiptCheck(federation, owner_keys, plan, run_id=str(context.run_id))
+    federation = FederationLedger.open(where.federation_ledger) if config.dp else None
+    receipts = ReceiptCheck(federation, where.owner_keys_dir, plan, experiment_id=config.experiment_id)
+
+    def request(server_round: int) -> RoundRequest:
+        return RoundRequest(experiment_id=config.experiment_id, server_round=server_round, purpose=config.purpose,
+                            privacy_unit="record", model=spec, plan=plan, owners_dir=str(where.owners_dir))
+
     strategy = BudgetAwareFedAvg(
+        request=request, fraction_train=config.fraction_train, history=history, receipts=receipts,
         # A simulation registers all its nodes at once; in a deployment, owners that
-        # connect later join later rounds.  Two owners are the least that FedAvg needs.
-        fraction_train=config.fraction_train, min_owners=min(2, config.num_owners), history=history,
-        receipts=receipts, seed=config.seed,
+        # connect later join later rounds.
+        min_owners=config.min_owners if config.deployment else min(config.min_owners, len(task.owner_ids) or 1),
+        seed=config.seed, on_round_end=on_round_end,
+        evaluate_rounds=lambda r: config.federated_evaluation == "every" or
+        (config.federated_evaluation == "last" and r == config.num_rounds),
     )
-    # Simulated owners keep their ledgers and keys in the run directory (they have no
-    # institution of their own); deployed owners ignore these and use their node config.
-    simulated_owner_folders = {"ledger-dir": str(ledger_dir), "keys-dir": str(owner_keys)}
-    train_config = ConfigRecord({**plan.to_record_values(), **spec.to_record_values(), **simulated_owner_folders})
-    result = strategy.start(
-        grid=grid,
-        initial_arrays=ArrayRecord(model.state_dict()),
-        num_rounds=config.num_rounds,
-        train_config=train_config,
-        evaluate_fn=make_evaluate_fn(spec, test, resolve_device(config.device), on_evaluation),
-    )
+    evaluate_fn = make_evaluate_fn(spec, task.test, resolve_device(config.device), on_evaluation) \
+        if task.test is not None else None
+    try:
+        result = strategy.start(grid=grid, initial_arrays=ArrayRecord(model.state_dict()),
+                                num_rounds=config.num_rounds, timeout=config.round_timeout, evaluate_fn=evaluate_fn)
+    finally:
+        if federation is not None:
+            federation.close()
     final = result.arrays if len(result.arrays) else ArrayRecord(model.state_dict())  # no round trained
-    torch.save(final.to_torch_state_dict(), path / artefacts.MODEL)
-    if federation is not None:
-        federation.close()
+    torch.save(final.to_torch_state_dict(), where.run_dir / artefacts.MODEL)
     history.status = "finished"
-    history.save(history_file)
-    log.info("privfl run finished: test accuracy %s, artefacts in %s", history.final_accuracy(), path)
+    history.save(where.history)
+    log.info("privfl run finished: %d of %d rounds aggregated, accuracy %s, artefacts in %s",
+             history.aggregated_rounds(), config.num_rounds, history.final_accuracy(), where.run_dir)

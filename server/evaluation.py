@@ -1,4 +1,4 @@
-"""Centralised evaluation of the global model on the held-out test set."""
+"""Central evaluation of the global model on the experiment's test set, when it names one."""
 
 from __future__ import annotations
 
@@ -6,22 +6,10 @@ from collections.abc import Callable
 
 import torch
 from flwr.app import ArrayRecord, MetricRecord
-from torch import nn
 
 from privfl.models import ModelSpec
 from privfl.simulations.datasets import ArrayDataset
-
-
-def evaluate(model: nn.Module, data: ArrayDataset, device: torch.device) -> tuple[float, float]:
-    """(mean cross-entropy, accuracy) of ``model`` on ``data``."""
-    model = model.to(device).eval()
-    features = torch.as_tensor(data.features, device=device)
-    labels = torch.as_tensor(data.labels, device=device)
-    with torch.no_grad():
-        logits = model(features)
-        loss = nn.functional.cross_entropy(logits, labels).item()
-        accuracy = (logits.argmax(1) == labels).float().mean().item()
-    return loss, accuracy
+from privfl.task import evaluate
 
 
 def make_evaluate_fn(
@@ -32,7 +20,7 @@ def make_evaluate_fn(
     def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord:
         model = spec.build()
         model.load_state_dict(arrays.to_torch_state_dict())
-        loss, accuracy = evaluate(model, test, device)
+        loss, accuracy = evaluate(model, test, device=device)
         on_result(server_round, loss, accuracy)
         return MetricRecord({"test-loss": loss, "test-accuracy": accuracy})
 

@@ -28,12 +28,18 @@ class RoundRecord:
     refused: dict[str, str] = field(default_factory=dict)  # owner -> reason
     failures: list[str] = field(default_factory=list)
     receipts: list[dict[str, Any]] = field(default_factory=list)
+    aggregated: int = 0  # updates averaged into the global model
+    rejected_updates: dict[str, str] = field(default_factory=dict)  # owner -> why its (charged) update was dropped
+    # Evaluation at the owners: {"loss", "accuracy", "num_examples", "owners": {owner: {...}}}
+    federated_evaluation: dict[str, Any] | None = None
+    evaluation_refused: dict[str, str] = field(default_factory=dict)  # owner -> reason
 
 
 @dataclass
 class RunHistory:
     experiment: str
     config: dict[str, Any]
+    experiment_id: str = ""
     rounds: list[RoundRecord] = field(default_factory=list)
     owners: dict[str, dict[str, Any]] = field(default_factory=dict)  # owner -> latest privacy state
     status: str = "running"  # "finished" once the last round is saved: readers know the run is complete
@@ -52,8 +58,9 @@ class RunHistory:
         owner = self.owners.setdefault(
             receipt.owner_id, {"rounds_trained": 0, "rounds_refused": 0, "epsilon": 0.0}
         )
-        owner.update(delta=receipt.delta, accountant=receipt.accountant)
-        owner["epsilon"] = receipt.epsilon
+        if receipt.signed:  # an unsigned refusal says nothing about the owner's spend
+            owner.update(delta=receipt.delta, accountant=receipt.accountant)
+            owner["epsilon"] = receipt.epsilon
         if receipt.status == "trained":
             rec.participants.append(receipt.owner_id)
             owner["rounds_trained"] += 1
@@ -61,14 +68,48 @@ class RunHistory:
             rec.refused[receipt.owner_id] = receipt.reason
             owner["rounds_refused"] += 1
 
+    def record_evaluation(self, number: int, owner_id: str, loss: float, accuracy: float, examples: int) -> None:
+        evaluation = self._evaluation(number)
+        evaluation["owners"][owner_id] = {"loss": loss, "accuracy": accuracy, "num_examples": examples}
+        evaluation["num_examples"] += examples
+        self.owners.setdefault(owner_id, {"rounds_trained": 0, "rounds_refused": 0, "epsilon": 0.0})["evaluation"] = \
+            {"round": number, "loss": loss, "accuracy": accuracy, "num_examples": examples}
+
+    def record_federated_evaluation(self, number: int, loss: float, accuracy: float) -> None:
+        """The owners' figures averaged, weighted by their examples (FedAvg's rule)."""
+        self._evaluation(number).update(loss=loss, accuracy=accuracy)
+
+    def record_evaluation_refusal(self, number: int, owner_id: str, reason: str) -> None:
+        self.round(number).evaluation_refused[owner_id] = reason
+
+    def _evaluation(self, number: int) -> dict[str, Any]:
+        rec = self.round(number)
+        if rec.federated_evaluation is None:
+            rec.federated_evaluation = {"loss": None, "accuracy": None, "num_examples": 0, "owners": {}}
+        return rec.federated_evaluation
+
+    def aggregated_rounds(self) -> int:
+        return sum(1 for r in self.rounds if r.aggregated)
+
+    def failures(self) -> int:
+        return sum(len(r.failures) for r in self.rounds)
+
     def final_accuracy(self) -> float | None:
+        """Central test accuracy of the final model, else its federated accuracy at the owners."""
         scored = [r.test_accuracy for r in self.rounds if r.test_accuracy is not None]
-        return scored[-1] if scored else None
+        if scored:
+            return scored[-1]
+        federated = [r.federated_evaluation["accuracy"] for r in self.rounds
+                     if r.federated_evaluation and r.federated_evaluation.get("accuracy") is not None]
+        return federated[-1] if federated else None
 
     def to_json(self) -> dict[str, Any]:
         return _finite({
             "experiment": self.experiment,
+            "experiment_id": self.experiment_id,
             "status": self.status,
+            "aggregated_rounds": self.aggregated_rounds(),
+            "failed_updates": self.failures(),
             "config": self.config,
             "final_test_accuracy": self.final_accuracy(),
             "owners": self.owners,
@@ -82,9 +123,11 @@ class RunHistory:
 
 
 def _finite(value: Any) -> Any:
-    """JSON has no infinity: a non-private epsilon is written as the string "inf"."""
+    """JSON has no infinity: a non-private epsilon is written as the string "inf", an unknown one as null."""
     if isinstance(value, float) and math.isinf(value):
         return "inf"
+    if isinstance(value, float) and math.isnan(value):
+        return None
     if isinstance(value, dict):
         return {k: _finite(v) for k, v in value.items()}
     if isinstance(value, list):

@@ -1,7 +1,7 @@
 """The server's check of every owner's receipt, and the federation ledger it feeds.
 
 An update is accepted only with a receipt that is the owner's signed ledger entry
-for *this* run and round, verified against the owner's registered public key, for
+for *this* experiment and round, verified against the owner's registered public key, for
 exactly the release the server asked for (noise, clipping, local epochs), and whose
 update hash matches the arrays that arrived.  A genuine entry is kept in the
 federation ledger even when the update is rejected: the owner did spend it.
@@ -16,19 +16,19 @@ from flwr.app import Message
 
 from privfl.logs import get_logger
 from privfl import protocol
-from privfl.client.training import TrainingPlan
 from privfl.privacy.keys import KeyFileError, load_public_key, owner_key_paths
 from privfl.privacy.ledger import Entry, FederationLedger, LedgerError, ReceiptRejected
-from privfl.protocol import PrivacyReceipt
+from privfl.protocol import PrivacyReceipt, TrainingPlan
 
 log = get_logger("server")
 
 
 class ReceiptCheck:
     def __init__(self, ledger: FederationLedger | None, owner_keys_dir: Path, plan: TrainingPlan,
-                 run_id: str) -> None:
+                 experiment_id: str) -> None:
         """``ledger`` is None only in a non-private run, which accepts no signed receipts."""
-        self.ledger, self.owner_keys_dir, self.plan, self.run_id = ledger, owner_keys_dir, plan, run_id
+        self.ledger, self.owner_keys_dir, self.plan = ledger, owner_keys_dir, plan
+        self.experiment_id = experiment_id
         self._owner_of_node: dict[int, str] = {}
 
     def accept(self, reply: Message, server_round: int) -> PrivacyReceipt:
@@ -37,6 +37,11 @@ class ReceiptCheck:
         if protocol.PRIVACY not in content.config_records:
             raise ReceiptRejected("reply carries no privacy receipt")
         record = content[protocol.PRIVACY]
+        if protocol.UNSIGNED_REFUSAL in record:
+            if protocol.ARRAYS in content.array_records:
+                raise ReceiptRejected("an unsigned refusal came with an update")
+            owner = str(record.get(protocol.OWNER_ID, "")) or f"node-{reply.metadata.src_node_id}"
+            return PrivacyReceipt.unsigned_refusal(owner, str(record[protocol.UNSIGNED_REFUSAL]))
         if record.get(protocol.NON_PRIVATE):
             if self.plan.dp:
                 raise ReceiptRejected("a non-private update in a DP run")
@@ -80,9 +85,10 @@ class ReceiptCheck:
 
     def _check_release(self, entry: Entry, server_round: int, content: object) -> None:
         where = f"owner {entry.owner_id}, entry {entry.sequence}"
-        if entry.run_id != self.run_id or entry.round != server_round:
+        if entry.run_id != self.experiment_id or entry.round != server_round:
             raise ReceiptRejected(
-                f"{where} is for run {entry.run_id} round {entry.round}, not run {self.run_id} round {server_round}")
+                f"{where} is for experiment {entry.run_id} round {entry.round}, not experiment {self.experiment_id} "
+                f"round {server_round}")
         if not entry.is_charge:
             if protocol.ARRAYS in content.array_records:  # type: ignore[attr-defined]
                 raise ReceiptRejected(f"{where} is a refusal, yet an update came with it")

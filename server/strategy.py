@@ -1,27 +1,34 @@
-"""FedAvg that knows about privacy budgets.
+"""FedAvg that knows about owners' policies, budgets and receipts.
 
 Flower's FedAvg averages whatever comes back and samples any connected node.  Here:
-- every reply's receipt is verified (signature, run, round, parameters, update
-  hash) and kept in the federation ledger; an update without a valid receipt is dropped;
-- refusals (an owner whose budget would be crossed) are logged, kept out of the
-  average, and the owner is not sampled again;
-- each owner's privacy receipt goes to the run history as it is, not averaged;
+- every reply's receipt is verified (signature, experiment, round, parameters, update
+  hash) and kept in the federation ledger; an update without a valid receipt, or
+  whose arrays do not fit the global model or are not finite, is dropped with its
+  reason while the round goes on;
+- refusals (an owner's budget would be crossed, or the request is below its policy)
+  are logged and kept out of the average, and the owner is not asked again;
+- each owner's privacy receipt goes to the run history as it is, never averaged;
+- the global model is evaluated at the owners (federated evaluation, weighted by
+  their examples) in the last round or every round, per-owner figures kept;
 - when no owner has budget left, training stops (the remaining rounds are skipped).
 """
 
 from __future__ import annotations
 
+import math
 import random
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
+import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
-from privfl.logs import get_logger
 from privfl import protocol
+from privfl.logs import get_logger
 from privfl.privacy.ledger import ReceiptRejected
+from privfl.protocol import RoundRequest
 from privfl.server.history import RunHistory
 from privfl.server.receipts import ReceiptCheck
 
@@ -30,33 +37,44 @@ log = get_logger("server")
 
 class BudgetAwareFedAvg(FedAvg):
     def __init__(
-        self, *, fraction_train: float, min_owners: int, history: RunHistory, receipts: ReceiptCheck,
-        seed: int,
+        self, *, request: Callable[[int], RoundRequest], fraction_train: float, min_owners: int,
+        history: RunHistory, receipts: ReceiptCheck, seed: int, evaluate_rounds: Callable[[int], bool],
+        on_round_end: Callable[[int, ArrayRecord], None] = lambda *_: None,
     ) -> None:
-        """``min_owners``: how many owners must be connected before a round starts."""
+        """``request(round)``: what to ask the owners; ``min_owners``: owners connected before round 1."""
         super().__init__(
-            fraction_train=fraction_train, fraction_evaluate=0.0, min_available_nodes=min_owners,
+            fraction_train=fraction_train, fraction_evaluate=1.0, min_available_nodes=min_owners,
             arrayrecord_key=protocol.ARRAYS, configrecord_key=protocol.TRAIN_CONFIG,
         )
+        self.request = request
         self.history = history
         self.receipts = receipts
-        self.exhausted: set[int] = set()  # node ids whose owners refused for lack of budget
+        self.evaluate_rounds = evaluate_rounds
+        self.on_round_end = on_round_end
+        self.refusing: dict[int, str] = {}  # node id -> why its owner will not train again
+        self.not_evaluating: dict[int, str] = {}  # node id -> why its owner does not evaluate
         self._rng = random.Random(seed)
+        self._global: ArrayRecord | None = None
+
+    # -- training ----------------------------------------------------------------------
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
+        self._global = arrays
         nodes = self._wait_for_nodes(grid)
-        eligible = sorted(n for n in nodes if n not in self.exhausted)
+        eligible = sorted(n for n in nodes if n not in self.refusing)
         if not eligible:
-            log.warning("round %d: every owner's budget is spent; no training", server_round)
+            log.warning("round %d: no owner can train (every one refused or has spent its budget)", server_round)
             return []
         size = max(1, round(len(eligible) * self.fraction_train))
         sampled = self._rng.sample(eligible, size)
-        log.info("round %d: sampled %d of %d owners with budget left", server_round, size, len(eligible))
-        config["server-round"] = server_round
-        content = RecordDict({protocol.ARRAYS: arrays, protocol.TRAIN_CONFIG: config})
-        return [Message(content=content, message_type=MessageType.TRAIN, dst_node_id=n) for n in sampled]
+        log.info("round %d: sampled %d of %d owners that can train", server_round, size, len(eligible))
+        return self._messages(server_round, arrays, sampled, MessageType.TRAIN)
+
+    def _messages(self, server_round: int, arrays: ArrayRecord, nodes: list[int], kind: str) -> list[Message]:
+        content = RecordDict({protocol.ARRAYS: arrays, protocol.TRAIN_CONFIG: self.request(server_round).to_record()})
+        return [Message(content=content, message_type=kind, dst_node_id=n) for n in nodes]
 
     def _wait_for_nodes(self, grid: Grid) -> list[int]:
         while len(nodes := list(grid.get_node_ids())) < self.min_available_nodes:
@@ -70,29 +88,111 @@ class BudgetAwareFedAvg(FedAvg):
         record = self.history.round(server_round)
         updates: list[Message] = []
         for reply in replies:
+            node = reply.metadata.src_node_id
             if reply.has_error():
-                record.failures.append(f"node {reply.metadata.src_node_id}: {reply.error.reason}")
-                log.error("round %d: node %d failed: %s", server_round, reply.metadata.src_node_id,
-                          reply.error.reason)
+                self._fail(record, server_round, node, f"failed: {reply.error.reason}")
                 continue
             try:
                 receipt = self.receipts.accept(reply, server_round)
             except ReceiptRejected as err:
-                record.failures.append(f"node {reply.metadata.src_node_id}: {err}")
-                log.error("round %d: update from node %d rejected: %s", server_round,
-                          reply.metadata.src_node_id, err)
+                self._fail(record, server_round, node, f"rejected: {err}")
                 continue
             self.history.record_receipt(server_round, receipt)
             if receipt.status == protocol.REFUSED:
-                self.exhausted.add(reply.metadata.src_node_id)
-                log.warning("round %d: owner %s refused: %s", server_round, receipt.owner_id, receipt.reason)
+                self.refusing[node] = receipt.reason
+                log.warning("round %d: owner %s refused%s: %s", server_round, receipt.owner_id or f"of node {node}",
+                            "" if receipt.signed else " (unsigned)", receipt.reason)
                 continue
-            # FedAvg averages the single ArrayRecord and MetricRecord; the receipt is a
-            # ConfigRecord, which it leaves alone.
+            problem = self._update_problem(reply)
+            if problem:
+                record.rejected_updates[receipt.owner_id] = problem
+                self._fail(record, server_round, node, f"update from owner {receipt.owner_id} dropped: {problem} "
+                           "(its charge stands: the owner released it)")
+                continue
             updates.append(reply)
+        record.aggregated = len(updates)
         if not updates:
             return None, None
         arrays, metrics = super().aggregate_train(server_round, updates)
         if metrics is not None and "train-loss" in metrics:
             record.train_loss = float(metrics["train-loss"])
         return arrays, metrics
+
+    def _fail(self, record, server_round: int, node: int, what: str) -> None:
+        record.failures.append(f"node {node}: {what}")
+        log.error("round %d: node %d %s", server_round, node, what)
+
+    def _update_problem(self, reply: Message) -> str | None:
+        """Why an update cannot be averaged into the global model (None: it can)."""
+        content = reply.content
+        if len(content.array_records) != 1 or protocol.ARRAYS not in content.array_records:
+            return "the reply does not carry exactly one update"
+        if len(content.metric_records) != 1 or "num-examples" not in content[protocol.METRICS]:
+            return "the reply does not carry its number of examples"
+        examples = content[protocol.METRICS]["num-examples"]
+        if not (isinstance(examples, (int, float)) and math.isfinite(examples) and examples > 0):
+            return f"num-examples {examples!r} is not a positive number"
+        update, reference = content[protocol.ARRAYS], self._global
+        if reference is not None:
+            if list(update.keys()) != list(reference.keys()):
+                return f"its tensors {sorted(update.keys())} are not the global model's {sorted(reference.keys())}"
+            for name in reference.keys():
+                got, want = update[name], reference[name]
+                if tuple(got.shape) != tuple(want.shape) or got.dtype != want.dtype:
+                    return f"tensor {name} has shape {list(got.shape)} {got.dtype}, the global model's " \
+                           f"{list(want.shape)} {want.dtype}"
+        for name in update.keys():
+            if not np.isfinite(update[name].numpy()).all():
+                return f"tensor {name} holds NaN or Inf values"
+        return None
+
+    # -- federated evaluation ----------------------------------------------------------
+
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        try:
+            if not self.evaluate_rounds(server_round):
+                return []
+            nodes = sorted(n for n in grid.get_node_ids() if n not in self.not_evaluating)
+            if nodes:
+                log.info("round %d: asking %d owners to evaluate the global model on their own data",
+                         server_round, len(nodes))
+            return self._messages(server_round, arrays, nodes, MessageType.EVALUATE)
+        finally:
+            self.on_round_end(server_round, arrays)  # training is settled: checkpoint the round
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        answers: list[Message] = []
+        for reply in replies:
+            node = reply.metadata.src_node_id
+            if reply.has_error():
+                log.error("round %d: evaluation at node %d failed: %s", server_round, node, reply.error.reason)
+                continue
+            content = reply.content
+            if protocol.PRIVACY in content.config_records:  # the owner declined
+                refusal = content[protocol.PRIVACY]
+                owner = str(refusal.get(protocol.OWNER_ID, "")) or f"node-{node}"
+                reason = str(refusal.get(protocol.UNSIGNED_REFUSAL, "declined"))
+                self.not_evaluating[node] = reason
+                self.history.record_evaluation_refusal(server_round, owner, reason)
+                log.info("round %d: owner %s does not evaluate: %s", server_round, owner, reason)
+                continue
+            owner = str(content[protocol.OWNER][protocol.OWNER_ID]) if protocol.OWNER in content.config_records \
+                else f"node-{node}"
+            metrics = content[protocol.METRICS] if protocol.METRICS in content.metric_records else None
+            if metrics is None or not {"loss", "accuracy", "num-examples"} <= set(metrics.keys()):
+                log.error("round %d: evaluation reply of owner %s carries no loss/accuracy/num-examples",
+                          server_round, owner)
+                continue
+            self.history.record_evaluation(server_round, owner, float(metrics["loss"]), float(metrics["accuracy"]),
+                                           int(metrics["num-examples"]))
+            answers.append(reply)
+        if not answers:
+            return None
+        aggregated = super().aggregate_evaluate(server_round, answers)
+        if aggregated is not None:
+            self.history.record_federated_evaluation(server_round, float(aggregated["loss"]),
+                                                     float(aggregated["accuracy"]))
+        return aggregated
+

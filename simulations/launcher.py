@@ -24,10 +24,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from privfl.client.data import simulated_owner_ids
+from privfl import settings
+from privfl.app_bundle import export_app
 from privfl.config import ExperimentConfig
-from privfl.privacy.keys import generate_owner_keys, load_public_key, owner_key_paths
+from privfl.privacy.keys import load_public_key
 from privfl.privacy.ledger import VerificationReport, verify
+from privfl.privacy.policy import LEDGER_FILE
 from privfl.privacy.report import write_run_report
 from privfl.server import run_dir as artefacts
 from privfl.simulations.processes import command_line, descendants
@@ -47,35 +49,10 @@ class SimulationResult:
     reports: list[Path] = field(default_factory=list)  # the privacy budget report, in every format
 
 
-def project_root() -> Path:
-    """The folder holding privfl's pyproject.toml: the Flower app that ``flwr run`` ships."""
-    import privfl
-
-    root = Path(privfl.__file__).resolve().parent.parent
-    if not (root / "pyproject.toml").is_file():
-        raise SimulationError(
-            f"no pyproject.toml next to {root}: privfl simulations run from a source checkout "
-            "installed with `pip install -e .`"
-        )
-    return root
-
-
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-def _toml_value(value: object) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str):
-        return json.dumps(value)
-    return repr(value)
-
-
-def _write_toml(path: Path, values: dict) -> None:
-    path.write_text("".join(f"{k} = {_toml_value(v)}\n" for k, v in values.items()), encoding="utf-8")
 
 
 def _environment(flwr_home: Path, ray_tmp: Path) -> dict[str, str]:
@@ -148,34 +125,53 @@ class RoundProgress:
 
     def __init__(self, history_file: Path, num_rounds: int, *, quiet: bool) -> None:
         self.history_file, self.num_rounds, self.quiet = history_file, num_rounds, quiet
-        self.shown = -1
+        self.shown = 0
 
     def poll(self) -> None:
         try:
-            rounds = json.loads(self.history_file.read_text(encoding="utf-8"))["rounds"]
+            history = json.loads(self.history_file.read_text(encoding="utf-8"))
+            rounds = history["rounds"]
         except (FileNotFoundError, json.JSONDecodeError, KeyError):
             return
+        finished = history.get("status") == "finished"
+        central = history.get("config", {}).get("dataset") != "none" and any(
+            r.get("test_accuracy") is not None for r in rounds)
         for record in rounds:
-            if record["round"] <= self.shown or record.get("test_accuracy") is None:
+            number = record["round"]
+            if number <= self.shown:
                 continue
-            self.shown = record["round"]
-            if self.quiet:
-                continue
-            epsilons = [r["epsilon"] for r in record.get("receipts", []) if r["status"] == "trained"]
-            eps_text = f", max owner epsilon {max(epsilons):.2f}" if epsilons and "inf" not in epsilons else ""
-            refused = f", {len(record['refused'])} refused" if record.get("refused") else ""
-            print(f"  round {record['round']:>3}/{self.num_rounds}: test accuracy {record['test_accuracy']:.3f}, "
-                  f"{len(record.get('participants', []))} owners trained{refused}{eps_text}", flush=True)
+            settled = record.get("test_accuracy") is not None if central else (
+                finished or any(r["round"] > number for r in rounds))
+            if not settled:
+                break
+            self.shown = number
+            if not self.quiet:
+                print(self._line(record), flush=True)
+
+    def _line(self, record: dict) -> str:
+        epsilons = [r["epsilon"] for r in record.get("receipts", []) if r["status"] == "trained"]
+        eps_text = f", max owner epsilon {max(epsilons):.2f}" if epsilons and "inf" not in epsilons else ""
+        refused = f", {len(record['refused'])} refused" if record.get("refused") else ""
+        failed = f", {len(record['failures'])} failed" if record.get("failures") else ""
+        accuracy = record.get("test_accuracy")
+        evaluation = record.get("federated_evaluation") or {}
+        if accuracy is not None:
+            score = f"test accuracy {accuracy:.3f}"
+        elif evaluation.get("accuracy") is not None:
+            score = f"accuracy at the owners {evaluation['accuracy']:.3f}"
+        else:
+            score = "trained"
+        return (f"  round {record['round']:>3}/{self.num_rounds}: {score}, "
+                f"{len(record.get('participants', []))} owners trained{refused}{failed}{eps_text}")
 
 
 def run_simulation(config: ExperimentConfig, *, log_to: Path | None = None, stream: bool = True) -> SimulationResult:
     """Run ``config`` as a whole federation on this machine; returns the run's history."""
-    if not config.run_dir:
-        config = config.replace(run_dir=str(artefacts.default_run_dir(config)))
-    run_dir = Path(config.run_dir).resolve()
-    if (run_dir / artefacts.HISTORY).exists():
+    config = artefacts.settle(config)
+    where = artefacts.layout(config)
+    run_dir = where.run_dir
+    if where.history.exists():
         raise SimulationError(f"{run_dir} already holds a run; choose another run directory")
-    config = config.replace(run_dir=str(run_dir))
     state_dir = run_dir / "flower"
     state_dir.mkdir(parents=True, exist_ok=True)
     ray_tmp = Path(tempfile.mkdtemp(prefix="privfl-ray-"))  # short: Ray's socket paths are length-limited
@@ -187,22 +183,20 @@ def run_simulation(config: ExperimentConfig, *, log_to: Path | None = None, stre
         f'[superlink.{CONNECTION}]\naddress = "127.0.0.1:{port}"\ninsecure = true\n',
         encoding="utf-8",
     )
-    if config.dp:
-        _enroll_owners(config, run_dir / artefacts.KEYS)
     run_config = state_dir / "run-config.toml"
-    _write_toml(run_config, config.to_mapping())
+    run_config.write_text(settings.toml_dumps(config.to_mapping()), encoding="utf-8")
+    app = export_app(state_dir / "app")
 
     log_path = log_to or run_dir / "simulation.log"
-    history_file = run_dir / artefacts.HISTORY
-    print(f"privfl: running '{config.experiment}' ({config.num_owners} owners, {config.num_rounds} rounds, "
+    print(f"privfl: running '{config.experiment}' ({config.num_owners or 'all'} owners, {config.num_rounds} rounds, "
           f"{'DP-SGD' if config.dp else 'non-private'}) in {run_dir}", flush=True)
     try:
         with _superlink(env, state_dir, port) as superlink:
-            run_id = _submit(env, run_config, config.num_owners)
+            run_id = _submit(env, app, run_config, _num_owners(config))
             streamer = _flwr(env, "log", str(run_id), CONNECTION, "--stream") if stream else None
             try:
-                _wait_for_run(superlink, history_file, RoundProgress(history_file, config.num_rounds, quiet=stream),
-                              log_path)
+                _wait_for_run(superlink, where.history,
+                              RoundProgress(where.history, config.num_rounds, quiet=stream), log_path)
             finally:
                 if streamer is not None:
                     streamer.terminate()
@@ -210,38 +204,32 @@ def run_simulation(config: ExperimentConfig, *, log_to: Path | None = None, stre
     finally:
         shutil.rmtree(ray_tmp, ignore_errors=True)
 
-    history = json.loads(history_file.read_text(encoding="utf-8"))
-    ledgers = verify_ledgers(run_dir) if config.dp else []
+    history = json.loads(where.history.read_text(encoding="utf-8"))
+    ledgers = verify_ledgers(where, history) if config.dp else []
     reports = write_run_report(run_dir) if ledgers else []
     return SimulationResult(run_dir=run_dir, history=history, ledgers=ledgers, reports=reports)
 
 
-def _enroll_owners(config: ExperimentConfig, keys_dir: Path) -> None:
-    """Give every simulated owner a key pair, as an institution would before joining.
+def _num_owners(config: ExperimentConfig) -> int:
+    from privfl.simulations.federation import simulated_federation
 
-    The server registers the public halves from this folder; the simulated owners
-    sign their ledger entries with the private halves (files of mode 0600).
+    return len(simulated_federation(config).owner_ids)
+
+
+def verify_ledgers(where: artefacts.Layout, history: dict) -> list[VerificationReport]:
+    """Verify the federation ledger and the ledger of every owner of the run.
+
+    Every ledger is checked against the owners' public keys registered with the
+    coordinator, not against the keys the ledger files record themselves.
     """
-    keys_dir.mkdir(parents=True, exist_ok=True)
-    for owner_id in simulated_owner_ids(config, config.num_owners):
-        generate_owner_keys(keys_dir, owner_id)
-
-
-def verify_ledgers(run_dir: Path) -> list[VerificationReport]:
-    """Verify the federation ledger and every owner's ledger of a simulation run.
-
-    Owner ledgers are checked against the public keys enrolled before the run, not
-    against the keys recorded in the ledger files themselves.
-    """
-    ledger_dir, keys_dir = run_dir / artefacts.LEDGERS, run_dir / artefacts.KEYS
+    keys = {p.name.removesuffix(".pub"): load_public_key(p) for p in where.owner_keys_dir.glob("*.pub")}
     reports = []
-    for path in sorted(ledger_dir.glob("*.db")):
-        if path.name == artefacts.FEDERATION_LEDGER:
-            keys = {p.name.removesuffix(".pub"): load_public_key(p) for p in keys_dir.glob("*.pub")}
-            reports.append(verify(path, keys))
-        else:
-            public = owner_key_paths(keys_dir, path.stem)[1]
-            reports.append(verify(path, load_public_key(public) if public.exists() else None))
+    if where.federation_ledger.exists():
+        reports.append(verify(where.federation_ledger, keys))
+    for owner_id in sorted(history.get("owners", {})):
+        ledger = where.owner_dir(owner_id) / LEDGER_FILE
+        if ledger.exists():
+            reports.append(verify(ledger, keys.get(owner_id)))
     return reports
 
 
@@ -263,9 +251,9 @@ def _client_resources() -> str:
     return f"client-resources-num-cpus=1 client-resources-num-gpus={gpus}"
 
 
-def _submit(env: dict[str, str], run_config: Path, num_owners: int) -> int:
+def _submit(env: dict[str, str], app: Path, run_config: Path, num_owners: int) -> int:
     """Submit the run to the SuperLink; returns Flower's run id."""
-    process = _flwr(env, "run", str(project_root()), CONNECTION, "--run-config", str(run_config),
+    process = _flwr(env, "run", str(app), CONNECTION, "--run-config", str(run_config),
                     "--federation-config", f"num-supernodes={num_owners} {_client_resources()}",
                     "--format", "json", capture=True)
     output, _ = process.communicate(timeout=120)

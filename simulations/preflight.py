@@ -3,34 +3,28 @@ message instead of minutes later inside a Flower process."""
 
 from __future__ import annotations
 
-from privfl.client.data import OwnerDataError, simulated_owner
 from privfl.config import ConfigError, ExperimentConfig
-from privfl.models import ModelNotPrivatizableError, ensure_privatizable
-from privfl.simulations.datasets import load_dataset
+from privfl.models import ModelSpec
+from privfl.simulations.federation import simulated_federation
+from privfl.task import ModelMismatchError, ModelNotPrivatizableError, check_model
 
 
 def preflight(config: ExperimentConfig) -> None:
-    """Raise ConfigError for a config the run would fail on: model, partitions, delta."""
-    _, test = load_dataset(config.dataset, config.seed)
+    """Raise ConfigError for a config the run would fail on: data, model, owners, delta."""
+    if config.deployment or config.dataset == "none":
+        raise ConfigError("privfl simulate runs simulated owners on a data set (digits, heart-disease or folder); "
+                          "for real institutions see docs/deployment.md")
+    federation = simulated_federation(config)  # raises ConfigError for a bad split or data folder
+    spec = ModelSpec(config.model, federation.num_features, federation.num_classes)
     try:
-        from privfl.models import ModelSpec
-
-        model = ModelSpec(config.model, test.num_features, test.num_classes).build(seed=config.seed)
-        if config.dp:
-            ensure_privatizable(model)
-    except ModelNotPrivatizableError as err:
+        check_model(spec, private=config.dp, seed=config.seed)
+    except (ModelMismatchError, ModelNotPrivatizableError) as err:
         raise ConfigError(f"model = {config.model!r}: {err}") from None
-    except (ValueError, TypeError) as err:
-        raise ConfigError(f"model = {config.model!r}: {err}") from None
-    for partition in range(config.num_owners):
-        try:
-            owner = simulated_owner(config, partition, config.num_owners)
-        except (OwnerDataError, ValueError) as err:
-            raise ConfigError(f"cannot give {config.num_owners} owners their data: {err}") from None
-        if len(owner.train) == 0:
-            raise ConfigError(f"owner {owner.owner_id} would hold no records; use fewer owners")
-        if config.dp and config.delta >= 1.0 / len(owner.train):
+    for owner_id, train in zip(federation.owner_ids, federation.train):
+        if len(train) == 0:
+            raise ConfigError(f"owner {owner_id} would hold no records; use fewer owners")
+        if config.dp and config.delta >= 1.0 / len(train):
             raise ConfigError(
-                f"delta = {config.delta:g} is not below 1/n for owner {owner.owner_id} "
-                f"(n = {len(owner.train)}); set delta below {1.0 / len(owner.train):.2g}"
+                f"delta = {config.delta:g} is not below 1/n for owner {owner_id} "
+                f"(n = {len(train)}); set delta below {1.0 / len(train):.2g}"
             )

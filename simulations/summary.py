@@ -1,4 +1,5 @@
-"""The closing summary of ``privfl simulate``: where the run is, how good, at what privacy cost."""
+"""The closing summary of ``privfl simulate``: where the run is, how good, at what privacy cost,
+and whether anything went wrong (which decides the exit code)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,24 @@ from privfl.server.history import epsilon_table
 from privfl.simulations.launcher import SimulationResult
 
 
-def print_summary(runs: Sequence[SimulationResult]) -> None:
+def run_problems(result: SimulationResult, *, max_failed_updates: int = 0) -> list[str]:
+    """What makes a run a failure: a ledger not intact, nothing aggregated, failed client updates."""
+    history = result.history
+    problems = [f"ledger not intact: {r.path}: {r.problem}" for r in result.ledgers if not r.ok]
+    if history.get("status") != "finished":
+        problems.append(f"the run did not finish (status {history.get('status')!r})")
+    if not history.get("aggregated_rounds"):
+        problems.append("no update was aggregated in any round: the model is the initial one")
+    failed = history.get("failed_updates", 0)
+    if failed > max_failed_updates:
+        problems.append(f"{failed} client update(s) failed or were rejected (tolerated: {max_failed_updates}); "
+                        f"see 'failures' in {result.run_dir / 'history.json'}")
+    return problems
+
+
+def print_summary(runs: Sequence[SimulationResult], *, max_failed_updates: int = 0) -> list[str]:
+    """Print each run's summary; returns every run's problems (empty: all well)."""
+    all_problems = []
     for result in runs:
         history = result.history
         config = history["config"]
@@ -18,28 +36,40 @@ def print_summary(runs: Sequence[SimulationResult]) -> None:
         )
         print()
         print(f"== {history['experiment']}: {guarantee}")
+        print(f"experiment id:       {history.get('experiment_id', '')}")
         print(f"run directory:       {result.run_dir}")
-        print(f"final test accuracy: {history['final_test_accuracy']:.4f}")
-        failures = sum(len(r.get("failures", [])) for r in history["rounds"])
-        if failures:
-            trained = sum(len(r.get("participants", [])) for r in history["rounds"])
-            print(f"WARNING: {failures} client update(s) failed or were rejected ({trained} accepted); "
-                  f"see 'failures' in {result.run_dir / 'history.json'}")
+        accuracy = history.get("final_test_accuracy")
+        print(f"final test accuracy: {accuracy:.4f}" if accuracy is not None else "final test accuracy: none")
+        _print_federated_evaluation(history)
         print("per-owner privacy spent:")
         print(epsilon_table(history))
         if result.ledgers:
             broken = [r for r in result.ledgers if not r.ok]
             owners = sum(1 for r in result.ledgers if not r.path.endswith("federation.db"))
             verdict = "all verified intact" if not broken else f"{len(broken)} NOT INTACT"
-            print(f"privacy ledgers:     {owners} owner ledgers + the federation ledger in "
-                  f"{result.run_dir / 'ledgers'}: {verdict}")
+            print(f"privacy ledgers:     {owners} owner ledgers + the federation ledger: {verdict}")
             for report in broken:
                 print(report.summary())
         if result.reports:
             html = next((p for p in result.reports if p.suffix == ".html"), result.reports[0])
             others = ", ".join(p.suffix.lstrip(".") for p in result.reports if p != html)
             print(f"privacy report:      {html}" + (f" (also {others})" if others else ""))
+        problems = run_problems(result, max_failed_updates=max_failed_updates)
+        for problem in problems:
+            print(f"PROBLEM: {problem}")
+        all_problems.extend(problems)
     if len(runs) == 2:
         private, baseline = (r.history["final_test_accuracy"] for r in runs)
-        print(f"\naccuracy: {runs[0].history['experiment']} {private:.4f}, "
-              f"{runs[1].history['experiment']} {baseline:.4f} (difference {baseline - private:+.4f})")
+        if private is not None and baseline is not None:
+            print(f"\naccuracy: {runs[0].history['experiment']} {private:.4f}, "
+                  f"{runs[1].history['experiment']} {baseline:.4f} (difference {baseline - private:+.4f})")
+    return all_problems
+
+
+def _print_federated_evaluation(history: dict) -> None:
+    evaluated = [r for r in history["rounds"] if (r.get("federated_evaluation") or {}).get("accuracy") is not None]
+    if not evaluated:
+        return
+    last = evaluated[-1]["federated_evaluation"]
+    print(f"accuracy at the owners (round {evaluated[-1]['round']}, weighted by examples): {last['accuracy']:.4f} "
+          f"over {len(last['owners'])} owners ({last['num_examples']} examples)")

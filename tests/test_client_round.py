@@ -1,4 +1,8 @@
-"""A client's round, driven with Flower's real Message and Context objects and a real ledger."""
+"""An owner's round, driven with Flower's real Message and Context objects and a real ledger.
+
+What a coordinator sends cannot lower an owner's protection: every refusal below is
+signed by the owner and releases nothing.
+"""
 
 from __future__ import annotations
 
@@ -7,97 +11,113 @@ import multiprocessing
 import os
 
 import pytest
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
+from flwr.app import MessageType
 
 from privfl import protocol
 from privfl.client.owner_ledger import close_owner_ledgers
 from privfl.client.round import run_train_round
-from privfl.client.training import TrainingPlan
-from privfl.config import ExperimentConfig
 from privfl.models import ModelSpec
 from privfl.privacy.accountants import get_accountant
 from privfl.privacy.keys import load_public_key
 from privfl.privacy.ledger import CHARGE, REFUSAL, Entry, OwnerLedger, verify
+from privfl.protocol import TrainingPlan
+from tests.owner_helpers import (
+    CONFIG, deployed_context, deployed_owner, message, request, simulated_context, simulated_world,
+)
 
-CONFIG = ExperimentConfig(num_owners=4, num_rounds=3)
 N = 1437 // 4 + 1  # digits train split, IID over 4 owners: owner-1 holds 360 records
-
 
 pytestmark = pytest.mark.usefixtures("flower_task_identity")
 
 
-def _context(config: ExperimentConfig = CONFIG, **node) -> Context:
-    """A fresh node process: empty Flower state, as after a restart."""
-    node_config = {"partition-id": 1, "num-partitions": config.num_owners, **node}
-    return Context(run_id=7, node_id=1, node_config=node_config, state=RecordDict(), run_config=config.to_mapping())
+@pytest.fixture(autouse=True)
+def _fresh_ledgers():
+    close_owner_ledgers()
+    yield
+    close_owner_ledgers()
 
 
-def _message(folder, server_round: int, config: ExperimentConfig = CONFIG) -> Message:
-    spec = ModelSpec(config.model, 64, 10)
-    train_config = ConfigRecord({**TrainingPlan.from_config(config).to_record_values(), **spec.to_record_values(),
-                                 "server-round": server_round, "ledger-dir": str(folder / "ledgers"),
-                                 "keys-dir": str(folder / "keys")})
-    content = RecordDict({protocol.ARRAYS: ArrayRecord(spec.build(seed=0).state_dict()),
-                          protocol.TRAIN_CONFIG: train_config})
-    return Message(content=content, dst_node_id=1, message_type=MessageType.TRAIN)
-
-
-def _round(folder, server_round: int, config: ExperimentConfig = CONFIG, context: Context | None = None):
-    return run_train_round(_message(folder, server_round, config), context or _context(config))
-
-
-def _entry(reply: RecordDict) -> Entry:
+def _entry(reply) -> Entry:
     return Entry.from_signed(reply[protocol.PRIVACY][protocol.SIGNED_ENTRY])
 
 
-def _ledger(folder) -> OwnerLedger:
-    return OwnerLedger.open_readonly(folder / "ledgers" / "owner-1.db")
+def _sim_round(world, server_round: int, **changes):
+    config, where = world
+    req = request(config, server_round, owners_dir=where.owners_dir, **changes)
+    return run_train_round(message(req), simulated_context(config))
 
 
-def _one_round_epsilon() -> float:
-    event = TrainingPlan.from_config(CONFIG).privacy_event(N)
-    return get_accountant("rdp").epsilon([event], CONFIG.delta)
+def _deployed_round(policy_file, server_round: int = 1, run_config=None, **changes):
+    req = request(CONFIG, server_round, **changes)
+    return run_train_round(message(req), deployed_context({"policy": str(policy_file)}, run_config))
 
 
-def test_a_trained_round_returns_update_and_signed_entry_with_cumulative_epsilon(tmp_path):
-    first, second = _round(tmp_path, 1), _round(tmp_path, 2)
+def _ledger(path) -> OwnerLedger:
+    return OwnerLedger.open_readonly(path)
+
+
+def _refusal(reply) -> Entry:
+    entry = _entry(reply)
+    assert entry.kind == REFUSAL and protocol.ARRAYS not in reply  # nothing is released
+    return entry
+
+
+@pytest.fixture
+def world(tmp_path):
+    return simulated_world(tmp_path)
+
+
+def test_a_trained_round_returns_update_and_signed_entry_with_cumulative_epsilon(world):
+    config, where = world
+    first, second = _sim_round(world, 1), _sim_round(world, 2)
     entry = _entry(second)
     assert _entry(first).kind == entry.kind == CHARGE and entry.owner_id == "owner-1"
-    event = TrainingPlan.from_config(CONFIG).privacy_event(N)
-    assert entry.event == event and entry.run_id == "7" and entry.round == 2
-    assert entry.cumulative_epsilon == pytest.approx(get_accountant("rdp").epsilon([event, event], CONFIG.delta))
+    event = TrainingPlan.from_config(config).privacy_event(N)
+    assert entry.event == event and entry.run_id == config.experiment_id and entry.round == 2
+    assert entry.cumulative_epsilon == pytest.approx(get_accountant("rdp").epsilon([event, event], config.delta))
     assert entry.update_hash == protocol.update_digest(second[protocol.ARRAYS].to_torch_state_dict())
-    with _ledger(tmp_path) as ledger:
+    ledger_file = where.owner_dir("owner-1") / "ledger.db"
+    with _ledger(ledger_file) as ledger:
         assert [e.round for e in ledger.entries()] == [1, 2]
-    public = load_public_key(tmp_path / "keys" / "owner-1.pub")
-    assert verify(tmp_path / "ledgers" / "owner-1.db", public).ok
+    assert verify(ledger_file, load_public_key(where.owner_keys_dir / "owner-1.pub")).ok
+    assert second[protocol.PRIVACY][protocol.OWNER_PROTOCOL_VERSION] == protocol.PROTOCOL_VERSION
 
 
 def test_the_owner_refuses_when_the_next_round_would_cross_its_budget_even_after_a_restart(tmp_path):
-    budget = {"epsilon-budget": _one_round_epsilon() * 1.01}  # room for one round, not two
-    assert _entry(_round(tmp_path, 1, context=_context(**budget))).kind == CHARGE
-    for attempt in range(2):  # a restarted node reads the same ledger and refuses again
+    one_round = get_accountant("rdp").epsilon([TrainingPlan.from_config(CONFIG).privacy_event(300)], 1e-5)
+    policy = deployed_owner(tmp_path / "st-mary", epsilon_budget=one_round * 1.01)  # room for one round, not two
+    assert _entry(_deployed_round(policy, 1)).kind == CHARGE
+    for _ in range(2):  # a restarted node reads the same ledger and refuses again
         close_owner_ledgers()
-        reply = _round(tmp_path, 2, context=_context(**budget))
-        entry = _entry(reply)
-        assert entry.kind == REFUSAL and "would exceed the budget" in entry.refusal_reason
-        assert protocol.ARRAYS not in reply  # nothing is released
-        assert entry.cumulative_epsilon == pytest.approx(_one_round_epsilon(), rel=1e-6)  # nothing charged
-    with _ledger(tmp_path) as ledger:
+        entry = _refusal(_deployed_round(policy, 2))
+        assert "would exceed the budget" in entry.refusal_reason
+        assert entry.cumulative_epsilon == pytest.approx(one_round, rel=1e-6)  # nothing charged
+    with _ledger(tmp_path / "st-mary" / "ledger.db") as ledger:
         assert [e.kind for e in ledger.entries()] == [CHARGE, REFUSAL]  # the repeated refusal is one entry
 
 
-def test_a_retried_round_resends_the_charged_update_and_charges_once(tmp_path):
-    first = _round(tmp_path, 1)
+def test_a_hostile_run_config_changes_nothing_for_a_deployed_owner(tmp_path):
+    """The run config is the coordinator's: a budget of 1000 and dp = false in it are ignored."""
+    one_round = get_accountant("rdp").epsilon([TrainingPlan.from_config(CONFIG).privacy_event(300)], 1e-5)
+    policy = deployed_owner(tmp_path / "st-mary", epsilon_budget=one_round * 1.01)
+    hostile = {**CONFIG.to_mapping(), "epsilon-budget": 1000.0, "dp": False, "accountant": "prv", "device": "cuda"}
+    assert _entry(_deployed_round(policy, 1, run_config=hostile)).kind == CHARGE
+    entry = _refusal(_deployed_round(policy, 2, run_config=hostile))
+    assert entry.epsilon_budget == pytest.approx(one_round * 1.01) and entry.accountant == "rdp"
+
+
+def test_a_retried_round_resends_the_charged_update_and_charges_once(world):
+    config, where = world
+    first = _sim_round(world, 1)
     close_owner_ledgers()  # the retry comes from a restarted node
-    again = _round(tmp_path, 1, context=_context())
+    again = _sim_round(world, 1)
     assert _entry(again).signed_bytes() == _entry(first).signed_bytes()
     assert protocol.update_digest(again[protocol.ARRAYS].to_torch_state_dict()) == _entry(first).update_hash
-    with _ledger(tmp_path) as ledger:
+    with _ledger(where.owner_dir("owner-1") / "ledger.db") as ledger:
         assert len(ledger.entries()) == 1
 
 
-def _crash_after_charge(folder) -> None:
+def _crash_after_charge(world) -> None:
     """Child process: commit the charge, then die before the update is returned."""
     from flwr.supercore.task_identity import TaskIdentity
 
@@ -109,47 +129,87 @@ def _crash_after_charge(folder) -> None:
         os._exit(17)  # killed between commit and release
 
     OwnerLedger.charge = charge_then_die
-    run_train_round(_message(folder, 1), _context())
+    _sim_round(world, 1)
 
 
-def test_a_client_killed_between_commit_and_release_leaves_exactly_one_entry(tmp_path):
-    child = multiprocessing.get_context("spawn").Process(target=_crash_after_charge, args=(tmp_path,))
+def test_a_client_killed_between_commit_and_release_leaves_exactly_one_entry(world):
+    config, where = world
+    child = multiprocessing.get_context("spawn").Process(target=_crash_after_charge, args=(world,))
     child.start()
     child.join(120)
     assert child.exitcode == 17
-    with _ledger(tmp_path) as ledger:
+    ledger_file = where.owner_dir("owner-1") / "ledger.db"
+    with _ledger(ledger_file) as ledger:
         assert len(ledger.entries()) == 1
-    reply = _round(tmp_path, 1)  # the round runs again
-    with _ledger(tmp_path) as ledger:
+    reply = _sim_round(world, 1)  # the round runs again
+    with _ledger(ledger_file) as ledger:
         entries = ledger.entries()
     assert len(entries) == 1 and _entry(reply).signed_bytes() == entries[0].signed_bytes()
     assert protocol.update_digest(reply[protocol.ARRAYS].to_torch_state_dict()) == entries[0].update_hash
 
 
-def test_an_owner_that_requires_dp_refuses_non_private_training(tmp_path):
-    reply = run_train_round(_message(tmp_path, 1, CONFIG.replace(dp=False)), _context())  # owner's config: dp
-    entry = _entry(reply)
-    assert entry.kind == REFUSAL and "requires DP" in entry.refusal_reason
+@pytest.mark.parametrize("ask, policy, expected", [
+    ({"dp": False}, {}, "requires DP"),
+    ({"noise_multiplier": 0.3}, {"min_noise_multiplier": 0.8}, "requires at least 0.8 (min-noise-multiplier)"),
+    ({"purpose": "marketing"}, {"allowed_purposes": ("sepsis model",)}, "purpose 'marketing' is not among"),
+    ({"privacy_unit": "owner"}, {}, "privacy unit 'owner' is not one this owner accepts"),
+    ({"spec": ModelSpec("mlp", 64, 10)}, {"allowed_models": ("logreg",)}, "'mlp' is not among the models"),
+    ({"spec": ModelSpec("logreg", 13, 2)}, {}, "has 64 features; the model 'logreg' expects 13"),
+    ({"protocol_version": 1}, {}, "protocol 1"),
+    ({}, {"delta": 0.01}, "not below 1/n = 1/300"),
+    ({}, {"max_round_epsilon": 0.01}, "per-round limit 0.01 (max-round-epsilon)"),
+])
+def test_a_request_below_the_owners_policy_gets_a_signed_refusal(tmp_path, ask, policy, expected):
+    policy_file = deployed_owner(tmp_path / "st-mary", **policy)
+    entry = _refusal(_deployed_round(policy_file, 1, **ask))
+    assert expected in entry.refusal_reason
+    assert verify(tmp_path / "st-mary" / "ledger.db", load_public_key(tmp_path / "st-mary" / "signing.pub")).ok
 
 
-def test_non_private_owner_sends_no_ledger_entry(tmp_path):
-    config = CONFIG.replace(dp=False)
-    reply = _round(tmp_path, 1, config, _context(config))
-    assert reply[protocol.PRIVACY][protocol.NON_PRIVATE] is True
-    assert math.isinf(protocol.PrivacyReceipt.non_private("owner-1").epsilon)
+def test_an_owner_whose_policy_allows_it_trains_without_dp_and_sends_no_ledger_entry(tmp_path):
+    policy_file = deployed_owner(tmp_path / "lab", dp_required=False)
+    reply = _deployed_round(policy_file, 1, dp=False)
+    assert reply[protocol.PRIVACY][protocol.NON_PRIVATE] is True and protocol.ARRAYS in reply
+    assert math.isinf(protocol.PrivacyReceipt.non_private("lab").epsilon)
 
 
-def test_delta_must_be_below_one_over_n(tmp_path):
-    with pytest.raises(ValueError, match="not below 1/n"):
-        _round(tmp_path, 1, context=_context(delta=0.01))
+@pytest.mark.parametrize("node_config, expected", [
+    ({}, "has no owner policy"),
+    ({"owner-id": "st-mary", "delta": 1e-6, "data": "d.npz", "ledger": "l.db", "signing-key": "k"},
+     "no epsilon budget set"),
+    ({"owner-id": "st-mary", "epsilon_budget": 3.0}, "unknown key 'epsilon_budget' (did you mean 'epsilon-budget'?)"),
+    ({"owner-id": "st-mary", "epsilon-budget": "3"}, "epsilon-budget = '3' has type str; expected float"),
+    ({"owner-id": "st-mary", "epsilon-budget": -1.0, "delta": 1e-6}, "epsilon-budget = -1.0: must be finite and > 0"),
+    ({"policy": "/nowhere/policy.toml"}, "owner policy file not found"),
+])
+def test_a_node_without_a_valid_policy_refuses_unsigned_with_the_reason(tmp_path, node_config, expected):
+    reply = run_train_round(message(request(CONFIG, 1)), deployed_context(node_config))
+    record = reply[protocol.PRIVACY]
+    assert expected in record[protocol.UNSIGNED_REFUSAL] and protocol.ARRAYS not in reply
 
 
-def test_missing_partition_is_a_clear_error(tmp_path):
-    context = Context(run_id=7, node_id=1, node_config={}, state=RecordDict(), run_config=CONFIG.to_mapping())
-    with pytest.raises(ValueError, match="neither 'data-path'.*nor 'partition-id'"):
-        run_train_round(_message(tmp_path, 1), context)
+def test_a_simulated_partition_outside_the_federation_refuses_with_the_reason(world):
+    config, where = world
+    context = simulated_context(config)
+    context.node_config["partition-id"] = 9
+    reply = run_train_round(message(request(config, 1, owners_dir=where.owners_dir)), context)
+    assert "partition-id 9 is outside 0..3" in reply[protocol.PRIVACY][protocol.UNSIGNED_REFUSAL]
 
 
-def test_partition_outside_the_federation_is_a_clear_error(tmp_path):
-    with pytest.raises(ValueError, match="partition-id 9 is outside 0..3"):
-        _round(tmp_path, 1, context=_context(**{"partition-id": 9}))
+def test_evaluation_is_answered_only_when_the_policy_says_so(tmp_path):
+    from privfl.client.evaluation import run_evaluate_round
+    from tests.owner_helpers import write_owner_data
+
+    declining = deployed_owner(tmp_path / "a")
+    reply = run_evaluate_round(message(request(CONFIG, 1), MessageType.EVALUATE),
+                               deployed_context({"policy": str(declining)}))
+    assert "answer-evaluation = false" in reply[protocol.PRIVACY][protocol.UNSIGNED_REFUSAL]
+
+    evaluation = write_owner_data(tmp_path / "eval.npz", rows=40, seed=1)
+    answering = deployed_owner(tmp_path / "b", owner_id="st-john", answer_evaluation=True,
+                               evaluation_data=str(evaluation))
+    reply = run_evaluate_round(message(request(CONFIG, 1), MessageType.EVALUATE),
+                               deployed_context({"policy": str(answering)}))
+    metrics = reply[protocol.METRICS]
+    assert metrics["num-examples"] == 40 and 0 <= metrics["accuracy"] <= 1 and metrics["loss"] > 0
+    assert reply[protocol.OWNER][protocol.OWNER_ID] == "st-john"

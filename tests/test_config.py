@@ -15,9 +15,30 @@ from privfl.config import ConfigError, ExperimentConfig, parse_override
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_pyproject_run_config_matches_the_defaults():
-    declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
-    assert declared == ExperimentConfig().to_mapping()
+def test_the_flower_app_declares_exactly_the_config_keys_and_ships_no_code(tmp_path):
+    from privfl.app_bundle import CLIENT_APP, SERVER_APP, export_app
+
+    app = tomllib.loads((export_app(tmp_path / "app") / "pyproject.toml").read_text())
+    assert app["tool"]["flwr"]["app"]["config"] == ExperimentConfig().to_mapping()
+    assert app["tool"]["flwr"]["app"]["components"] == {"serverapp": SERVER_APP, "clientapp": CLIENT_APP}
+    assert [p.name for p in (tmp_path / "app").iterdir()] == ["pyproject.toml"]  # the nodes run their own privfl
+
+
+def test_the_flower_app_bundle_built_by_flower_holds_only_its_pyproject(tmp_path):
+    """`flwr build` (what `flwr run` ships) packs no bench/, docs/, tests/, runs/ nor any code."""
+    import subprocess
+    import sys
+    import zipfile
+
+    from privfl.app_bundle import export_app
+
+    app = export_app(tmp_path / "app")
+    flwr = Path(sys.executable).parent / "flwr"
+    done = subprocess.run([str(flwr), "build", "--app", str(app)], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    (fab,) = tmp_path.glob("*.fab")
+    assert sorted(zipfile.ZipFile(fab).namelist()) == [".info/CONTENT", "pyproject.toml"]
 
 
 @pytest.mark.parametrize("name", ["quickstart", "quickstart-nonprivate", "heart-disease", "digits-dirichlet"])

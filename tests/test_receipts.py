@@ -9,7 +9,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 
 from privfl import protocol
-from privfl.client.training import TrainingPlan
+from privfl.protocol import TrainingPlan
 from privfl.config import ExperimentConfig
 from privfl.privacy.keys import generate_owner_keys, load_private_key
 from privfl.privacy.ledger import FederationLedger, OwnerLedger, ReceiptRejected
@@ -29,7 +29,7 @@ def world(tmp_path):
     generate_owner_keys(keys, "alice")
     generate_owner_keys(tmp_path / "other-keys", "alice")  # a forger's key under the same name
     federation = FederationLedger.open(tmp_path / "federation.db")
-    yield tmp_path, ReceiptCheck(federation, keys, PLAN, run_id="7"), federation
+    yield tmp_path, ReceiptCheck(federation, keys, PLAN, experiment_id="7"), federation
     federation.close()
 
 
@@ -95,7 +95,7 @@ def test_a_tampered_receipt_is_rejected(world):
         (dict(clipping=5.0), "clipping 5.0"),
         (dict(event=EVENT.__class__(EVENT.noise_multiplier, EVENT.sample_rate, EVENT.steps * 3)), "local epochs"),
         (dict(round_=2), "round 2"),
-        (dict(run_id="8"), "run 8"),
+        (dict(run_id="8"), "experiment 8"),
     ],
 )
 def test_a_receipt_for_another_release_is_rejected(world, changes, message):

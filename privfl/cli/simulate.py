@@ -15,9 +15,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "simulate",
         help="run a named experiment as a Flower simulation and print its privacy report",
         description="Run a whole federation through Flower's simulation engine: every owner "
-        "trains with DP-SGD (Opacus) within its epsilon budget; the server aggregates with "
+        "trains with DP-SGD (Opacus) within its epsilon budget and its policy; the server aggregates with "
         "FedAvg and evaluates every round. Prints the run directory, test accuracy and each "
-        "owner's epsilon.",
+        "owner's epsilon, and writes the privacy budget report. Exits 1 when a ledger is not intact, "
+        "when no update was aggregated, or when client updates failed (see --max-failed-updates).",
         epilog=f"named experiments: {', '.join(named_configs())}\n\nconfig keys (--set KEY=VALUE):\n{keys}",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -27,6 +28,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--run-dir", type=Path, help="where to write the run (default ./runs/<experiment>-<time>)")
     parser.add_argument("--baseline", metavar="EXPERIMENT",
                         help="afterwards run this experiment (e.g. quickstart-nonprivate) and compare accuracy")
+    parser.add_argument("--max-failed-updates", type=int, default=0, metavar="N",
+                        help="tolerate up to N failed or rejected client updates before exiting non-zero (default 0)")
     parser.add_argument("--verbose", action="store_true", help="stream Flower's own log")
     parser.set_defaults(handler=run)
 
@@ -53,6 +56,8 @@ def run(args: argparse.Namespace) -> int:
     config = load_config(args.experiment, args.overrides)
     if args.run_dir:
         config = config.replace(run_dir=str(args.run_dir))
+    if args.max_failed_updates < 0:
+        raise ConfigError("--max-failed-updates must be >= 0")
     from privfl.simulations.launcher import run_simulation
     from privfl.simulations.preflight import preflight
     from privfl.simulations.summary import print_summary
@@ -66,5 +71,5 @@ def run(args: argparse.Namespace) -> int:
         private_dir = runs[0].run_dir
         baseline = baseline.replace(run_dir=str(private_dir.with_name(f"{private_dir.name}-{baseline.experiment}")))
         runs.append(run_simulation(baseline, stream=args.verbose))
-    print_summary(runs)
-    return 0
+    problems = print_summary(runs, max_failed_updates=args.max_failed_updates)
+    return 1 if problems else 0

@@ -1,0 +1,61 @@
+"""One evaluation request at an owner: the global model scored on the owner's own held-out data.
+
+Federated evaluation lets a coordinator that holds no data see how the model does at
+the institutions.  Its metrics are a release about the owner's data that the DP-SGD
+epsilon does not cover, so an owner answers only when its policy says so
+(``answer-evaluation``), only on its ``evaluation-data``, and only within the same
+policy checks as training (protocol, purpose, model, data shape).  A refusal here is
+not a ledger entry: evaluation spends no epsilon.
+"""
+
+from __future__ import annotations
+
+from flwr.app import Context, Message, MetricRecord, RecordDict
+
+from privfl import protocol
+from privfl.client.data import OwnerDataError
+from privfl.client.guard import review_request
+from privfl.client.owner import OwnerSetupError, node_owner
+from privfl.devices import resolve_device
+from privfl.logs import get_logger
+from privfl.protocol import ProtocolError, RoundRequest
+
+log = get_logger("client")
+
+
+def run_evaluate_round(msg: Message, context: Context) -> RecordDict:
+    asked = msg.content.config_records.get(protocol.TRAIN_CONFIG, {})
+    try:
+        owner = node_owner(context, str(asked.get("owners-dir", "")))
+    except OwnerSetupError as err:
+        return _refuse(str(err), err.owner_id)
+    if not owner.policy.answer_evaluation:
+        return _refuse("this owner's policy does not answer evaluation requests (answer-evaluation = false)",
+                       owner.owner_id)
+    try:
+        request = RoundRequest.from_record(asked)
+        data = owner.data()
+    except (ProtocolError, OwnerDataError) as err:
+        return _refuse(str(err), owner.owner_id)
+    if data.evaluation is None or not len(data.evaluation):
+        return _refuse("this owner holds no evaluation data", owner.owner_id)
+    reason = review_request(owner.policy, request, data, training=False)
+    if reason:
+        return _refuse(reason, owner.owner_id)
+    from privfl.task import ModelMismatchError, check_model, evaluate
+
+    try:
+        model = check_model(request.model, private=False)
+        model.load_state_dict(msg.content[protocol.ARRAYS].to_torch_state_dict())
+    except (ModelMismatchError, RuntimeError, KeyError, ValueError) as err:
+        return _refuse(f"the global model does not fit: {str(err).splitlines()[0]}", owner.owner_id)
+    loss, accuracy = evaluate(model, data.evaluation, device=resolve_device(owner.policy.device))
+    return RecordDict({
+        protocol.METRICS: MetricRecord({"loss": loss, "accuracy": accuracy, "num-examples": len(data.evaluation)}),
+        protocol.OWNER: protocol.owner_record(owner.owner_id),
+    })
+
+
+def _refuse(reason: str, owner_id: str) -> RecordDict:
+    log.warning("%s does not evaluate: %s", owner_id or "this node", reason)
+    return RecordDict({protocol.PRIVACY: protocol.unsigned_refusal(reason, owner_id)})

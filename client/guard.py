@@ -1,0 +1,71 @@
+"""The owner's guard: does a request stay within the owner's policy and budget?
+
+Every rule here compares what the coordinator asks for with what the owner's own
+policy allows (DESIGN principle 1).  A rule that fails yields the reason the owner
+records in its signed refusal, naming the policy key, so the coordinator, the owner's
+IT team and an auditor can all see why nothing was released.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from privfl.client.data import OwnerData
+from privfl.models import MODEL_NAMES
+from privfl.privacy.accountants import get_accountant
+from privfl.privacy.budget import BudgetDecision, decide_next_release
+from privfl.privacy.events import DpEvent
+from privfl.privacy.policy import OwnerPolicy
+from privfl.protocol import RoundRequest
+
+
+def review_request(policy: OwnerPolicy, request: RoundRequest, data: OwnerData, *, training: bool) -> str | None:
+    """Why the owner refuses ``request`` (None: it is within the policy); budget aside."""
+    if policy.allowed_purposes and request.purpose not in policy.allowed_purposes:
+        return (f"purpose {request.purpose!r} is not among the purposes this owner allows "
+                f"(allowed-purposes: {', '.join(policy.allowed_purposes)})")
+    if request.privacy_unit not in policy.privacy_units:
+        return (f"privacy unit {request.privacy_unit!r} is not one this owner accepts "
+                f"(privacy-units: {', '.join(policy.privacy_units)})")
+    model = request.model.name
+    if "*" not in policy.allowed_models and model not in policy.allowed_models:
+        kind = "built-in model" if model in MODEL_NAMES else "model import path"
+        return f"{kind} {model!r} is not among the models this owner allows (allowed-models: " \
+               f"{', '.join(policy.allowed_models)})"
+    shape = _shape_problem(request, data, training=training)
+    if shape:
+        return shape
+    if not training:
+        return None
+    plan = request.plan
+    if not plan.dp:
+        return ("the request asks for training without differential privacy; this owner's policy requires DP "
+                "(dp-required = true)") if policy.dp_required else None
+    if not plan.noise_multiplier > 0:
+        return f"the request asks for noise multiplier {plan.noise_multiplier}: no privacy guarantee"
+    if plan.noise_multiplier < policy.min_noise_multiplier:
+        return (f"the request asks for noise multiplier {plan.noise_multiplier:g}; this owner's policy requires "
+                f"at least {policy.min_noise_multiplier:g} (min-noise-multiplier)")
+    records = len(data.train)
+    if policy.delta >= 1.0 / records:
+        return (f"delta {policy.delta:g} is not below 1/n = 1/{records} for this owner's {records} records; "
+                f"set delta below {1.0 / records:.2g} in the owner policy")
+    return None
+
+
+def _shape_problem(request: RoundRequest, data: OwnerData, *, training: bool) -> str | None:
+    spec = request.model
+    held = data.train if training or data.evaluation is None else data.evaluation
+    if held.num_features != spec.num_features:
+        return (f"this owner's data has {held.num_features} features; the model {spec.name!r} expects "
+                f"{spec.num_features}")
+    if len(held) and int(held.labels.max()) >= spec.num_classes:
+        return (f"this owner's data has label {int(held.labels.max())}; the model {spec.name!r} has "
+                f"{spec.num_classes} classes (labels 0..{spec.num_classes - 1})")
+    return None
+
+
+def decide_release(policy: OwnerPolicy, spent: Sequence[DpEvent], planned: DpEvent) -> BudgetDecision:
+    """The budget decision for the next release, with the owner's accountant and per-round cap."""
+    return decide_next_release(spent, planned, policy.budget, get_accountant(policy.accountant),
+                               max_round_epsilon=policy.max_round_epsilon)

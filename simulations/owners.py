@@ -1,0 +1,58 @@
+"""Enrolling simulated owners: what an institution does once before it joins a federation.
+
+An institution writes its policy, creates its ledger signing key (kept at home, mode
+0600) and sends the public half to the coordinator, which registers it.  A simulated
+owner gets the same, in its folder of the simulation's federation folder
+(``owners/<owner>/``), with its policy derived from the experiment config
+(:func:`privfl.privacy.policy.simulated_owner_policy`).
+
+Enrolment is idempotent: an owner already enrolled keeps its policy, key and ledger
+(a reused federation folder composes the owner's lifetime spend), and its registered
+public key must still be the key it signs with.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+from privfl.config import ExperimentConfig
+from privfl.privacy.keys import (
+    KeyFileError, fingerprint, generate_key, load_private_key, load_public_key, save_private_key, save_public_key,
+)
+from privfl.privacy.policy import (
+    POLICY_FILE, OwnerPolicy, load_policy_file, simulated_owner_policy, write_policy_file,
+)
+from privfl.server.run_dir import Layout
+
+POLICY_HEADER = """Policy of a simulated owner, written from the experiment config when the owner was enrolled.
+It is the owner's own from now on: later experiments on this federation folder use it as it stands.
+Keys: `privfl policy --help`; the policy of a real institution: docs/deployment.md."""
+
+
+def enroll_simulated_owners(config: ExperimentConfig, where: Layout, owner_ids: Iterable[str]) -> list[OwnerPolicy]:
+    """Give every owner a policy, a signing key and a registered public key; returns the policies."""
+    where.owner_keys_dir.mkdir(parents=True, exist_ok=True)
+    return [_enroll(config, where, owner_id) for owner_id in owner_ids]
+
+
+def _enroll(config: ExperimentConfig, where: Layout, owner_id: str) -> OwnerPolicy:
+    folder = where.owner_dir(owner_id)
+    policy_file = folder / POLICY_FILE
+    if not policy_file.exists():
+        write_policy_file(simulated_owner_policy(config, owner_id, folder), policy_file, header=POLICY_HEADER)
+    policy = load_policy_file(policy_file)
+    key_path = Path(policy.signing_key)
+    if not key_path.exists() and key_path.parent == folder:  # a new simulated owner creates its key
+        key = generate_key()
+        save_private_key(key, key_path)
+        save_public_key(key, key_path.with_suffix(".pub"))
+    signing = load_private_key(policy.signing_key, policy.passphrase())
+    registered = where.owner_keys_dir / f"{owner_id}.pub"
+    if not registered.exists():
+        save_public_key(signing, registered)
+    elif fingerprint(load_public_key(registered)) != fingerprint(signing):
+        raise KeyFileError(f"owner {owner_id}: the coordinator has key {fingerprint(load_public_key(registered))[:16]}"
+                           f"... registered, but the owner signs with {fingerprint(signing)[:16]}...; an owner's key "
+                           "changes only through a key rotation (docs/deployment.md)")
+    return policy
