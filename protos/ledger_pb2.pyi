@@ -41,8 +41,20 @@ class Gaussian(_message.Message):
     noise_multiplier: float
     def __init__(self, noise_multiplier: _Optional[float] = ...) -> None: ...
 
+class SampledWithoutReplacementGaussian(_message.Message):
+    __slots__ = ("noise_multiplier", "sample_size", "population_size", "steps")
+    NOISE_MULTIPLIER_FIELD_NUMBER: _ClassVar[int]
+    SAMPLE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    POPULATION_SIZE_FIELD_NUMBER: _ClassVar[int]
+    STEPS_FIELD_NUMBER: _ClassVar[int]
+    noise_multiplier: float
+    sample_size: int
+    population_size: int
+    steps: int
+    def __init__(self, noise_multiplier: _Optional[float] = ..., sample_size: _Optional[int] = ..., population_size: _Optional[int] = ..., steps: _Optional[int] = ...) -> None: ...
+
 class LedgerEntry(_message.Message):
-    __slots__ = ("sequence", "previous_hash", "run_id", "round", "owner_id", "kind", "poisson_subsampled_gaussian", "gaussian", "clipping_norm", "privacy_unit", "delta", "accountant", "cumulative_epsilon", "epsilon_budget", "purpose", "timestamp_unix_nanos", "update_hash", "refusal_reason")
+    __slots__ = ("sequence", "previous_hash", "run_id", "round", "owner_id", "kind", "poisson_subsampled_gaussian", "gaussian", "sampled_without_replacement_gaussian", "clipping_norm", "privacy_unit", "delta", "accountant", "cumulative_epsilon", "epsilon_budget", "purpose", "timestamp_unix_nanos", "update_hash", "refusal_reason")
     SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     PREVIOUS_HASH_FIELD_NUMBER: _ClassVar[int]
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
@@ -51,6 +63,7 @@ class LedgerEntry(_message.Message):
     KIND_FIELD_NUMBER: _ClassVar[int]
     POISSON_SUBSAMPLED_GAUSSIAN_FIELD_NUMBER: _ClassVar[int]
     GAUSSIAN_FIELD_NUMBER: _ClassVar[int]
+    SAMPLED_WITHOUT_REPLACEMENT_GAUSSIAN_FIELD_NUMBER: _ClassVar[int]
     CLIPPING_NORM_FIELD_NUMBER: _ClassVar[int]
     PRIVACY_UNIT_FIELD_NUMBER: _ClassVar[int]
     DELTA_FIELD_NUMBER: _ClassVar[int]
@@ -69,6 +82,7 @@ class LedgerEntry(_message.Message):
     kind: EntryKind
     poisson_subsampled_gaussian: PoissonSubsampledGaussian
     gaussian: Gaussian
+    sampled_without_replacement_gaussian: SampledWithoutReplacementGaussian
     clipping_norm: float
     privacy_unit: PrivacyUnit
     delta: float
@@ -79,7 +93,7 @@ class LedgerEntry(_message.Message):
     timestamp_unix_nanos: int
     update_hash: bytes
     refusal_reason: str
-    def __init__(self, sequence: _Optional[int] = ..., previous_hash: _Optional[bytes] = ..., run_id: _Optional[str] = ..., round: _Optional[int] = ..., owner_id: _Optional[str] = ..., kind: _Optional[_Union[EntryKind, str]] = ..., poisson_subsampled_gaussian: _Optional[_Union[PoissonSubsampledGaussian, _Mapping]] = ..., gaussian: _Optional[_Union[Gaussian, _Mapping]] = ..., clipping_norm: _Optional[float] = ..., privacy_unit: _Optional[_Union[PrivacyUnit, str]] = ..., delta: _Optional[float] = ..., accountant: _Optional[str] = ..., cumulative_epsilon: _Optional[float] = ..., epsilon_budget: _Optional[float] = ..., purpose: _Optional[str] = ..., timestamp_unix_nanos: _Optional[int] = ..., update_hash: _Optional[bytes] = ..., refusal_reason: _Optional[str] = ...) -> None: ...
+    def __init__(self, sequence: _Optional[int] = ..., previous_hash: _Optional[bytes] = ..., run_id: _Optional[str] = ..., round: _Optional[int] = ..., owner_id: _Optional[str] = ..., kind: _Optional[_Union[EntryKind, str]] = ..., poisson_subsampled_gaussian: _Optional[_Union[PoissonSubsampledGaussian, _Mapping]] = ..., gaussian: _Optional[_Union[Gaussian, _Mapping]] = ..., sampled_without_replacement_gaussian: _Optional[_Union[SampledWithoutReplacementGaussian, _Mapping]] = ..., clipping_norm: _Optional[float] = ..., privacy_unit: _Optional[_Union[PrivacyUnit, str]] = ..., delta: _Optional[float] = ..., accountant: _Optional[str] = ..., cumulative_epsilon: _Optional[float] = ..., epsilon_budget: _Optional[float] = ..., purpose: _Optional[str] = ..., timestamp_unix_nanos: _Optional[int] = ..., update_hash: _Optional[bytes] = ..., refusal_reason: _Optional[str] = ...) -> None: ...
 
 class SignedEntry(_message.Message):
     __slots__ = ("entry", "signature", "key_fingerprint")

@@ -6,8 +6,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from opacus.accountants import PRVAccountant, RDPAccountant
+from opacus.accountants.analysis import rdp as rdp_analysis
 
 from privfl.privacy.accountants import ACCOUNTANT_NAMES, get_accountant
+from privfl.privacy.accountants.opacus_backed import RDP_ORDERS
 from privfl.privacy.events import PoissonSubsampledGaussian as Event
 from privfl.privacy.events import merge_repeats
 
@@ -29,6 +31,23 @@ def test_rdp_matches_opacus_stepping_through_every_step(rounds):
     events = [Event(s, q, k) for s, q, k in rounds]
     ours = get_accountant("rdp").epsilon(events, 1e-5)
     assert ours == pytest.approx(_opacus_epsilon(RDPAccountant(), events, 1e-5), rel=1e-9)
+
+
+@settings(max_examples=10, deadline=None)
+@given(st.lists(st.tuples(noise, rate, st.integers(1, 30)), min_size=1, max_size=4))
+def test_rdp_of_poisson_events_is_bit_for_bit_opacus_analysis(rounds):
+    # Existing ledgers' stored epsilons must recompute to the same bits after the
+    # accountants learned new mechanisms.
+    events = [Event(s, q, k) for s, q, k in rounds]
+    merged = merge_repeats(events)
+    curve = sum([rdp_analysis.compute_rdp(q=e.sample_rate, noise_multiplier=e.noise_multiplier, steps=1,
+                                          orders=RDP_ORDERS) * e.steps for e in merged])
+    expected, _ = rdp_analysis.get_privacy_spent(orders=RDP_ORDERS, rdp=curve, delta=1e-5)
+    assert get_accountant("rdp").epsilon(events, 1e-5) == float(expected)
+    composition = get_accountant("rdp").composition()
+    for event in events:
+        composition.add(event)
+    assert composition.epsilon(1e-5) == pytest.approx(float(expected), rel=1e-12)
 
 
 def test_prv_matches_opacus():

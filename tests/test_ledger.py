@@ -168,7 +168,7 @@ def test_unknown_mechanism_is_refused_not_guessed(tmp_path):
     with OwnerLedger.open(tmp_path / "o.db", "o", generate_key()) as ledger:
         with pytest.raises(UnsupportedEvent):
             ledger.charge(RUN, 0, Gaussian(2.0), clipping_norm=1.0, delta=DELTA, epsilon_budget=5.0,
-                          accountant="rdp")
+                          accountant="prv")  # PRV composes DP-SGD steps only
         assert len(ledger) == 0
         with pytest.raises(ValueError, match="unknown accountant"):
             charge(ledger, 0, accountant="gdp")

@@ -22,7 +22,7 @@ from privfl.cli import main
 from privfl.privacy.accountants import ACCOUNTANT_NAMES, get_accountant
 from privfl.privacy.accountants.opacus_backed import RDP_ORDERS
 from privfl.privacy.accountants.pld import COARSE_INTERVAL, FINE_BELOW_EPSILON
-from privfl.privacy.events import Gaussian
+from privfl.privacy.events import Gaussian, SampledWithoutReplacementGaussian
 from privfl.privacy.events import PoissonSubsampledGaussian as Event
 
 DELTA = 1e-5
@@ -94,8 +94,13 @@ def test_pld_basics():
     assert pld.epsilon([Event(1.1, 0.05, 50)] * 2, DELTA) == pytest.approx(one, rel=1e-9)  # merging is exact
     assert pld.epsilon([Event(1.1, 0.05, 100)] * 2, DELTA) > one
     assert pld.epsilon([Event(1.1, 0.05, 100)], 1e-3) < one
-    with pytest.raises(TypeError):  # a mechanism it does not compose: refuse, never guess
-        pld.epsilon([Gaussian(1.0)], DELTA)
+    # Gaussian without sampling: Poisson sampling at rate 1 (everyone included)
+    assert pld.epsilon([Gaussian(2.0)] * 3, DELTA) == pytest.approx(pld.epsilon([Event(2.0, 1.0, 3)], DELTA), rel=1e-12)
+    assert pld.supports([Gaussian(2.0), Event(1.0, 0.1, 5)])
+    fixed_size = SampledWithoutReplacementGaussian(1.0, 10, 100, 5)
+    assert not pld.supports(fixed_size)
+    with pytest.raises(TypeError, match="use rdp for fixed-size owner sampling"):  # refuse, never guess
+        pld.epsilon([fixed_size], DELTA)
 
 
 def test_pld_composition_equals_epsilon_prefix_by_prefix():

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import importlib
 
+from privfl.privacy.accountants.adaptive_clipping import accounted_noise_multiplier, adaptive_clipping_noise
 from privfl.privacy.accountants.base import Accountant, Composition
+from privfl.privacy.events import NotComposable
 
 _ACCOUNTANTS: dict[str, str] = {
     "rdp": "privfl.privacy.accountants.opacus_backed:RdpAccountant",
@@ -26,4 +28,5 @@ def get_accountant(name: str) -> Accountant:
     return getattr(importlib.import_module(module_name), class_name)()
 
 
-__all__ = ["ACCOUNTANT_NAMES", "Accountant", "Composition", "get_accountant"]
+__all__ = ["ACCOUNTANT_NAMES", "Accountant", "Composition", "NotComposable", "accounted_noise_multiplier",
+           "adaptive_clipping_noise", "get_accountant"]

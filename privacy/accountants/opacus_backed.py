@@ -9,6 +9,28 @@ per-step RDP curve of each (noise, rate) cached: the curve costs 5-100 ms to com
 (fractional orders), scaling it by the step count and summing costs microseconds.
 So an owner's 10,000 charges with a handful of distinct settings recompute in
 milliseconds, and the result is bit-for-bit Opacus's.
+
+The RDP accountant composes all three event types on one set of orders, Opacus's
+(``RDP_ORDERS``):
+
+- ``PoissonSubsampledGaussian``: Opacus's ``compute_rdp`` (add-or-remove-one), as
+  before;
+- ``Gaussian``: the same with q = 1, i.e. alpha / (2 sigma^2);
+- ``SampledWithoutReplacementGaussian``: dp-accounting's RDP bound for sampling
+  without replacement (Wang, Balle, Kasiviswanathan 2019, Theorem 27; replace-one),
+  the function its own RdpAccountant uses, evaluated on the same orders, with the
+  noise multiplier halved.  That bound is stated for a base Gaussian mechanism whose
+  noise is sigma times the replace-one L2 *sensitivity*; a sum of contributions
+  clipped to C moves by up to 2C when one contribution is replaced by another, so
+  noise z x C is sigma = z / 2 there.  dp-accounting 0.6.0's RdpAccountant passes
+  ``GaussianDpEvent``'s s / C unhalved and so understates epsilon
+  (google/differential-privacy issue #378, open); its PLD code does double the
+  sensitivity under REPLACE_ONE, consistently with the halving here.  About 0.1 s per
+  distinct (noise, m, N) setting, cached.
+
+The curves of one composition are summed and converted to epsilon with Opacus's
+``get_privacy_spent``.  Events of different neighbouring relations are refused.
+PRV (Opacus) composes Poisson events only.
 """
 
 from __future__ import annotations
@@ -24,7 +46,9 @@ from opacus.accountants.analysis import rdp as rdp_analysis
 from opacus.accountants.utils import get_noise_multiplier
 
 from privfl.privacy.accountants.base import Accountant, Composition
-from privfl.privacy.events import DpEvent, PoissonSubsampledGaussian, merge_repeats
+from privfl.privacy.events import (
+    DpEvent, Gaussian, MergedEvent, PoissonSubsampledGaussian, SampledWithoutReplacementGaussian, merge_repeats,
+)
 
 RDP_ORDERS = tuple(_OpacusRdp.DEFAULT_ALPHAS)
 
@@ -34,6 +58,30 @@ def _rdp_per_step(noise_multiplier: float, sample_rate: float) -> np.ndarray:
     curve = rdp_analysis.compute_rdp(q=sample_rate, noise_multiplier=noise_multiplier, steps=1, orders=RDP_ORDERS)
     curve.setflags(write=False)
     return curve
+
+
+@lru_cache(maxsize=4096)
+def _wor_rdp_per_step(noise_multiplier: float, sample_size: int, population_size: int) -> np.ndarray:
+    """RDP curve of one step of fixed-size sampling without replacement (replace-one).
+
+    dp-accounting's own function (what its RdpAccountant uses for
+    SampledWithoutReplacementDpEvent), at noise_multiplier / 2: see the module docstring.
+    """
+    from dp_accounting.rdp import rdp_privacy_accountant as dp_rdp  # heavy: import on first use
+
+    curve = np.array(dp_rdp._compute_rdp_sample_wor_gaussian(
+        q=sample_size / population_size, noise_multiplier=noise_multiplier / 2, orders=RDP_ORDERS), dtype=float)
+    curve.setflags(write=False)
+    return curve
+
+
+def _step_curve(event: MergedEvent | Gaussian) -> np.ndarray:
+    """Per-step RDP curve of an event."""
+    if isinstance(event, PoissonSubsampledGaussian):
+        return _rdp_per_step(event.noise_multiplier, event.sample_rate)
+    if isinstance(event, Gaussian):  # Poisson sampling at rate 1
+        return _rdp_per_step(event.noise_multiplier, 1.0)
+    return _wor_rdp_per_step(event.noise_multiplier, event.sample_size, event.population_size)
 
 
 def _rdp_epsilon(rdp: np.ndarray, delta: float) -> float:
@@ -47,12 +95,14 @@ class OpacusAccountant(Accountant):
         self._mechanism = mechanism
 
     def epsilon(self, events: Sequence[DpEvent], delta: float) -> float:
-        history = [(e.noise_multiplier, e.sample_rate, e.steps) for e in merge_repeats(events)]
-        if not history:
+        events = list(events)
+        self.check(events)  # NotComposable (a TypeError): unknown mechanism, mixed relations
+        merged = merge_repeats(events)
+        if not merged:
             return 0.0
-        if any(noise == 0 for noise, _, _ in history):
+        if any(e.noise_multiplier == 0 for e in merged):
             return float("inf")  # no noise, no guarantee
-        return _cached_epsilon(self._mechanism, tuple(history), delta)
+        return _cached_epsilon(self._mechanism, tuple(merged), delta)
 
     def noise_multiplier(
         self, *, target_epsilon: float, delta: float, sample_rate: float, steps: int
@@ -69,18 +119,20 @@ class OpacusAccountant(Accountant):
 
 
 @lru_cache(maxsize=1024)
-def _cached_epsilon(mechanism: str, history: tuple[tuple[float, float, int], ...], delta: float) -> float:
+def _cached_epsilon(mechanism: str, history: tuple[MergedEvent, ...], delta: float) -> float:
     if mechanism == "rdp":
-        # Exactly Opacus's RDPAccountant.get_privacy_spent: sum of compute_rdp(...) * steps.
-        rdp = sum([_rdp_per_step(noise, rate) * steps for noise, rate, steps in history])
+        # For Poisson events exactly Opacus's RDPAccountant.get_privacy_spent: sum of compute_rdp(...) * steps.
+        rdp = sum([_step_curve(event) * event.steps for event in history])
         return _rdp_epsilon(rdp, delta)
     accountant = create_accountant(mechanism)
-    accountant.history = list(history)
+    accountant.history = [(e.noise_multiplier, e.sample_rate, e.steps) for e in history]
     return float(accountant.get_epsilon(delta=delta))
 
 
 class RdpAccountant(OpacusAccountant):
     """Renyi DP (Mironov 2017): an upper bound, fast, the default for enforcement."""
+
+    event_types = (PoissonSubsampledGaussian, SampledWithoutReplacementGaussian, Gaussian)
 
     def __init__(self) -> None:
         super().__init__("rdp")
@@ -99,15 +151,14 @@ class _RdpComposition(Composition):
         self._any = False
 
     def add(self, event: DpEvent) -> None:
-        if not isinstance(event, PoissonSubsampledGaussian):
-            raise TypeError(f"no accountant here knows the DP event {type(event).__name__}")
+        self.admit(event)  # refuses before anything changes
         if event.steps == 0:
             return
         self._any = True
         if event.noise_multiplier == 0:
             self._no_noise = True
             return
-        self._rdp = self._rdp + _rdp_per_step(event.noise_multiplier, event.sample_rate) * event.steps
+        self._rdp = self._rdp + _step_curve(event) * event.steps
 
     def epsilon(self, delta: float) -> float:
         if not self._any:
@@ -118,7 +169,21 @@ class _RdpComposition(Composition):
 
 
 class PrvAccountant(OpacusAccountant):
-    """Privacy random variables (Gopi et al. 2021): tighter than RDP, slower."""
+    """Privacy random variables (Gopi et al. 2021): tighter than RDP, slower.
+
+    Opacus's PRV accountant knows the Poisson-subsampled Gaussian only, so this one
+    composes ``PoissonSubsampledGaussian`` events and refuses the others.
+    """
+
+    event_types = (PoissonSubsampledGaussian,)
 
     def __init__(self) -> None:
         super().__init__("prv")
+
+    def refusal_for_type(self, event: object) -> str:
+        reason = super().refusal_for_type(event)
+        if isinstance(event, SampledWithoutReplacementGaussian):
+            return f"{reason} (Opacus's PRV has no fixed-size sampling; use 'rdp' for fixed-size owner sampling)"
+        if isinstance(event, Gaussian):
+            return f"{reason} (use 'pld' or 'rdp')"
+        return reason

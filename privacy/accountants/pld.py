@@ -23,6 +23,14 @@ The rule is deterministic, so a ledger's stored epsilon and a verifier's
 recomputation use the same grid.  Events with equal (noise, rate) are merged before
 composing (exact), so cost grows with the number of *distinct* settings; about
 15 ms each at the coarse grid.
+
+Events composed: ``PoissonSubsampledGaussian`` and ``Gaussian`` (Poisson sampling at
+rate 1, everyone included; merged as such).  ``SampledWithoutReplacementGaussian`` is
+refused: dp-accounting 0.6.0's PLD has no analysis of fixed-size sampling without
+replacement (its ``PLDAccountant`` answers ``supports`` False for
+``SampledWithoutReplacementDpEvent``, and ``privacy_loss_distribution`` has no
+constructor for it); its RDP accountant has one, so use ``rdp`` for fixed-size owner
+sampling.
 """
 
 from __future__ import annotations
@@ -31,8 +39,10 @@ import math
 from collections.abc import Sequence
 from functools import lru_cache
 
-from privfl.privacy.accountants.base import Accountant, Composition
-from privfl.privacy.events import DpEvent, PoissonSubsampledGaussian, merge_repeats
+from privfl.privacy.accountants.base import Accountant, Composition, bisect_noise
+from privfl.privacy.events import (
+    DpEvent, Gaussian, PoissonSubsampledGaussian, SampledWithoutReplacementGaussian, merge_repeats,
+)
 
 COARSE_INTERVAL = 1e-3
 FINE_INTERVAL = 1e-4
@@ -84,8 +94,18 @@ class PldAccountant(Accountant):
     """Privacy loss distributions (Koskela et al. 2020; Doroshenko et al. 2022) via dp-accounting."""
 
     name = "pld"
+    event_types = (PoissonSubsampledGaussian, Gaussian)
+
+    def refusal_for_type(self, event: object) -> str:
+        reason = super().refusal_for_type(event)
+        if isinstance(event, SampledWithoutReplacementGaussian):
+            return (f"{reason}: dp-accounting's PLD has no analysis of sampling without replacement; "
+                    "use rdp for fixed-size owner sampling")
+        return reason
 
     def epsilon(self, events: Sequence[DpEvent], delta: float) -> float:
+        events = list(events)
+        self.check(events)  # NotComposable (a TypeError) for what it does not compose
         merged = merge_repeats(events)
         if not merged:
             return 0.0
@@ -109,18 +129,7 @@ class PldAccountant(Accountant):
         def epsilon_at(sigma: float) -> float:
             return self.epsilon([PoissonSubsampledGaussian(sigma, sample_rate, steps)], delta)
 
-        low, high = 0.0, 1.0
-        while epsilon_at(high) > target_epsilon:
-            low, high = high, 2 * high
-            if high > 1e6:
-                raise ValueError(f"no noise multiplier up to 1e6 reaches epsilon {target_epsilon}")
-        while high - low > 1e-3 * high:
-            middle = (low + high) / 2
-            if epsilon_at(middle) > target_epsilon:
-                low = middle
-            else:
-                high = middle
-        return high
+        return bisect_noise(epsilon_at, target_epsilon)
 
     def composition(self) -> Composition:
         return _PldComposition(self)
@@ -142,15 +151,14 @@ class _PldComposition(Composition):
         self._no_noise = False
 
     def add(self, event: DpEvent) -> None:
-        if not isinstance(event, PoissonSubsampledGaussian):
-            raise TypeError(f"no accountant here knows the DP event {type(event).__name__}")
-        super().add(event)
+        super().add(event)  # refuses (NotComposable) before anything changes
         if event.steps == 0 or self._no_noise:
             return
         if event.noise_multiplier == 0:
             self._no_noise = True
             return
-        args = (event.noise_multiplier, event.sample_rate, event.steps)
+        rate = 1.0 if isinstance(event, Gaussian) else event.sample_rate  # Gaussian: Poisson at rate 1
+        args = (event.noise_multiplier, rate, event.steps)
         part = _event_pld(*args, COARSE_INTERVAL)
         self._coarse = part if self._coarse is None else self._coarse.compose(part)
         if self._fine_valid:

@@ -82,7 +82,14 @@ class Entry:
         return decode_entry(signed.entry, signed.signature, signed.key_fingerprint)
 
 
+def unit_of(entry: Entry) -> str:
+    """The entry's privacy unit; one written before units were recorded is record-level (DP-SGD)."""
+    return entry.privacy_unit if entry.privacy_unit in (RECORD, OWNER) else RECORD
+
+
 def event_to_proto(event: DpEvent | None, message: ledger_pb2.LedgerEntry) -> None:
+    from privfl.privacy.events import SampledWithoutReplacementGaussian
+
     if event is None:
         return
     if isinstance(event, PoissonSubsampledGaussian):
@@ -90,17 +97,27 @@ def event_to_proto(event: DpEvent | None, message: ledger_pb2.LedgerEntry) -> No
             noise_multiplier=event.noise_multiplier, sample_rate=event.sample_rate, steps=event.steps))
     elif isinstance(event, Gaussian):
         message.gaussian.CopyFrom(ledger_pb2.Gaussian(noise_multiplier=event.noise_multiplier))
+    elif isinstance(event, SampledWithoutReplacementGaussian):
+        message.sampled_without_replacement_gaussian.CopyFrom(ledger_pb2.SampledWithoutReplacementGaussian(
+            noise_multiplier=event.noise_multiplier, sample_size=event.sample_size,
+            population_size=event.population_size, steps=event.steps))
     else:
         raise TypeError(f"the ledger has no message type for the DP event {type(event).__name__}")
 
 
 def event_from_proto(message: ledger_pb2.LedgerEntry) -> tuple[DpEvent | None, str]:
+    from privfl.privacy.events import SampledWithoutReplacementGaussian
+
     which = message.WhichOneof("event")
     if which == "poisson_subsampled_gaussian":
         e = message.poisson_subsampled_gaussian
         return PoissonSubsampledGaussian(e.noise_multiplier, e.sample_rate, int(e.steps)), which
     if which == "gaussian":
         return Gaussian(message.gaussian.noise_multiplier), which
+    if which == "sampled_without_replacement_gaussian":
+        e = message.sampled_without_replacement_gaussian
+        return SampledWithoutReplacementGaussian(e.noise_multiplier, int(e.sample_size), int(e.population_size),
+                                                 int(e.steps)), which
     if which is None and len(unknown_fields.UnknownFieldSet(message)):
         # Written by a newer privfl: possibly a mechanism added since. Keep the entry
         # readable; accounting refuses it (principle 3).

@@ -27,7 +27,7 @@ from google.protobuf.message import DecodeError
 from privfl.privacy.keys import check_owner_id, fingerprint, public_key_bytes, public_key_from_bytes
 from privfl.privacy.ledger.chain import entry_hash
 from privfl.privacy.ledger.epsilon import EPSILON_REL_TOL, epsilon_matches
-from privfl.privacy.ledger.entry import CHARGE, KIND_TO_PROTO, Entry, decode_entry
+from privfl.privacy.ledger.entry import CHARGE, KIND_TO_PROTO, Entry, decode_entry, unit_of
 from privfl.privacy.ledger.errors import LedgerError, LedgerKeyMismatch, ReceiptRejected, UnsupportedEvent
 from privfl.privacy.ledger.owner import compute_epsilon
 from privfl.privacy.ledger.signing import signature_problem
@@ -152,7 +152,8 @@ class FederationLedger(LedgerFile):
 
     def _check_epsilon(self, entry: Entry) -> None:
         rows = list(self._store.rows(entry.owner_id))
-        events = [decode_entry(r.entry).event for r in rows if r.kind == KIND_TO_PROTO[CHARGE]]
+        held = [decode_entry(r.entry) for r in rows if r.kind == KIND_TO_PROTO[CHARGE]]
+        events = [e.event for e in held if unit_of(e) == unit_of(entry)]
         try:
             recomputed = compute_epsilon(entry.accountant, [*events, entry.event], entry.delta)
         except (UnsupportedEvent, ValueError) as err:

@@ -32,7 +32,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from privfl.privacy.accountants import get_accountant
-from privfl.privacy.events import DpEvent, Gaussian, PoissonSubsampledGaussian
+from privfl.privacy.events import DpEvent, PoissonSubsampledGaussian, is_event
 from privfl.privacy.keys import check_owner_id, fingerprint, public_key_bytes, public_key_from_bytes
 from privfl.privacy.ledger.chain import HASH_SIZE, expected_previous_hash
 from privfl.privacy.ledger.entry import (
@@ -58,7 +58,7 @@ class _EventCache:
     """Charge events read so far, valid while the chain head is unchanged."""
 
     head_sequence: int
-    events: tuple[DpEvent, ...]
+    events: tuple[tuple[str, DpEvent], ...]  # (privacy unit, event) of each charge
 
 
 class OwnerLedger(LedgerFile):
@@ -124,9 +124,13 @@ class OwnerLedger(LedgerFile):
     def entries(self) -> list[Entry]:
         return [_decode(row) for row in self._store.rows(self.owner_id)]
 
-    def events(self) -> list[DpEvent]:
-        """The DP events of every charge, in chain order (refusals never count)."""
-        return list(self._charge_events(self._store.head(self.owner_id)))
+    def events(self, unit: str = RECORD) -> list[DpEvent]:
+        """The DP events of every charge of one privacy unit, in chain order (refusals never count).
+
+        Record-level and owner-level guarantees are different promises (DESIGN principle 4):
+        each is composed from its own unit's charges and stated on its own.
+        """
+        return _of_unit(self._charge_events(self._store.head(self.owner_id)), unit)
 
     def charge_for(self, run_id: str, round: int) -> Entry | None:
         """The charge for this release, if there is one."""
@@ -136,8 +140,8 @@ class OwnerLedger(LedgerFile):
     def is_charged(self, run_id: str, round: int) -> bool:
         return self._store.find(self.owner_id, run_id, round, KIND_TO_PROTO[CHARGE]) is not None
 
-    def spent_epsilon(self, accountant: str, delta: float | None = None) -> float:
-        """Epsilon of all charges under ``accountant`` (recomputed, never read from an entry).
+    def spent_epsilon(self, accountant: str, delta: float | None = None, unit: str = RECORD) -> float:
+        """Epsilon of all charges of ``unit`` under ``accountant`` (recomputed, never read from an entry).
 
         ``delta`` defaults to the delta of the latest entry (0.0 spent if there is none).
         """
@@ -146,7 +150,7 @@ class OwnerLedger(LedgerFile):
             if head is None:
                 return 0.0
             delta = _decode(head).delta
-        return compute_epsilon(accountant, self._charge_events(head), delta)
+        return compute_epsilon(accountant, _of_unit(self._charge_events(head), unit), delta)
 
     def head(self) -> tuple[int, bytes]:
         """(sequence, sha256) of the latest entry; (0, 32 zero bytes) for an empty ledger.
@@ -186,7 +190,7 @@ class OwnerLedger(LedgerFile):
         """
         self._require_key()
         round = _check_release(run_id, round, delta, epsilon_budget)
-        if not isinstance(event, (PoissonSubsampledGaussian, Gaussian)):
+        if not is_event(event):
             raise TypeError(f"event must be a privfl DP event, got {type(event).__name__}")
         if len(update_hash) not in (0, HASH_SIZE):
             raise ValueError(f"update_hash must be a sha256 digest ({HASH_SIZE} bytes), got {len(update_hash)}")
@@ -204,7 +208,7 @@ class OwnerLedger(LedgerFile):
                         f"{entry.event}; refusing to charge it again with {event}")
                 return entry
             head = self._store.head(self.owner_id)
-            cumulative = compute_epsilon(accountant, [*self._charge_events(head), event], delta)
+            cumulative = compute_epsilon(accountant, [*_of_unit(self._charge_events(head), unit), event], delta)
             if enforce_budget and not cumulative <= epsilon_budget:
                 raise BudgetExceeded(
                     f"owner {self.owner_id}: this release would bring epsilon to {cumulative:.4g} > budget "
@@ -215,7 +219,7 @@ class OwnerLedger(LedgerFile):
                                  accountant=accountant, cumulative_epsilon=cumulative,
                                  epsilon_budget=epsilon_budget, purpose=purpose,
                                  update_hash=update_hash, refusal_reason="")
-        self._cache = _EventCache(entry.sequence, (*self._cache.events, event)) \
+        self._cache = _EventCache(entry.sequence, (*self._cache.events, (unit, event))) \
             if self._cache.head_sequence == entry.sequence - 1 else self._cache
         return entry
 
@@ -249,7 +253,7 @@ class OwnerLedger(LedgerFile):
             if existing is not None:
                 return _decode(existing)
             head = self._store.head(self.owner_id)
-            spent = compute_epsilon(accountant, self._charge_events(head), delta)
+            spent = compute_epsilon(accountant, _of_unit(self._charge_events(head), unit), delta)
             return self._append(head, REFUSAL, run_id=run_id, round=round, event=event,
                                 clipping_norm=clipping_norm, privacy_unit=unit, delta=delta,
                                 accountant=accountant, cumulative_epsilon=spent,
@@ -273,8 +277,8 @@ class OwnerLedger(LedgerFile):
                            signature=signed.signature, key_fingerprint=signed.key_fingerprint)
         return decode_entry(entry_bytes, signed.signature, signed.key_fingerprint)
 
-    def _charge_events(self, head: StoredRow | None) -> tuple[DpEvent, ...]:
-        """All charge events up to ``head``; reads only entries appended since the last call."""
+    def _charge_events(self, head: StoredRow | None) -> tuple[tuple[str, DpEvent], ...]:
+        """(privacy unit, event) of every charge up to ``head``; reads only entries appended since the last call."""
         head_sequence = 0 if head is None else head.sequence
         cache = self._cache
         if cache.head_sequence > head_sequence:  # cannot happen in an append-only file
@@ -290,10 +294,16 @@ class OwnerLedger(LedgerFile):
                     raise UnsupportedEvent(
                         f"{self.path}: charge {row.sequence} records a mechanism this privfl does not know "
                         f"({entry.mechanism or 'none'}); upgrade privfl to account for it")
-                new.append(entry.event)
+                new.append((entry.privacy_unit, entry.event))
             cache = _EventCache(head_sequence, (*cache.events, *new))
         self._cache = cache
         return cache.events
+
+
+def _of_unit(charges: tuple[tuple[str, DpEvent], ...], unit: str) -> list[DpEvent]:
+    """The events of one unit; a charge that names no unit (written before units existed) is record-level."""
+    return [event for charge_unit, event in charges if (charge_unit if charge_unit in (RECORD, OWNER) else RECORD)
+            == unit]
 
 
 def _decode(row: StoredRow) -> Entry:
@@ -302,7 +312,7 @@ def _decode(row: StoredRow) -> Entry:
 
 def _privacy_unit(given: str | None, event: DpEvent | None) -> str:
     """DP-SGD protects a record; DP over clipped updates protects the owner (principle 4)."""
-    unit = given or (OWNER if isinstance(event, Gaussian) else RECORD)
+    unit = given or (RECORD if isinstance(event, PoissonSubsampledGaussian) or event is None else OWNER)
     if unit not in (RECORD, OWNER):
         raise ValueError(f"privacy_unit must be '{RECORD}' or '{OWNER}', got {unit!r}")
     return unit

@@ -36,7 +36,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from privfl.privacy.keys import fingerprint, public_key_from_bytes
 from privfl.privacy.ledger.chain import GENESIS_HASH, entry_hash
-from privfl.privacy.ledger.entry import CHARGE, KIND_TO_PROTO, Entry, decode_entry
+from privfl.privacy.ledger.entry import CHARGE, KIND_TO_PROTO, Entry, decode_entry, unit_of
 from privfl.privacy.ledger.epsilon import EPSILON_REL_TOL, PrefixEpsilons, epsilon_matches
 from privfl.privacy.ledger.errors import LedgerError, NotALedgerError, UnsupportedEvent
 from privfl.privacy.ledger.owner import compute_epsilon
@@ -257,8 +257,8 @@ def _schema_of(db: sqlite3.Connection) -> dict[str, tuple]:
 def _walk_owner(store: LedgerStore, report: VerificationReport, owner: str, key: Ed25519PublicKey,
                 kind: str, epsilon_check: str) -> bool:
     """Check one owner's chain; False (and the report filled in) at the first bad entry."""
-    prefix = PrefixEpsilons()
-    charges: list = []
+    prefixes: dict[str, PrefixEpsilons] = {}  # per privacy unit: each unit's guarantee is composed on its own
+    charges: dict[str, list] = {}
     previous: StoredRow | None = None
     complete = True  # federation: do we hold the owner's chain from sequence 1 without gaps?
     rows = list(store.rows(owner))
@@ -292,11 +292,13 @@ def _walk_owner(store: LedgerStore, report: VerificationReport, owner: str, key:
                 return not report.fail(f"previous_hash is not {what} (entries reordered, replaced or inserted)",
                                        owner, seq)
 
+        unit = unit_of(entry)
+        prefix = prefixes.setdefault(unit, PrefixEpsilons())
         if entry.kind == CHARGE:
             if entry.event is None:
                 return not report.fail(f"cannot recompute epsilon: the charge records a mechanism this privfl "
                                        f"does not know ({entry.mechanism or 'none'})", owner, seq)
-            charges.append(entry.event)
+            charges.setdefault(unit, []).append(entry.event)
             if epsilon_check == "all":
                 try:
                     prefix.add_charge(entry.event)
@@ -307,7 +309,7 @@ def _walk_owner(store: LedgerStore, report: VerificationReport, owner: str, key:
                                     f"{entry.cumulative_epsilon:.4g}, past the budget {entry.epsilon_budget:g}")
         is_last = index == len(rows) - 1
         if epsilon_check == "all" or (epsilon_check == "last" and is_last):
-            failure = _check_epsilon(report, prefix, charges, entry, epsilon_check, complete)
+            failure = _check_epsilon(report, prefix, charges.get(unit, []), entry, epsilon_check, complete)
             if failure:
                 return not report.fail(failure, owner, seq)
         report.entries_checked += 1
