@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from privfl.client.data import OwnerData
 from privfl.models import MODEL_NAMES
 from privfl.privacy.accountants import get_accountant
-from privfl.privacy.budget import BudgetDecision, decide_next_release
+from privfl.privacy.budget import BudgetDecision, decide_next_release, delta_problem
 from privfl.privacy.events import DpEvent
 from privfl.privacy.policy import OwnerPolicy
 from privfl.protocol import RoundRequest
@@ -46,11 +46,8 @@ def review_request(policy: OwnerPolicy, request: RoundRequest, data: OwnerData, 
     if plan.noise_multiplier < policy.min_noise_multiplier:
         return (f"the request asks for noise multiplier {plan.noise_multiplier:g}; this owner's policy requires "
                 f"at least {policy.min_noise_multiplier:g} (min-noise-multiplier)")
-    records = len(data.train)
-    if policy.delta >= 1.0 / records:
-        return (f"delta {policy.delta:g} is not below 1/n = 1/{records} for this owner's {records} records; "
-                f"set delta below {1.0 / records:.2g} in the owner policy")
-    return None
+    problem = delta_problem(policy.delta, len(data.train))
+    return f"{problem} (the owner policy's delta)" if problem else None
 
 
 def _shape_problem(request: RoundRequest, data: OwnerData, *, training: bool) -> str | None:

@@ -67,3 +67,45 @@ def decide_next_release(
         round_epsilon=alone,
         max_round_epsilon=max_round_epsilon,
     )
+
+
+# ---- delta < 1/n: the one home of the rule ------------------------------------------
+
+
+def max_rows_for_delta(delta: float) -> int:
+    """The most rows ``n`` for which ``delta < 1/n`` holds (0 when none does)."""
+    if not 0 < delta < 1:
+        raise ValueError(f"delta must be in (0, 1), got {delta}")
+    rows = math.floor(1.0 / delta)
+    while rows > 0 and not delta < 1.0 / rows:
+        rows -= 1
+    while delta < 1.0 / (rows + 1):
+        rows += 1
+    return rows
+
+
+def largest_delta_below(num_rows: int) -> float:
+    """A round figure (two significant digits) strictly below ``1/num_rows``."""
+    if num_rows < 1:
+        raise ValueError(f"num_rows must be >= 1, got {num_rows}")
+    bound = 1.0 / num_rows
+    exponent = math.floor(math.log10(bound)) - 1
+    mantissa = math.ceil(round(bound / 10.0**exponent, 9)) - 1
+    value = float(f"{mantissa}e{exponent}")
+    while value >= bound:  # float rounding at the edge
+        mantissa -= 1
+        value = float(f"{mantissa}e{exponent}")
+    return value
+
+
+def delta_problem(delta: float, num_rows: int) -> str | None:
+    """Why ``delta`` does not suit ``num_rows`` records, or None when ``delta < 1/n``.
+
+    A delta of 1/n or more admits a mechanism that publishes one whole record
+    outright, so the rule fails when a file has *too many* rows for its delta.
+    """
+    if num_rows < 1 or delta < 1.0 / num_rows:
+        return None
+    return (f"delta {delta:g} is not below 1/n = 1/{num_rows:,} for {num_rows:,} records: "
+            f"use delta below {largest_delta_below(num_rows):.2g} (well below is safer); "
+            f"delta {delta:g} suits at most {max_rows_for_delta(delta):,} records")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from privfl.config import ConfigError, ExperimentConfig
 from privfl.models import ModelSpec
+from privfl.privacy.budget import delta_problem
 from privfl.simulations.federation import simulated_federation
 from privfl.task import ModelMismatchError, ModelNotPrivatizableError, check_model
 
@@ -23,8 +24,6 @@ def preflight(config: ExperimentConfig) -> None:
     for owner_id, train in zip(federation.owner_ids, federation.train):
         if len(train) == 0:
             raise ConfigError(f"owner {owner_id} would hold no records; use fewer owners")
-        if config.dp and config.delta >= 1.0 / len(train):
-            raise ConfigError(
-                f"delta = {config.delta:g} is not below 1/n for owner {owner_id} "
-                f"(n = {len(train)}); set delta below {1.0 / len(train):.2g}"
-            )
+        problem = delta_problem(config.delta, len(train)) if config.dp else None
+        if problem:
+            raise ConfigError(f"owner {owner_id}: {problem}")

@@ -156,7 +156,7 @@ def test_a_client_killed_between_commit_and_release_leaves_exactly_one_entry(wor
     ({"spec": ModelSpec("mlp", 64, 10)}, {"allowed_models": ("logreg",)}, "'mlp' is not among the models"),
     ({"spec": ModelSpec("logreg", 13, 2)}, {}, "has 64 features; the model 'logreg' expects 13"),
     ({"protocol_version": 1}, {}, "protocol 1"),
-    ({}, {"delta": 0.01}, "not below 1/n = 1/300"),
+    ({}, {"delta": 0.01}, "not below 1/n = 1/300 for 300 records"),
     ({}, {"max_round_epsilon": 0.01}, "per-round limit 0.01 (max-round-epsilon)"),
 ])
 def test_a_request_below_the_owners_policy_gets_a_signed_refusal(tmp_path, ask, policy, expected):

@@ -19,7 +19,7 @@ class UsageError(Exception):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from privfl.cli import accountant, keys, ledger, report, simulate
+    from privfl.cli import accountant, app, data, keys, ledger, policy, report, simulate
 
     parser = argparse.ArgumentParser(
         prog="privfl",
@@ -28,18 +28,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"privfl {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in (simulate, accountant, keys, ledger, report):
+    for module in (simulate, accountant, keys, ledger, report, policy, app, data):
         module.register(subparsers)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from privfl.config import ConfigError
+    from privfl.settings import SettingsError
 
     args = build_parser().parse_args(argv)
     try:
         return int(args.handler(args) or 0)
-    except (ConfigError, UsageError, FileNotFoundError, FileExistsError) as err:
+    except (SettingsError, UsageError, FileNotFoundError, FileExistsError) as err:
         print(f"privfl {args.command}: error: {err}", file=sys.stderr)
         return 2
     except RuntimeError as err:  # a run that failed (SimulationError): its log says more
