@@ -59,3 +59,13 @@ def run_evaluate_round(msg: Message, context: Context) -> RecordDict:
 def _refuse(reason: str, owner_id: str) -> RecordDict:
     log.warning("%s does not evaluate: %s", owner_id or "this node", reason)
     return RecordDict({protocol.PRIVACY: protocol.unsigned_refusal(reason, owner_id)})
+
+
+def run_query(msg: Message, context: Context) -> RecordDict:
+    """Who this node's owner is and where its ledger stands (asked once per experiment)."""
+    asked = msg.content.config_records.get(protocol.TRAIN_CONFIG, {})
+    try:
+        owner = node_owner(context, str(asked.get("owners-dir", "")))
+    except OwnerSetupError as err:
+        return _refuse(str(err), err.owner_id)
+    return RecordDict({protocol.OWNER: protocol.head_answer(owner.owner_id, owner.ledger.head())})

@@ -8,6 +8,7 @@ simulation's federation folder, enrolled before the run.
 
 from __future__ import annotations
 
+import atexit
 from pathlib import Path
 
 from privfl.privacy.keys import load_private_key
@@ -38,3 +39,6 @@ def close_owner_ledgers() -> None:
     """Close every ledger this process holds open (as a process exit or restart would)."""
     while _OPEN:
         _OPEN.popitem()[1].close()
+
+
+atexit.register(close_owner_ledgers)  # a ClientApp process that exits leaves each ledger as one file

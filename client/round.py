@@ -5,11 +5,14 @@
 2. read the request and check it against the owner's policy (protocol version,
    purpose, privacy unit, model, DP required, least noise, data shape, delta); a
    request below the policy gets a signed refusal and nothing is released;
-3. ask the owner's ledger whether the release fits the budget (and the per-round
-   cap); if not, a signed refusal;
+3. check that the owner's ledger still holds the head the coordinator anchored for it
+   (else it was truncated, restored or rewritten: the owner cannot know its true
+   spend and refuses); ask the ledger whether the release fits the budget (and the
+   per-round cap); if not, a signed refusal;
 4. train with DP-SGD, save the update and charge the release to the owner's ledger
    (durably) *before* the update leaves;
-5. return the update with the signed ledger entry as its receipt.
+5. return the update with the signed ledger entry as its receipt, and the entries
+   written since the anchored head (the bridge the coordinator checks it against).
 
 A charge is keyed by privfl's experiment id and round (not Flower's run id, which a
 resumed experiment changes).  A retried or resumed round finds its charge and re-sends
@@ -51,6 +54,8 @@ def run_train_round(msg: Message, context: Context) -> RecordDict:
         log.error("%s refuses: %s", owner.owner_id, reason)
         return RecordDict({protocol.PRIVACY: protocol.unsigned_refusal(reason, owner.owner_id)})
     round_ = _Round(owner, experiment_id, server_round)
+    anchored = asked.get("anchor-sequence", 0)
+    round_.anchored = anchored if isinstance(anchored, int) and not isinstance(anchored, bool) else 0
     try:
         request = RoundRequest.from_record(asked)
     except ProtocolError as err:
@@ -59,7 +64,7 @@ def run_train_round(msg: Message, context: Context) -> RecordDict:
         data = owner.data()
     except OwnerDataError as err:
         return round_.refuse(f"this owner's data cannot be used: {err}")
-    reason = review_request(owner.policy, request, data, training=True)
+    reason = review_request(owner.policy, request, data, training=True) or anchor_problem(owner.ledger, request)
     if reason:
         return round_.refuse(reason, request=request)
     if not request.plan.dp:  # the owner's policy allows non-private training (dp-required = false)
@@ -90,6 +95,12 @@ class _Round:
     def __init__(self, owner: Owner, experiment_id: str, server_round: int) -> None:
         self.owner, self.experiment_id, self.server_round = owner, experiment_id, server_round
         self.releases = ReleaseStore(owner.ledger.path)
+        self.anchored = 0  # the head sequence the coordinator anchored for this owner
+
+    def _receipt(self, entry: Any) -> Any:
+        """The signed entry and the owner's entries since the anchored head, for the coordinator to link."""
+        bridge = [e.signed_bytes() for e in self.owner.ledger.entries_between(self.anchored, entry.sequence)]
+        return protocol.signed_receipt(entry.signed_bytes(), bridge)
 
     def _terms(self, request: RoundRequest | None) -> dict[str, Any]:
         policy = self.owner.policy
@@ -103,7 +114,7 @@ class _Round:
         clipping = request.plan.max_grad_norm if request is not None else 0.0
         entry = self.owner.ledger.refuse(self.experiment_id, self.server_round, reason, event=planned,
                                          clipping_norm=clipping, **self._terms(request))
-        return RecordDict({protocol.PRIVACY: protocol.signed_receipt(entry.signed_bytes())})
+        return RecordDict({protocol.PRIVACY: self._receipt(entry)})
 
     def charge_and_release(self, update: LocalUpdate, request: RoundRequest) -> RecordDict:
         digest = protocol.update_digest(update.state_dict)
@@ -111,7 +122,7 @@ class _Round:
         entry = self.owner.ledger.charge(self.experiment_id, self.server_round, update.privacy_event,
                                          clipping_norm=request.plan.max_grad_norm, update_hash=digest,
                                          **self._terms(request))
-        return _release(update, protocol.signed_receipt(entry.signed_bytes()))
+        return _release(update, self._receipt(entry))
 
     def resend(self, charged: Any) -> RecordDict:
         update = self.releases.load(self.experiment_id, self.server_round, charged.update_hash)
@@ -122,7 +133,20 @@ class _Round:
             )
         log.warning("%s: round %s of %s was already charged; re-sending the charged update",
                     self.owner.owner_id, self.server_round, self.experiment_id)
-        return _release(update, protocol.signed_receipt(charged.signed_bytes()))
+        return _release(update, self._receipt(charged))
+
+
+def anchor_problem(ledger: Any, request: RoundRequest) -> str | None:
+    """Why the owner cannot vouch for its own spend: it lacks the head the coordinator anchored."""
+    if not request.anchor_sequence:
+        return None
+    held = ledger.entry(request.anchor_sequence)
+    if held is not None and held.hash.hex() == request.anchor_hash:
+        return None
+    found = "does not hold" if held is None else "holds a different"
+    return (f"this owner's ledger {found} entry {request.anchor_sequence}, which the coordinator accepted "
+            f"({request.anchor_hash[:16]}...): the ledger was truncated, restored from an older copy, or rewritten, "
+            "so its spend cannot be vouched for; restore the ledger (docs/ledger.md) before training again")
 
 
 class _GlobalModelMismatch(ValueError):

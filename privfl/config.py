@@ -114,6 +114,8 @@ class ExperimentConfig:
     coordinator_dir: str = setting(
         "", "the coordinator's folder: its signing key, the owners' registered public keys (owner-keys/) and "
         "the registry of each owner's last accepted ledger head (empty: <federation-dir>/coordinator)")
+    coordinator_key_passphrase_env: str = setting(
+        "", "name of the environment variable holding the passphrase of the coordinator's signing key")
 
     def __post_init__(self) -> None:
         settings.validate(self)

@@ -49,6 +49,9 @@ NON_PRIVATE = "non-private"
 UNSIGNED_REFUSAL = "refusal"  # reason text, when the owner could not sign a refusal
 OWNER_PRIVFL_VERSION = "privfl-version"
 OWNER_PROTOCOL_VERSION = "protocol-version"
+BRIDGE = "bridge"  # the owner's signed entries between the anchored head and the receipt
+HEAD_SEQUENCE = "head-sequence"  # an owner's answer to a query: its ledger head
+HEAD_HASH = "head-hash"
 
 
 class ProtocolError(ValueError):
@@ -121,12 +124,17 @@ class RoundRequest:
     protocol_version: int = PROTOCOL_VERSION
     privfl_version: str = __version__
     owners_dir: str = ""  # simulations only: where simulated owners keep their folders
+    # The last head of this node's owner that the coordinator anchored (0, "": none yet):
+    # the owner shows it still holds it and sends the entries written since.
+    anchor_sequence: int = 0
+    anchor_hash: str = ""
 
     def to_record(self) -> ConfigRecord:
         values: dict[str, Any] = {
             "protocol-version": self.protocol_version, "privfl-version": self.privfl_version,
             "experiment-id": self.experiment_id, "server-round": self.server_round, "purpose": self.purpose,
             "privacy-unit": self.privacy_unit, "owners-dir": self.owners_dir,
+            "anchor-sequence": self.anchor_sequence, "anchor-hash": self.anchor_hash,
             **self.model.to_record_values(),
             **{key_of(f.name): getattr(self.plan, f.name) for f in fields(TrainingPlan)},
         }
@@ -148,7 +156,16 @@ class RoundRequest:
             purpose=_typed(record, "purpose", str), privacy_unit=_typed(record, "privacy-unit", str),
             model=model, plan=plan, protocol_version=version,
             privfl_version=_typed(record, "privfl-version", str), owners_dir=str(record.get("owners-dir", "")),
+            anchor_sequence=_typed(record, "anchor-sequence", int), anchor_hash=_typed(record, "anchor-hash", str),
         )
+
+    def for_owner(self, anchored: tuple[int, bytes] | None) -> RoundRequest:
+        """This request for one owner, naming the head the coordinator anchored for it."""
+        from dataclasses import replace
+
+        if anchored is None:
+            return replace(self, anchor_sequence=0, anchor_hash="")
+        return replace(self, anchor_sequence=anchored[0], anchor_hash=anchored[1].hex())
 
 
 def _typed(record: Any, key: str, kind: type) -> Any:
@@ -162,10 +179,20 @@ def _typed(record: Any, key: str, kind: type) -> Any:
     return value
 
 
-def signed_receipt(signed_entry: bytes) -> ConfigRecord:
-    """What an owner sends about a round: its signed ledger entry, and the code it runs."""
-    return ConfigRecord({SIGNED_ENTRY: signed_entry, OWNER_PRIVFL_VERSION: __version__,
-                         OWNER_PROTOCOL_VERSION: PROTOCOL_VERSION})
+def signed_receipt(signed_entry: bytes, bridge: list[bytes] | tuple[bytes, ...] = ()) -> ConfigRecord:
+    """What an owner sends about a round: its signed ledger entry, the entries since the anchored
+    head, and the code it runs."""
+    values: dict[str, Any] = {SIGNED_ENTRY: signed_entry, OWNER_PRIVFL_VERSION: __version__,
+                              OWNER_PROTOCOL_VERSION: PROTOCOL_VERSION}
+    if bridge:
+        values[BRIDGE] = list(bridge)
+    return ConfigRecord(values)
+
+
+def head_answer(owner_id: str, head: tuple[int, bytes]) -> ConfigRecord:
+    """An owner's answer to the coordinator's query: who it is and where its ledger stands."""
+    return ConfigRecord({OWNER_ID: owner_id, HEAD_SEQUENCE: head[0], HEAD_HASH: head[1].hex(),
+                         OWNER_PRIVFL_VERSION: __version__, OWNER_PROTOCOL_VERSION: PROTOCOL_VERSION})
 
 
 def unsigned_refusal(reason: str, owner_id: str = "") -> ConfigRecord:

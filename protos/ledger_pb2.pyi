@@ -18,12 +18,23 @@ class PrivacyUnit(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     PRIVACY_UNIT_UNSPECIFIED: _ClassVar[PrivacyUnit]
     PRIVACY_UNIT_RECORD: _ClassVar[PrivacyUnit]
     PRIVACY_UNIT_OWNER: _ClassVar[PrivacyUnit]
+
+class AnchorOutcome(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    ANCHOR_OUTCOME_UNSPECIFIED: _ClassVar[AnchorOutcome]
+    ANCHOR_OUTCOME_AGGREGATED: _ClassVar[AnchorOutcome]
+    ANCHOR_OUTCOME_REFUSED: _ClassVar[AnchorOutcome]
+    ANCHOR_OUTCOME_UPDATE_DROPPED: _ClassVar[AnchorOutcome]
 ENTRY_KIND_UNSPECIFIED: EntryKind
 ENTRY_KIND_CHARGE: EntryKind
 ENTRY_KIND_REFUSAL: EntryKind
 PRIVACY_UNIT_UNSPECIFIED: PrivacyUnit
 PRIVACY_UNIT_RECORD: PrivacyUnit
 PRIVACY_UNIT_OWNER: PrivacyUnit
+ANCHOR_OUTCOME_UNSPECIFIED: AnchorOutcome
+ANCHOR_OUTCOME_AGGREGATED: AnchorOutcome
+ANCHOR_OUTCOME_REFUSED: AnchorOutcome
+ANCHOR_OUTCOME_UPDATE_DROPPED: AnchorOutcome
 
 class PoissonSubsampledGaussian(_message.Message):
     __slots__ = ("noise_multiplier", "sample_rate", "steps")
@@ -104,6 +115,30 @@ class SignedEntry(_message.Message):
     signature: bytes
     key_fingerprint: str
     def __init__(self, entry: _Optional[bytes] = ..., signature: _Optional[bytes] = ..., key_fingerprint: _Optional[str] = ...) -> None: ...
+
+class AnchorEntry(_message.Message):
+    __slots__ = ("sequence", "previous_hash", "experiment_id", "round", "owner_id", "owner_sequence", "owner_entry_hash", "owner_position", "outcome", "timestamp_unix_nanos")
+    SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    PREVIOUS_HASH_FIELD_NUMBER: _ClassVar[int]
+    EXPERIMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    ROUND_FIELD_NUMBER: _ClassVar[int]
+    OWNER_ID_FIELD_NUMBER: _ClassVar[int]
+    OWNER_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    OWNER_ENTRY_HASH_FIELD_NUMBER: _ClassVar[int]
+    OWNER_POSITION_FIELD_NUMBER: _ClassVar[int]
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    TIMESTAMP_UNIX_NANOS_FIELD_NUMBER: _ClassVar[int]
+    sequence: int
+    previous_hash: bytes
+    experiment_id: str
+    round: int
+    owner_id: str
+    owner_sequence: int
+    owner_entry_hash: bytes
+    owner_position: int
+    outcome: AnchorOutcome
+    timestamp_unix_nanos: int
+    def __init__(self, sequence: _Optional[int] = ..., previous_hash: _Optional[bytes] = ..., experiment_id: _Optional[str] = ..., round: _Optional[int] = ..., owner_id: _Optional[str] = ..., owner_sequence: _Optional[int] = ..., owner_entry_hash: _Optional[bytes] = ..., owner_position: _Optional[int] = ..., outcome: _Optional[_Union[AnchorOutcome, str]] = ..., timestamp_unix_nanos: _Optional[int] = ...) -> None: ...
 
 class GetBudgetRequest(_message.Message):
     __slots__ = ("owner_id", "accountant")

@@ -6,6 +6,8 @@ each live in their own module; this one wires them for one run.
 
 from __future__ import annotations
 
+from contextlib import ExitStack
+
 import torch
 from flwr.app import ArrayRecord, Context
 from flwr.serverapp import Grid, ServerApp
@@ -14,9 +16,9 @@ from privfl.config import ExperimentConfig
 from privfl.devices import resolve_device
 from privfl.logs import get_logger
 from privfl.models import ModelSpec
-from privfl.privacy.ledger import FederationLedger
 from privfl.protocol import RoundRequest, TrainingPlan
 from privfl.server import run_dir as artefacts
+from privfl.server.coordinator import open_coordinator_ledgers
 from privfl.server.evaluation import make_evaluate_fn
 from privfl.server.history import RunHistory
 from privfl.server.receipts import ReceiptCheck
@@ -51,9 +53,11 @@ def main(grid: Grid, context: Context) -> None:
         history.save(where.history)
 
     plan = TrainingPlan.from_config(config)
-    # A non-private run releases no DP events, so it keeps no federation ledger.
-    federation = FederationLedger.open(where.federation_ledger) if config.dp else None
-    receipts = ReceiptCheck(federation, where.owner_keys_dir, plan, experiment_id=config.experiment_id)
+    stack = ExitStack()
+    # A non-private run releases no DP events, so it keeps no federation ledger and anchors nothing.
+    ledgers = open_coordinator_ledgers(config, where, stack) if config.dp else None
+    receipts = ReceiptCheck(ledgers and ledgers.federation, ledgers and ledgers.registry, where.owner_keys_dir,
+                            plan, experiment_id=config.experiment_id, coordinator_key=ledgers and ledgers.key)
 
     def request(server_round: int) -> RoundRequest:
         return RoundRequest(experiment_id=config.experiment_id, server_round=server_round, purpose=config.purpose,
@@ -68,14 +72,12 @@ def main(grid: Grid, context: Context) -> None:
         evaluate_rounds=lambda r: config.federated_evaluation == "every" or
         (config.federated_evaluation == "last" and r == config.num_rounds),
     )
+    strategy.timeout = config.round_timeout
     evaluate_fn = make_evaluate_fn(spec, task.test, resolve_device(config.device), on_evaluation) \
         if task.test is not None else None
-    try:
+    with stack:
         result = strategy.start(grid=grid, initial_arrays=ArrayRecord(model.state_dict()),
                                 num_rounds=config.num_rounds, timeout=config.round_timeout, evaluate_fn=evaluate_fn)
-    finally:
-        if federation is not None:
-            federation.close()
     final = result.arrays if len(result.arrays) else ArrayRecord(model.state_dict())  # no round trained
     torch.save(final.to_torch_state_dict(), where.run_dir / artefacts.MODEL)
     history.status = "finished"

@@ -135,17 +135,28 @@ def _finite(value: Any) -> Any:
     return value
 
 
-def epsilon_table(history: dict[str, Any]) -> str:
-    """A fixed-width per-owner table from a saved history (``history.json``)."""
+def epsilon_table(history: dict[str, Any], spend: dict[str, dict[str, Any]] | None = None) -> str:
+    """A fixed-width per-owner table from a saved history (``history.json``).
+
+    With ``spend`` (per owner: lifetime and this experiment's epsilon, recomputed from
+    its ledger) the table shows both: an owner's budget is for its data's lifetime.
+    """
     owners = history["owners"]
-    lines = [f"{'owner':<14} {'epsilon':>9} {'delta':>9} {'accountant':>10} {'trained':>7} {'refused':>7}"]
+    lines = [f"{'owner':<14} {'lifetime eps':>12} {'this exp.':>9} {'budget':>7} {'delta':>9} {'accountant':>10} "
+             f"{'trained':>7} {'refused':>7}"]
     for owner_id in sorted(owners):
         o = owners[owner_id]
-        eps = o["epsilon"]
-        private = eps != "inf"
-        eps_text, delta_text = (f"{eps:.3f}", f"{o['delta']:.1e}") if private else ("non-DP", "-")
-        lines.append(
-            f"{owner_id:<14} {eps_text:>9} {delta_text:>9} {o['accountant'] if private else '-':>10} "
-            f"{o['rounds_trained']:>7} {o['rounds_refused']:>7}"
-        )
+        eps = o.get("epsilon")
+        known = spend.get(owner_id) if spend else None
+        if eps == "inf":
+            eps_text, share, budget, delta_text, accountant = "non-DP", "-", "-", "-", "-"
+        elif known is not None:
+            eps_text, share = f"{known['lifetime']:.3f}", f"{known['experiment']:.3f}"
+            budget, delta_text, accountant = f"{known['budget']:g}", f"{known['delta']:.1e}", known["accountant"]
+        elif isinstance(eps, (int, float)) and "delta" in o:
+            eps_text, share, budget, delta_text, accountant = f"{eps:.3f}", "?", "?", f"{o['delta']:.1e}", o["accountant"]
+        else:
+            eps_text, share, budget, delta_text, accountant = "?", "?", "?", "-", "-"
+        lines.append(f"{owner_id:<14} {eps_text:>12} {share:>9} {budget:>7} {delta_text:>9} {accountant:>10} "
+                     f"{o['rounds_trained']:>7} {o['rounds_refused']:>7}")
     return "\n".join(lines)

@@ -1,76 +1,137 @@
-"""The server's check of every owner's receipt, and the federation ledger it feeds.
+"""The coordinator's check of every owner's receipt, and the ledgers it feeds.
 
-An update is accepted only with a receipt that is the owner's signed ledger entry
-for *this* experiment and round, verified against the owner's registered public key, for
-exactly the release the server asked for (noise, clipping, local epochs), and whose
-update hash matches the arrays that arrived.  A genuine entry is kept in the
-federation ledger even when the update is rejected: the owner did spend it.
+An update is accepted only with a receipt that is the owner's signed ledger entry for
+*this* experiment and round, verified against the owner's registered public key,
+continuing the head the coordinator last anchored for that owner (its registry),
+for exactly the release the coordinator asked for (noise, clipping, local epochs),
+and whose update hash matches the arrays that arrived.  A genuine entry is kept even
+when the update is then dropped: the owner did spend it.
+
+Nothing is written per reply: at the end of the round every accepted receipt (with
+its bridge) goes into the experiment's federation ledger and is anchored there and in
+the registry, each file in one transaction (:meth:`ReceiptCheck.commit`).
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from flwr.app import Message
 
-from privfl.logs import get_logger
 from privfl import protocol
+from privfl.logs import get_logger
 from privfl.privacy.keys import KeyFileError, load_public_key, owner_key_paths
 from privfl.privacy.ledger import Entry, FederationLedger, LedgerError, ReceiptRejected
+from privfl.privacy.ledger.federation import AnchorMismatch, Checked
+from privfl.privacy.ledger.registry import CoordinatorRegistry
 from privfl.protocol import PrivacyReceipt, TrainingPlan
 
 log = get_logger("server")
 
 
+class ReleaseMismatch(ReceiptRejected):
+    """A genuine, signed receipt for another release than the one asked for: kept, its update dropped."""
+
+    def __init__(self, message: str, accepted: Accepted) -> None:
+        super().__init__(message)
+        self.accepted = accepted
+
+
+@dataclass(frozen=True)
+class Accepted:
+    """A reply's receipt, read and verified; ``checked`` is None for unsigned and non-private ones."""
+
+    receipt: PrivacyReceipt
+    checked: Checked | None = None
+
+
 class ReceiptCheck:
-    def __init__(self, ledger: FederationLedger | None, owner_keys_dir: Path, plan: TrainingPlan,
-                 experiment_id: str) -> None:
-        """``ledger`` is None only in a non-private run, which accepts no signed receipts."""
-        self.ledger, self.owner_keys_dir, self.plan = ledger, owner_keys_dir, plan
+    def __init__(self, ledger: FederationLedger | None, registry: CoordinatorRegistry | None, owner_keys_dir: Path,
+                 plan: TrainingPlan, experiment_id: str, coordinator_key: Ed25519PrivateKey | None = None) -> None:
+        """``ledger`` and ``registry`` are None only in a non-private run, which accepts no signed receipts."""
+        self.ledger, self.registry, self.owner_keys_dir, self.plan = ledger, registry, owner_keys_dir, plan
         self.experiment_id = experiment_id
+        self.coordinator_key = coordinator_key
         self._owner_of_node: dict[int, str] = {}
 
-    def accept(self, reply: Message, server_round: int) -> PrivacyReceipt:
+    # -- who a node speaks for ---------------------------------------------------------
+
+    def owner_of(self, node: int) -> str | None:
+        return self._owner_of_node.get(node)
+
+    def bind(self, node: int, owner_id: str) -> str:
+        """One node speaks for one owner for the whole experiment."""
+        known = self._owner_of_node.setdefault(node, owner_id)
+        if known != owner_id:
+            raise ReceiptRejected(f"node {node} spoke for owner {known}, now claims to be {owner_id}")
+        return owner_id
+
+    def anchored_head(self, owner_id: str) -> tuple[int, bytes] | None:
+        """The last head of ``owner_id`` the coordinator accepted, in any experiment."""
+        return self.registry.head(owner_id) if self.registry is not None else None
+
+    # -- one reply ---------------------------------------------------------------------
+
+    def accept(self, reply: Message, server_round: int) -> Accepted:
         """The owner's receipt for this round, verified; raises ReceiptRejected otherwise."""
         content = reply.content
+        node = reply.metadata.src_node_id
         if protocol.PRIVACY not in content.config_records:
             raise ReceiptRejected("reply carries no privacy receipt")
         record = content[protocol.PRIVACY]
         if protocol.UNSIGNED_REFUSAL in record:
             if protocol.ARRAYS in content.array_records:
                 raise ReceiptRejected("an unsigned refusal came with an update")
-            owner = str(record.get(protocol.OWNER_ID, "")) or f"node-{reply.metadata.src_node_id}"
-            return PrivacyReceipt.unsigned_refusal(owner, str(record[protocol.UNSIGNED_REFUSAL]))
+            owner = str(record.get(protocol.OWNER_ID, "")) or f"node-{node}"
+            return Accepted(PrivacyReceipt.unsigned_refusal(owner, str(record[protocol.UNSIGNED_REFUSAL])))
         if record.get(protocol.NON_PRIVATE):
             if self.plan.dp:
                 raise ReceiptRejected("a non-private update in a DP run")
-            return PrivacyReceipt.non_private(self._bind(reply, str(record[protocol.OWNER_ID])))
+            return Accepted(PrivacyReceipt.non_private(self.bind(node, str(record[protocol.OWNER_ID]))))
         if self.ledger is None:
             raise ReceiptRejected("a signed DP receipt in a non-private run")
         signed = record.get(protocol.SIGNED_ENTRY)
         if not isinstance(signed, bytes) or not signed:
             raise ReceiptRejected("the receipt is not a signed ledger entry")
+        bridge = record.get(protocol.BRIDGE, [])
+        if not isinstance(bridge, list) or not all(isinstance(b, bytes) for b in bridge):
+            raise ReceiptRejected("the receipt's bridge is not a list of signed ledger entries")
         try:
             claimed = Entry.from_signed(signed)
         except LedgerError as err:
             raise ReceiptRejected(str(err)) from None
-        self._bind(reply, claimed.owner_id)
+        self.bind(node, claimed.owner_id)
         self._register_key(claimed.owner_id)
-        entry = self.ledger.append_received(signed)  # checks the signature and the owner's chain
-        self._check_release(entry, server_round, content)
-        return PrivacyReceipt.from_entry(entry)
+        try:
+            checked = self.ledger.check_received(signed, bridge=bridge, anchored=self.anchored_head(claimed.owner_id))
+        except AnchorMismatch as err:
+            if claimed.is_charge or protocol.ARRAYS in content.array_records:
+                raise
+            # A signed refusal from a ledger that lost its anchored head: the owner released nothing and says
+            # why; keep its word in the history, but the broken chain goes into no ledger.
+            log.error("owner %s refused with a ledger that does not continue its anchored head: %s",
+                      claimed.owner_id, err)
+            return Accepted(PrivacyReceipt.from_entry(claimed))
+        accepted = Accepted(PrivacyReceipt.from_entry(checked.entry), checked)
+        try:
+            self._check_release(checked.entry, server_round, content)
+        except ReceiptRejected as err:
+            raise ReleaseMismatch(str(err), accepted) from None
+        return accepted
 
-    def _bind(self, reply: Message, owner_id: str) -> str:
-        """One node speaks for one owner for the whole run."""
-        node = reply.metadata.src_node_id
-        known = self._owner_of_node.setdefault(node, owner_id)
-        if known != owner_id:
-            raise ReceiptRejected(f"node {node} spoke for owner {known}, now claims to be {owner_id}")
-        return owner_id
+    def commit(self, server_round: int, accepted: list[tuple[Accepted, str]]) -> None:
+        """Keep a round's verified receipts and anchor each: federation ledger, then registry."""
+        signed = [(a.checked, outcome) for a, outcome in accepted if a.checked is not None and not a.checked.duplicate]
+        if not signed or self.ledger is None or self.registry is None or self.coordinator_key is None:
+            return
+        records = self.ledger.record_round(signed, self.coordinator_key, self.experiment_id, server_round)
+        self.registry.record(records)
 
     def _register_key(self, owner_id: str) -> None:
-        """Register the owner's public key from the federation's key folder on first sight."""
+        """Register the owner's public key from the coordinator's key folder on first sight."""
         if self.ledger.public_key(owner_id) is not None:
             return
         public_path = owner_key_paths(self.owner_keys_dir, owner_id)[1]
@@ -80,6 +141,11 @@ class ReceiptCheck:
             raise ReceiptRejected(
                 f"owner {owner_id} has no registered public key ({public_path} is missing or unreadable)"
             ) from None
+        try:
+            if self.registry is not None:
+                self.registry.register_owner(owner_id, key)  # a key other than the first one ever seen is refused
+        except LedgerError as err:
+            raise ReceiptRejected(str(err)) from None
         self.ledger.register_owner(owner_id, key)
         log.info("registered owner %s's public key from %s", owner_id, public_path)
 

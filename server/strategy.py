@@ -1,10 +1,13 @@
 """FedAvg that knows about owners' policies, budgets and receipts.
 
 Flower's FedAvg averages whatever comes back and samples any connected node.  Here:
-- every reply's receipt is verified (signature, experiment, round, parameters, update
-  hash) and kept in the federation ledger; an update without a valid receipt, or
-  whose arrays do not fit the global model or are not finite, is dropped with its
-  reason while the round goes on;
+- before a node first trains, it is asked which owner it serves (a query); every
+  request then names the head the coordinator last anchored for that owner;
+- every reply's receipt is verified (signature, anchored head, experiment, round,
+  parameters, update hash) and, at the end of the round, kept in the federation
+  ledger and anchored in the registry; an update without a valid receipt, or whose
+  arrays do not fit the global model or are not finite, is dropped with its reason
+  while the round goes on;
 - refusals (an owner's budget would be crossed, or the request is below its policy)
   are logged and kept out of the average, and the owner is not asked again;
 - each owner's privacy receipt goes to the run history as it is, never averaged;
@@ -28,9 +31,10 @@ from flwr.serverapp.strategy import FedAvg
 from privfl import protocol
 from privfl.logs import get_logger
 from privfl.privacy.ledger import ReceiptRejected
-from privfl.protocol import RoundRequest
+from privfl.privacy.ledger.anchor import AGGREGATED, REFUSED, UPDATE_DROPPED
+from privfl.protocol import PrivacyReceipt, RoundRequest
 from privfl.server.history import RunHistory
-from privfl.server.receipts import ReceiptCheck
+from privfl.server.receipts import Accepted, ReceiptCheck, ReleaseMismatch
 
 log = get_logger("server")
 
@@ -47,6 +51,7 @@ class BudgetAwareFedAvg(FedAvg):
             arrayrecord_key=protocol.ARRAYS, configrecord_key=protocol.TRAIN_CONFIG,
         )
         self.request = request
+        self.timeout = 600.0  # seconds to wait for owners' answers; set from the run's round timeout
         self.history = history
         self.receipts = receipts
         self.evaluate_rounds = evaluate_rounds
@@ -63,7 +68,9 @@ class BudgetAwareFedAvg(FedAvg):
     ) -> Iterable[Message]:
         self._global = arrays
         nodes = self._wait_for_nodes(grid)
-        eligible = sorted(n for n in nodes if n not in self.refusing)
+        self._identify(grid, server_round, [n for n in nodes if self.receipts.owner_of(n) is None
+                                             and n not in self.refusing])
+        eligible = sorted(n for n in nodes if n not in self.refusing and self.receipts.owner_of(n) is not None)
         if not eligible:
             log.warning("round %d: no owner can train (every one refused or has spent its budget)", server_round)
             return []
@@ -73,8 +80,47 @@ class BudgetAwareFedAvg(FedAvg):
         return self._messages(server_round, arrays, sampled, MessageType.TRAIN)
 
     def _messages(self, server_round: int, arrays: ArrayRecord, nodes: list[int], kind: str) -> list[Message]:
-        content = RecordDict({protocol.ARRAYS: arrays, protocol.TRAIN_CONFIG: self.request(server_round).to_record()})
-        return [Message(content=content, message_type=kind, dst_node_id=n) for n in nodes]
+        request = self.request(server_round)
+        messages = []
+        for node in nodes:
+            owner = self.receipts.owner_of(node)
+            asked = request.for_owner(self.receipts.anchored_head(owner) if owner else None)
+            content = RecordDict({protocol.ARRAYS: arrays, protocol.TRAIN_CONFIG: asked.to_record()})
+            messages.append(Message(content=content, message_type=kind, dst_node_id=node))
+        return messages
+
+    def _identify(self, grid: Grid, server_round: int, nodes: list[int]) -> None:
+        """Ask nodes not yet known which owner each serves, so its request can name its anchored head."""
+        if not nodes:
+            return
+        record = RecordDict({protocol.TRAIN_CONFIG: self.request(server_round).to_record()})
+        questions = [Message(content=record, message_type=MessageType.QUERY, dst_node_id=n) for n in nodes]
+        for reply in grid.send_and_receive(questions, timeout=self.timeout):
+            node = reply.metadata.src_node_id
+            if reply.has_error():
+                log.error("node %d did not say which owner it serves: %s", node, reply.error.reason)
+                continue
+            content = reply.content
+            if protocol.OWNER not in content.config_records:
+                refusal = content[protocol.PRIVACY] if protocol.PRIVACY in content.config_records else {}
+                reason = str(refusal.get(protocol.UNSIGNED_REFUSAL, "no answer"))
+                self.refusing[node] = reason
+                owner = str(refusal.get(protocol.OWNER_ID, "")) or f"node-{node}"
+                self.history.record_receipt(server_round, PrivacyReceipt.unsigned_refusal(owner, reason))
+                log.warning("node %d cannot act as an owner (unsigned): %s", node, reason)
+                continue
+            answer = content[protocol.OWNER]
+            owner = str(answer[protocol.OWNER_ID])
+            try:
+                self.receipts.bind(node, owner)
+            except ReceiptRejected as err:
+                log.error("node %d: %s", node, err)
+                continue
+            anchored = self.receipts.anchored_head(owner)
+            held = int(answer.get(protocol.HEAD_SEQUENCE, 0))
+            if anchored is not None and held < anchored[0]:
+                log.error("owner %s's ledger is at entry %d, behind entry %d that this coordinator accepted: it was "
+                          "truncated or restored from an older copy", owner, held, anchored[0])
 
     def _wait_for_nodes(self, grid: Grid) -> list[int]:
         while len(nodes := list(grid.get_node_ids())) < self.min_available_nodes:
@@ -87,29 +133,41 @@ class BudgetAwareFedAvg(FedAvg):
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         record = self.history.round(server_round)
         updates: list[Message] = []
+        kept: list[tuple[Accepted, str]] = []  # receipts to keep and anchor, with what became of each
         for reply in replies:
             node = reply.metadata.src_node_id
             if reply.has_error():
                 self._fail(record, server_round, node, f"failed: {reply.error.reason}")
                 continue
             try:
-                receipt = self.receipts.accept(reply, server_round)
+                accepted = self.receipts.accept(reply, server_round)
+            except ReleaseMismatch as err:
+                kept.append((err.accepted, UPDATE_DROPPED))
+                self.history.record_receipt(server_round, err.accepted.receipt)
+                record.rejected_updates[err.accepted.receipt.owner_id] = str(err)
+                self._fail(record, server_round, node, f"update dropped: {err} (its charge stands)")
+                continue
             except ReceiptRejected as err:
                 self._fail(record, server_round, node, f"rejected: {err}")
                 continue
+            receipt = accepted.receipt
             self.history.record_receipt(server_round, receipt)
             if receipt.status == protocol.REFUSED:
+                kept.append((accepted, REFUSED))
                 self.refusing[node] = receipt.reason
                 log.warning("round %d: owner %s refused%s: %s", server_round, receipt.owner_id or f"of node {node}",
                             "" if receipt.signed else " (unsigned)", receipt.reason)
                 continue
             problem = self._update_problem(reply)
             if problem:
+                kept.append((accepted, UPDATE_DROPPED))
                 record.rejected_updates[receipt.owner_id] = problem
                 self._fail(record, server_round, node, f"update from owner {receipt.owner_id} dropped: {problem} "
                            "(its charge stands: the owner released it)")
                 continue
+            kept.append((accepted, AGGREGATED))
             updates.append(reply)
+        self.receipts.commit(server_round, kept)  # durable before the round's model exists
         record.aggregated = len(updates)
         if not updates:
             return None, None

@@ -27,8 +27,9 @@ from pathlib import Path
 from privfl import settings
 from privfl.app_bundle import export_app
 from privfl.config import ExperimentConfig
-from privfl.privacy.keys import load_public_key
-from privfl.privacy.ledger import VerificationReport, verify
+from privfl.privacy.audit import RunAudit, audit_run
+from privfl.privacy.ledger import VerificationReport
+from privfl.privacy.ledger.store import checkpoint
 from privfl.privacy.policy import LEDGER_FILE
 from privfl.privacy.report import write_run_report
 from privfl.server import run_dir as artefacts
@@ -45,8 +46,12 @@ class SimulationError(RuntimeError):
 class SimulationResult:
     run_dir: Path
     history: dict
-    ledgers: list[VerificationReport] = field(default_factory=list)  # every ledger, verified after the run
+    audit: RunAudit | None = None  # every ledger verified and cross-checked after the run (DP runs)
     reports: list[Path] = field(default_factory=list)  # the privacy budget report, in every format
+
+    @property
+    def ledgers(self) -> list[VerificationReport]:
+        return self.audit.reports if self.audit is not None else []
 
 
 def _free_port() -> int:
@@ -205,9 +210,10 @@ def run_simulation(config: ExperimentConfig, *, log_to: Path | None = None, stre
         shutil.rmtree(ray_tmp, ignore_errors=True)
 
     history = json.loads(where.history.read_text(encoding="utf-8"))
-    ledgers = verify_ledgers(where, history) if config.dp else []
-    reports = write_run_report(run_dir) if ledgers else []
-    return SimulationResult(run_dir=run_dir, history=history, ledgers=ledgers, reports=reports)
+    checkpoint_ledgers(where, history)
+    audit = audit_run(run_dir) if config.dp else None
+    reports = write_run_report(run_dir) if audit is not None else []
+    return SimulationResult(run_dir=run_dir, history=history, audit=audit, reports=reports)
 
 
 def _num_owners(config: ExperimentConfig) -> int:
@@ -216,21 +222,16 @@ def _num_owners(config: ExperimentConfig) -> int:
     return len(simulated_federation(config).owner_ids)
 
 
-def verify_ledgers(where: artefacts.Layout, history: dict) -> list[VerificationReport]:
-    """Verify the federation ledger and the ledger of every owner of the run.
+def checkpoint_ledgers(where: artefacts.Layout, history: dict) -> None:
+    """Fold every ledger's WAL back into its file: simulated owners' worker processes are killed, not closed.
 
-    Every ledger is checked against the owners' public keys registered with the
-    coordinator, not against the keys the ledger files record themselves.
+    A ledger at rest is then one file (a copy of the .db alone is the whole ledger).
     """
-    keys = {p.name.removesuffix(".pub"): load_public_key(p) for p in where.owner_keys_dir.glob("*.pub")}
-    reports = []
-    if where.federation_ledger.exists():
-        reports.append(verify(where.federation_ledger, keys))
-    for owner_id in sorted(history.get("owners", {})):
-        ledger = where.owner_dir(owner_id) / LEDGER_FILE
-        if ledger.exists():
-            reports.append(verify(ledger, keys.get(owner_id)))
-    return reports
+    paths = [where.federation_ledger, where.registry,
+             *(where.owner_dir(o) / LEDGER_FILE for o in history.get("owners", {}))]
+    for path in paths:
+        if path.exists():
+            checkpoint(path)
 
 
 def _flwr(env: dict[str, str], *args: str, capture: bool = False) -> subprocess.Popen:

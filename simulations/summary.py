@@ -12,7 +12,7 @@ from privfl.simulations.launcher import SimulationResult
 def run_problems(result: SimulationResult, *, max_failed_updates: int = 0) -> list[str]:
     """What makes a run a failure: a ledger not intact, nothing aggregated, failed client updates."""
     history = result.history
-    problems = [f"ledger not intact: {r.path}: {r.problem}" for r in result.ledgers if not r.ok]
+    problems = [f"ledgers not intact: {p}" for p in result.audit.all_problems()] if result.audit is not None else []
     if history.get("status") != "finished":
         problems.append(f"the run did not finish (status {history.get('status')!r})")
     if not history.get("aggregated_rounds"):
@@ -42,14 +42,14 @@ def print_summary(runs: Sequence[SimulationResult], *, max_failed_updates: int =
         print(f"final test accuracy: {accuracy:.4f}" if accuracy is not None else "final test accuracy: none")
         _print_federated_evaluation(history)
         print("per-owner privacy spent:")
-        print(epsilon_table(history))
-        if result.ledgers:
-            broken = [r for r in result.ledgers if not r.ok]
-            owners = sum(1 for r in result.ledgers if not r.path.endswith("federation.db"))
-            verdict = "all verified intact" if not broken else f"{len(broken)} NOT INTACT"
-            print(f"privacy ledgers:     {owners} owner ledgers + the federation ledger: {verdict}")
-            for report in broken:
-                print(report.summary())
+        print(epsilon_table(history, result.audit.epsilon if result.audit is not None else None))
+        if result.audit is not None:
+            audit = result.audit
+            verdict = "all verified intact and consistent" if audit.ok else "NOT INTACT"
+            print(f"privacy ledgers:     {len(audit.owner_ledgers)} owner ledgers, the federation ledger and the "
+                  f"registry, cross-checked with the history: {verdict}")
+            for note in audit.unaggregated:
+                print(f"note: {note}")
         if result.reports:
             html = next((p for p in result.reports if p.suffix == ".html"), result.reports[0])
             others = ", ".join(p.suffix.lstrip(".") for p in result.reports if p != html)

@@ -415,7 +415,7 @@ def test_cli_show_and_export(tmp_path, capsys):
     assert "hospital-a" in table and "refusal" in table and "sigma=1.2" in table
     assert main(["ledger", "show", str(path), "--json"]) == 0
     document = json.loads(capsys.readouterr().out)
-    assert document["ledger"] == {"ledger_kind": "owner", "owner_id": "hospital-a", "schema_version": "1"}
+    assert document["ledger"] == {"ledger_kind": "owner", "owner_id": "hospital-a", "schema_version": "2"}
     assert [e["sequence"] for e in document["entries"]] == [1, 2, 3, 4]
     # the export carries the signed bytes: a third party can re-verify each entry from it
     import base64

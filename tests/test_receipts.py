@@ -11,7 +11,9 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricReco
 from privfl import protocol
 from privfl.protocol import TrainingPlan
 from privfl.config import ExperimentConfig
-from privfl.privacy.keys import generate_owner_keys, load_private_key
+from privfl.privacy.keys import generate_key, generate_owner_keys, load_private_key
+from privfl.privacy.ledger.anchor import AGGREGATED
+from privfl.privacy.ledger.registry import CoordinatorRegistry
 from privfl.privacy.ledger import FederationLedger, OwnerLedger, ReceiptRejected
 from privfl.server.receipts import ReceiptCheck
 
@@ -28,9 +30,13 @@ def world(tmp_path):
     keys = tmp_path / "keys"
     generate_owner_keys(keys, "alice")
     generate_owner_keys(tmp_path / "other-keys", "alice")  # a forger's key under the same name
-    federation = FederationLedger.open(tmp_path / "federation.db")
-    yield tmp_path, ReceiptCheck(federation, keys, PLAN, experiment_id="7"), federation
+    coordinator = generate_key()
+    federation = FederationLedger.open(tmp_path / "federation.db", coordinator.public_key())
+    registry = CoordinatorRegistry.open(tmp_path / "registry.db", coordinator)
+    yield tmp_path, ReceiptCheck(federation, registry, keys, PLAN, experiment_id="7",
+                                 coordinator_key=coordinator), federation
     federation.close()
+    registry.close()
 
 
 def _owner(tmp_path, keys="keys", name="alice.db") -> OwnerLedger:
@@ -54,10 +60,14 @@ def test_a_genuine_receipt_is_accepted_and_kept(world):
     tmp_path, check, federation = world
     with _owner(tmp_path) as owner:
         entry = _charge(owner)
-    receipt = check.accept(_reply(entry.signed_bytes()), server_round=1)
+    accepted = check.accept(_reply(entry.signed_bytes()), server_round=1)
+    receipt = accepted.receipt
     assert receipt.owner_id == "alice" and receipt.status == protocol.TRAINED
     assert receipt.epsilon == entry.cumulative_epsilon
+    assert federation.entries("alice") == []  # nothing is written per reply ...
+    check.commit(1, [(accepted, AGGREGATED)])  # ... but once per round: kept and anchored
     assert [e.signed_bytes() for e in federation.entries("alice")] == [entry.signed_bytes()]
+    assert check.anchored_head("alice") == (entry.sequence, entry.hash)
 
 
 def test_missing_and_unsigned_receipts_are_rejected(world):

@@ -1,27 +1,31 @@
-"""The server's federation ledger: the owners' signed receipts, kept verbatim.
+"""The coordinator's federation ledger of one experiment: the owners' receipts, anchored.
 
-The server does not sign anything here: it stores each owner's ``SignedEntry``
-exactly as received, after checking it against the owner's registered public key, so
-every entry still verifies against its owner's key and links into the owner's own
-chain.  It is a *view* (DESIGN principle 1): an owner's ledger outlives runs and
-federations, so here an owner's entries usually start past sequence 1 and may skip
-entries the owner wrote for other federations.  Where entries are consecutive, their
-hash links are checked; the stored epsilon is checked exactly when the server holds
-all of the owner's charges (its entries start at sequence 1 with no gap), else as a
-lower bound.
+Each owner's ``SignedEntry`` is stored exactly as received, after checking it against
+the owner's registered public key, so every entry still verifies against its owner's
+key and links into the owner's own chain.  It is a *view* (DESIGN principle 1): an
+owner's ledger outlives runs and federations, so here an owner's entries usually start
+past sequence 1.  Beside each receipt the owner sends the entries it wrote since the
+head the coordinator last anchored (the bridge), so from its first entry here an
+owner's chain is contiguous.
 
-Server use, per received update::
+The coordinator signs its own chain of anchors in the same file, one per accepted
+receipt (:mod:`privfl.privacy.ledger.anchor`), with contiguous per-owner positions: a
+receipt pruned from the file leaves a dangling anchor or a broken link.
 
-    ledger.register_owner(owner_id, public_key)       # once, from the owner's .pub file
-    entry = ledger.append_received(receipt_bytes)     # raises ReceiptRejected
-    ...  # then compare entry's event/run/round with what the server asked for
+Server use, per round::
+
+    checked = ledger.check_received(receipt_bytes, bridge=bridge, anchored=registry.head(owner))
+    ...  # compare the entry's event, experiment and round with what was asked; decide the outcome
+    ledger.record_round([(checked, outcome)], coordinator_key, experiment_id, round)   # one transaction
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from google.protobuf.message import DecodeError
 
 from privfl.privacy.keys import check_owner_id, fingerprint, public_key_bytes, public_key_from_bytes
@@ -30,6 +34,7 @@ from privfl.privacy.ledger.epsilon import EPSILON_REL_TOL, epsilon_matches
 from privfl.privacy.ledger.entry import CHARGE, KIND_TO_PROTO, Entry, decode_entry, unit_of
 from privfl.privacy.ledger.errors import LedgerError, LedgerKeyMismatch, ReceiptRejected, UnsupportedEvent
 from privfl.privacy.ledger.owner import compute_epsilon
+from privfl.privacy.ledger.registry import AnchorRecord, append_anchors, record_coordinator_key
 from privfl.privacy.ledger.signing import signature_problem
 from privfl.privacy.ledger.store import FEDERATION_LEDGER, LedgerFile, LedgerStore, StoredRow
 from privfl.protos import ledger_pb2
@@ -39,8 +44,17 @@ class FederationLedger(LedgerFile):
         self._store = store
 
     @classmethod
-    def open(cls, path: str | Path) -> FederationLedger:
-        return cls(LedgerStore.open_for_writing(path, FEDERATION_LEDGER, {}))
+    def open(cls, path: str | Path, coordinator_key: Ed25519PublicKey | None = None) -> FederationLedger:
+        """Open or create; with ``coordinator_key`` the file records (or must already record) it."""
+        store = LedgerStore.open_for_writing(path, FEDERATION_LEDGER, {})
+        if coordinator_key is not None:
+            try:
+                with store.write():
+                    record_coordinator_key(store, coordinator_key)
+            except BaseException:
+                store.close()
+                raise
+        return cls(store)
 
     @classmethod
     def open_readonly(cls, path: str | Path) -> FederationLedger:
@@ -78,6 +92,72 @@ class FederationLedger(LedgerFile):
 
     # -- receiving -------------------------------------------------------------
 
+    def check_received(self, signed_entry: ledger_pb2.SignedEntry | bytes, *,
+                       bridge: Sequence[ledger_pb2.SignedEntry | bytes] = (),
+                       anchored: tuple[int, bytes] | None = None, check_epsilon: bool = True) -> Checked:
+        """Verify a receipt (and its bridge) against the owner's registered key and anchored head; write nothing.
+
+        ``anchored`` is the owner's last head the coordinator accepted (its registry):
+        the bridge must start right after it and lead to the receipt, entry by entry,
+        each signed by the owner.  A receipt behind the anchored head is a rollback or a
+        truncated ledger; one that does not link to it is a rewritten history.
+        Raises ReceiptRejected saying which.
+        """
+        signed = _parse(signed_entry)
+        chain = [_parse(b) for b in bridge] + [signed]
+        entries = []
+        for item in chain:
+            try:
+                entries.append(decode_entry(item.entry, item.signature, item.key_fingerprint))
+            except LedgerError as err:
+                raise ReceiptRejected(f"receipt rejected: {err}") from None
+        claimed = entries[-1]
+        owner = claimed.owner_id
+        try:
+            check_owner_id(owner)
+        except ValueError as err:
+            raise ReceiptRejected(f"receipt rejected: {err}") from None
+        key = self._owner_key(owner)
+        if key is None:
+            raise ReceiptRejected(f"receipt rejected: owner {owner} has no registered public key")
+        for item, entry in zip(chain, entries):
+            if entry.owner_id != owner:
+                raise ReceiptRejected(f"receipt rejected: the bridge holds an entry of {entry.owner_id}, not {owner}")
+            problem = signature_problem(item, key)
+            if problem:
+                raise ReceiptRejected(f"receipt rejected: owner {owner}, entry {entry.sequence}: {problem}")
+        if anchored is not None:
+            _check_against_anchor(owner, entries, anchored)  # raises AnchorMismatch: signatures already hold
+        for previous, entry in zip(entries, entries[1:]):
+            if entry.sequence != previous.sequence + 1 or entry.previous_hash != entry_hash(previous.entry_bytes):
+                raise ReceiptRejected(f"receipt rejected: owner {owner}'s bridge is not a chain at entry "
+                                      f"{entry.sequence}")
+        existing = self._store.at_sequence(owner, claimed.sequence)
+        if existing is not None:
+            if existing.entry == signed.entry:
+                return Checked(claimed, (), duplicate=True)
+            raise ReceiptRejected(
+                f"receipt rejected: owner {owner} already has a different entry {claimed.sequence} here "
+                "(the owner's chain forked)")
+        self._check_extends_chain(entries[0])
+        if check_epsilon and claimed.is_charge:
+            self._check_epsilon(claimed, entries[:-1])
+        return Checked(claimed, tuple(e for e in entries[:-1] if self._store.at_sequence(owner, e.sequence) is None))
+
+    def record_round(self, accepted: Sequence[tuple[Checked, str]], coordinator_key: Ed25519PrivateKey,
+                     experiment_id: str, server_round: int) -> list[AnchorRecord]:
+        """Store a round's checked receipts (and bridges) and anchor each, in one transaction."""
+        records = []
+        with self._store.write():
+            for checked, outcome in accepted:
+                for entry in (*checked.bridge, checked.entry):
+                    if self._store.at_sequence(entry.owner_id, entry.sequence) is None:
+                        self._insert(entry)
+                records.append(AnchorRecord(experiment_id, server_round, checked.entry.owner_id,
+                                            checked.entry.sequence, checked.entry.hash, outcome))
+            append_anchors(self._store, coordinator_key, records)
+        return records
+
     def append_received(
         self,
         signed_entry: ledger_pb2.SignedEntry | bytes,
@@ -85,57 +165,41 @@ class FederationLedger(LedgerFile):
         *,
         check_epsilon: bool = True,
     ) -> Entry:
-        """Verify a receipt and store it verbatim; return it decoded.
+        """Verify one receipt and store it verbatim, without an anchor (tools and tests); return it decoded.
 
-        The signature is checked first, against ``public_key`` or else the key
-        registered for the entry's owner (a given key is registered if the owner is
-        new, and must match if not).  Then the entry must extend what this ledger
-        holds of the owner's chain: a higher sequence, and the right previous hash
-        where it directly follows the last one held.  Receiving the same receipt
-        again returns it without writing.  Anything else raises ReceiptRejected.
+        ``public_key`` registers the owner if it is new and must match if not.
+        Receiving the same receipt again returns it without writing.
         """
         signed = _parse(signed_entry)
         try:
-            claimed = decode_entry(signed.entry, signed.signature, signed.key_fingerprint)
+            owner = decode_entry(signed.entry).owner_id
         except LedgerError as err:
             raise ReceiptRejected(f"receipt rejected: {err}") from None
-        owner = claimed.owner_id
-        try:
-            check_owner_id(owner)
-        except ValueError as err:
-            raise ReceiptRejected(f"receipt rejected: {err}") from None
-        with self._store.write():
-            registered = self._owner_key(owner)
-            key = public_key or registered
-            if key is None:
-                raise ReceiptRejected(f"receipt rejected: owner {owner} has no registered public key")
-            if registered is not None and public_key is not None and fingerprint(registered) != fingerprint(public_key):
+        registered = self._owner_key(owner)
+        if public_key is not None:
+            if registered is not None and fingerprint(registered) != fingerprint(public_key):
                 raise ReceiptRejected(
                     f"receipt rejected: owner {owner} is registered with another key ({fingerprint(registered)[:16]}...)")
-            problem = signature_problem(signed, key)
-            if problem:
-                raise ReceiptRejected(f"receipt rejected: owner {owner}, entry {claimed.sequence}: {problem}")
             if registered is None:
-                self._store.add_key(owner, fingerprint(key), public_key_bytes(key))
-            existing = self._store.at_sequence(owner, claimed.sequence)
-            if existing is not None:
-                if existing.entry == signed.entry:
-                    return decode_entry(existing.entry, existing.signature, existing.key_fingerprint)
-                raise ReceiptRejected(
-                    f"receipt rejected: owner {owner} already has a different entry {claimed.sequence} here "
-                    "(the owner's chain forked)")
-            self._check_extends_chain(claimed)
-            if check_epsilon and claimed.is_charge:
-                self._check_epsilon(claimed)
-            try:
-                self._store.insert(owner_id=owner, sequence=claimed.sequence, run_id=claimed.run_id,
-                                   round=claimed.round, kind=KIND_TO_PROTO[claimed.kind], entry=signed.entry,
-                                   signature=signed.signature, key_fingerprint=signed.key_fingerprint)
-            except Exception as err:  # sqlite3.IntegrityError: a second charge for one release
-                raise ReceiptRejected(
-                    f"receipt rejected: owner {owner}, run {claimed.run_id!r}, round {claimed.round}: "
-                    f"a {claimed.kind} for this release is already recorded ({err})") from None
-        return claimed
+                problem = signature_problem(signed, public_key)
+                if problem:
+                    raise ReceiptRejected(f"receipt rejected: owner {owner}: {problem}")
+                self.register_owner(owner, public_key)
+        checked = self.check_received(signed, check_epsilon=check_epsilon)
+        if not checked.duplicate:
+            with self._store.write():
+                self._insert(checked.entry)
+        return checked.entry
+
+    def _insert(self, entry: Entry) -> None:
+        try:
+            self._store.insert(owner_id=entry.owner_id, sequence=entry.sequence, run_id=entry.run_id,
+                               round=entry.round, kind=KIND_TO_PROTO[entry.kind], entry=entry.entry_bytes,
+                               signature=entry.signature, key_fingerprint=entry.key_fingerprint)
+        except Exception as err:  # sqlite3.IntegrityError: a second charge for one release
+            raise ReceiptRejected(
+                f"receipt rejected: owner {entry.owner_id}, run {entry.run_id!r}, round {entry.round}: "
+                f"a {entry.kind} for this release is already recorded ({err})") from None
 
     def _check_extends_chain(self, entry: Entry) -> None:
         head = self._store.head(entry.owner_id)
@@ -150,15 +214,16 @@ class FederationLedger(LedgerFile):
                 f"receipt rejected: owner {entry.owner_id}, entry {entry.sequence} does not link to entry "
                 f"{head.sequence} (previous hash differs: the owner's chain forked)")
 
-    def _check_epsilon(self, entry: Entry) -> None:
+    def _check_epsilon(self, entry: Entry, bridge: Sequence[Entry] = ()) -> None:
         rows = list(self._store.rows(entry.owner_id))
         held = [decode_entry(r.entry) for r in rows if r.kind == KIND_TO_PROTO[CHARGE]]
+        held += [e for e in bridge if e.is_charge and self._store.at_sequence(e.owner_id, e.sequence) is None]
         events = [e.event for e in held if unit_of(e) == unit_of(entry)]
         try:
             recomputed = compute_epsilon(entry.accountant, [*events, entry.event], entry.delta)
         except (UnsupportedEvent, ValueError) as err:
             raise ReceiptRejected(f"receipt rejected: owner {entry.owner_id}, entry {entry.sequence}: {err}") from None
-        complete = _holds_whole_chain(rows, entry)
+        complete = _holds_whole_chain(rows, [*bridge, entry])
         stored = entry.cumulative_epsilon
         if complete and not epsilon_matches(stored, recomputed):
             raise ReceiptRejected(
@@ -197,7 +262,37 @@ def _decode(row: StoredRow) -> Entry:
     return decode_entry(row.entry, row.signature, row.key_fingerprint)
 
 
-def _holds_whole_chain(rows: list[StoredRow], entry: Entry) -> bool:
-    sequences = [r.sequence for r in rows] + [entry.sequence]
+def _holds_whole_chain(rows: list[StoredRow], entries: Sequence[Entry]) -> bool:
+    sequences = sorted({r.sequence for r in rows} | {e.sequence for e in entries})
     return sequences == list(range(1, len(sequences) + 1))
+
+
+@dataclass(frozen=True)
+class Checked:
+    """A verified receipt, the bridge entries this ledger does not hold yet, and whether it is a repeat."""
+
+    entry: Entry
+    bridge: tuple[Entry, ...]
+    duplicate: bool = False
+
+
+class AnchorMismatch(ReceiptRejected):
+    """A genuinely signed receipt whose chain does not continue the owner's anchored head."""
+
+
+def _check_against_anchor(owner: str, entries: list[Entry], anchored: tuple[int, bytes]) -> None:
+    """The chain sent (bridge + receipt) must continue the owner's anchored head."""
+    sequence, head_hash = anchored
+    first, last = entries[0], entries[-1]
+    if len(entries) == 1 and last.sequence == sequence and last.hash == head_hash:
+        return  # the anchored entry itself, sent again (a retried or resumed round)
+    if last.sequence <= sequence:
+        raise AnchorMismatch(
+            f"receipt rejected: owner {owner}'s ledger is behind the head this coordinator accepted: it sent entry "
+            f"{last.sequence}, but entry {sequence} was anchored (the ledger was truncated or restored from an "
+            "older copy)")
+    if first.sequence != sequence + 1 or first.previous_hash != head_hash:
+        raise AnchorMismatch(
+            f"receipt rejected: owner {owner}'s entries do not continue the head this coordinator accepted "
+            f"(entry {sequence}, {head_hash.hex()[:16]}...): its ledger was rolled back or rewritten")
 

@@ -132,6 +132,15 @@ class OwnerLedger(LedgerFile):
         """
         return _of_unit(self._charge_events(self._store.head(self.owner_id)), unit)
 
+    def entry(self, sequence: int) -> Entry | None:
+        """The entry at ``sequence`` (None past the head)."""
+        row = self._store.at_sequence(self.owner_id, sequence)
+        return _decode(row) if row else None
+
+    def entries_between(self, after: int, before: int) -> list[Entry]:
+        """Entries with ``after < sequence < before``, in chain order (a bridge between two heads)."""
+        return [_decode(row) for row in self._store.rows(self.owner_id, after_sequence=after) if row.sequence < before]
+
     def charge_for(self, run_id: str, round: int) -> Entry | None:
         """The charge for this release, if there is one."""
         row = self._store.find(self.owner_id, run_id, round, KIND_TO_PROTO[CHARGE])

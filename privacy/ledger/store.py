@@ -10,7 +10,13 @@ of many owners (``kind = federation``).  The file:
   existing row (``INSERT OR REPLACE`` deletes without firing delete triggers);
 - takes a write lock with ``BEGIN IMMEDIATE`` before reading the chain head, so two
   processes appending at once are serialised and can never fork the chain;
-- carries ``PRAGMA application_id`` 'pfl1' and ``user_version`` (schema version).
+- carries ``PRAGMA application_id`` 'pfl1' and ``user_version`` (schema version);
+- is created with mode 0600 (its -wal and -shm files inherit it): a ledger names
+  who took part in what, and is nobody else's to read;
+- is checkpointed on close, so at rest it is one file, not a file and its WAL.
+
+Schema 2 added the ``anchors`` table (the coordinator's chain, see
+:mod:`privfl.privacy.ledger.anchor`); a schema-1 file is still read and appended to.
 
 The triggers keep honest code from altering history; they are no defence against
 someone who edits the file directly.  That is what signatures and the hash chain
@@ -23,6 +29,7 @@ uniqueness rules; verification checks that they agree with the signed bytes.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -32,10 +39,12 @@ from typing import Self
 
 from privfl.privacy.ledger.errors import LedgerError, NotALedgerError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 APPLICATION_ID = 0x70666C31  # "pfl1"
 OWNER_LEDGER = "owner"
 FEDERATION_LEDGER = "federation"
+REGISTRY = "registry"  # the coordinator's anchors across experiments
+LEDGER_KINDS = (OWNER_LEDGER, FEDERATION_LEDGER, REGISTRY)
 BUSY_TIMEOUT_S = 60.0
 
 KIND_CHARGE = 1  # = ledger_pb2.ENTRY_KIND_CHARGE
@@ -54,7 +63,7 @@ def _append_only(table: str, replaced_if: str) -> list[str]:
     ]
 
 
-SCHEMA = [
+SCHEMA_V1 = [
     "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
     """CREATE TABLE keys (
         fingerprint TEXT PRIMARY KEY,
@@ -80,8 +89,23 @@ SCHEMA = [
                              "(owner_id = NEW.owner_id AND run_id = NEW.run_id AND round = NEW.round "
                              "AND kind = NEW.kind)"),
 ]
-EXPECTED_TABLES = ("entries", "keys", "meta")
-EXPECTED_TRIGGERS = tuple(sorted(f"{t}_no_{op}" for t in EXPECTED_TABLES for op in ("update", "delete", "replace")))
+ANCHORS_SCHEMA = [
+    """CREATE TABLE anchors (
+        id INTEGER PRIMARY KEY,
+        sequence INTEGER NOT NULL UNIQUE,
+        owner_id TEXT NOT NULL,
+        owner_sequence INTEGER NOT NULL,
+        experiment_id TEXT NOT NULL,
+        round INTEGER NOT NULL,
+        entry BLOB NOT NULL,
+        signature BLOB NOT NULL,
+        key_fingerprint TEXT NOT NULL)""",
+    "CREATE INDEX anchors_by_owner ON anchors (owner_id, owner_sequence)",
+    *_append_only("anchors", "id = NEW.id OR sequence = NEW.sequence"),
+]
+SCHEMA = [*SCHEMA_V1, *ANCHORS_SCHEMA]
+SCHEMAS = {1: SCHEMA_V1, 2: SCHEMA}
+EXPECTED_TABLES = ("entries", "keys", "meta")  # every schema version has these
 
 
 @dataclass(frozen=True)
@@ -100,6 +124,31 @@ class StoredRow:
 _ROW_COLUMNS = "id, owner_id, sequence, run_id, round, kind, entry, signature, key_fingerprint"
 
 
+@dataclass(frozen=True)
+class StoredAnchor:
+    id: int
+    sequence: int
+    owner_id: str
+    owner_sequence: int
+    experiment_id: str
+    round: int
+    entry: bytes
+    signature: bytes
+    key_fingerprint: str
+
+
+_ANCHOR_COLUMNS = "id, sequence, owner_id, owner_sequence, experiment_id, round, entry, signature, key_fingerprint"
+
+
+def _copy_hint(path: Path) -> str:
+    """Why a copied ledger may look empty or foreign: its newest pages were in the -wal file."""
+    wal = Path(str(path) + "-wal")
+    if wal.exists():
+        return ""
+    return ("; if this file was copied while privfl had it open, the newest entries may have been in its -wal file: "
+            "copy <ledger>.db-wal with it, or copy a ledger privfl has closed (closing folds the WAL back in)")
+
+
 def _row(values: tuple) -> StoredRow:
     return StoredRow(*values)
 
@@ -112,6 +161,7 @@ class LedgerStore:
         self.path = path
         self.readonly = readonly
         self._in_write = False
+        self._anchors: bool | None = None
 
     # -- opening ---------------------------------------------------------------
 
@@ -123,6 +173,10 @@ class LedgerStore:
         """
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
+        try:  # a new ledger is created private (0600) before SQLite writes a byte into it
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        except FileExistsError:
+            pass
         try:
             db = sqlite3.connect(path, isolation_level=None, timeout=BUSY_TIMEOUT_S)
         except sqlite3.Error as err:
@@ -139,7 +193,7 @@ class LedgerStore:
                 store._check_identity(kind, meta)
         except (sqlite3.DatabaseError, UnicodeDecodeError) as err:
             db.close()
-            raise NotALedgerError(f"{path} is not a privfl ledger ({err})") from None
+            raise NotALedgerError(f"{path} is not a privfl ledger ({err}){_copy_hint(path)}") from None
         except BaseException:
             db.close()
             raise
@@ -159,11 +213,11 @@ class LedgerStore:
         try:
             db.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
             if not store._has_schema():
-                raise NotALedgerError(f"{path} is not a privfl ledger (no ledger tables)")
+                raise NotALedgerError(f"{path} is not a privfl ledger (no ledger tables){_copy_hint(path)}")
             store._check_identity(None, {})
         except (sqlite3.DatabaseError, UnicodeDecodeError, ValueError) as err:
             db.close()
-            raise NotALedgerError(f"{path} is not a readable privfl ledger ({err})") from None
+            raise NotALedgerError(f"{path} is not a readable privfl ledger ({err}){_copy_hint(path)}") from None
         except BaseException:
             db.close()
             raise
@@ -199,6 +253,15 @@ class LedgerStore:
         for key, value in meta.items():
             if stored.get(key) != value:
                 raise LedgerError(f"{self.path} belongs to {key} {stored.get(key)!r}, not {value!r}")
+
+    def schema_version(self) -> int:
+        return int(self._db.execute("PRAGMA user_version").fetchone()[0])
+
+    def has_anchors(self) -> bool:
+        if self._anchors is None:
+            self._anchors = bool(self._db.execute(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'anchors'").fetchone())
+        return self._anchors
 
     def close(self) -> None:
         """Close; the last writer to close folds the WAL back into the main file."""
@@ -291,6 +354,35 @@ class LedgerStore:
         rows = [r[0] for r in self._db.execute("PRAGMA integrity_check")]
         return [] if rows == ["ok"] else rows
 
+    def anchors(self, owner_id: str | None = None, experiment_id: str | None = None) -> Iterator[StoredAnchor]:
+        """Anchors in chain order (optionally one owner's, or one experiment's)."""
+        if not self.has_anchors():
+            return iter(())
+        where, args = [], []
+        if owner_id is not None:
+            where.append("owner_id = ?")
+            args.append(owner_id)
+        if experiment_id is not None:
+            where.append("experiment_id = ?")
+            args.append(experiment_id)
+        sql = f"SELECT {_ANCHOR_COLUMNS} FROM anchors" + (f" WHERE {' AND '.join(where)}" if where else "") \
+            + " ORDER BY sequence"
+        return (StoredAnchor(*values) for values in self._db.execute(sql, args))
+
+    def last_anchor(self, owner_id: str | None = None) -> StoredAnchor | None:
+        """The latest anchor (of one owner, or of the whole chain)."""
+        if not self.has_anchors():
+            return None
+        sql = f"SELECT {_ANCHOR_COLUMNS} FROM anchors" + (" WHERE owner_id = ?" if owner_id else "") \
+            + " ORDER BY sequence DESC LIMIT 1"
+        row = self._db.execute(sql, (owner_id,) if owner_id else ()).fetchone()
+        return StoredAnchor(*row) if row else None
+
+    def anchor_count(self, owner_id: str) -> int:
+        if not self.has_anchors():
+            return 0
+        return self._db.execute("SELECT COUNT(*) FROM anchors WHERE owner_id = ?", (owner_id,)).fetchone()[0]
+
     # -- writing (inside write()) ----------------------------------------------
 
     def add_key(self, owner_id: str, fingerprint: str, public_key: bytes) -> None:
@@ -305,6 +397,17 @@ class LedgerStore:
             "INSERT INTO entries (owner_id, sequence, run_id, round, kind, entry, signature, key_fingerprint) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             (owner_id, sequence, run_id, round, kind, entry, signature, key_fingerprint))
+
+    def insert_anchor(self, *, sequence: int, owner_id: str, owner_sequence: int, experiment_id: str, round: int,
+                      entry: bytes, signature: bytes, key_fingerprint: str) -> None:
+        self._require_write()
+        if not self.has_anchors():
+            raise LedgerError(f"{self.path} uses ledger schema {self.schema_version()}, which holds no anchors; "
+                              "start a new ledger file")
+        self._db.execute(
+            "INSERT INTO anchors (sequence, owner_id, owner_sequence, experiment_id, round, entry, signature, "
+            "key_fingerprint) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (sequence, owner_id, owner_sequence, experiment_id, round, entry, signature, key_fingerprint))
 
     def _require_write(self) -> None:
         if not self._in_write:
@@ -328,3 +431,13 @@ class LedgerFile:
     @property
     def path(self) -> Path:
         return self._store.path
+
+
+def checkpoint(path: str | Path) -> None:
+    """Fold a closed ledger's WAL into the file and remove the -wal and -shm files (nothing else is changed)."""
+    db = sqlite3.connect(Path(path), isolation_level=None, timeout=BUSY_TIMEOUT_S)
+    try:
+        db.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    finally:
+        db.close()

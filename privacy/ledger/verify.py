@@ -14,10 +14,17 @@ Walks every owner's chain in sequence order and stops at the first bad entry:
    only each owner's last entry, or none).
 
 What one file cannot show: that entries were removed from its *end* (a truncated
-chain is still a valid chain) or that the whole file was rewritten under another
-key.  The first needs an outside copy of the head: pass ``anchors`` (e.g. the
-owner's receipts held by the federation ledger); the second needs the owner's
-public key from outside the file: pass ``public_key``.
+chain is still a valid chain), that it is an older copy, or that it was rewritten and
+re-signed (by its owner, or under another key).  Those need something from outside
+the file: the owner's public key (``public_key``), the heads the coordinator anchored
+(``anchored``, from its registry: each must still be in the ledger, byte for byte),
+or the receipts another ledger holds (``anchors``).  A ``-wal`` file whose frames
+fail their checksums is reported too: SQLite silently drops those transactions.
+
+Federation ledgers and the coordinator's registry also hold the coordinator's chain
+of anchors (schema 2): each is signed by the coordinator's key, links to the one
+before, carries contiguous per-owner positions and, in a federation ledger, names a
+receipt the file holds.
 
 A federation ledger holds only part of each owner's chain (entries the owner wrote
 for other federations are not there), so there gaps are expected: links are
@@ -41,9 +48,11 @@ from privfl.privacy.ledger.epsilon import EPSILON_REL_TOL, PrefixEpsilons, epsil
 from privfl.privacy.ledger.errors import LedgerError, NotALedgerError, UnsupportedEvent
 from privfl.privacy.ledger.owner import compute_epsilon
 from privfl.privacy.ledger.signing import signature_problem
+from privfl.privacy.ledger.anchor import COORDINATOR, Anchor, anchor_signature_problem, decode_anchor
 from privfl.privacy.ledger.store import (
-    FEDERATION_LEDGER, OWNER_LEDGER, SCHEMA, SCHEMA_VERSION, LedgerStore, StoredRow,
+    FEDERATION_LEDGER, LEDGER_KINDS, OWNER_LEDGER, REGISTRY, SCHEMAS, LedgerStore, StoredRow,
 )
+from privfl.privacy.ledger.wal import wal_problem
 from privfl.protos import ledger_pb2
 
 EPSILON_CHECKS = ("all", "last", "none")
@@ -75,6 +84,7 @@ class VerificationReport:
     epsilon_check: str = "all"
     keys_independently_supplied: bool = False
     key_fingerprints: dict[str, str] = field(default_factory=dict)
+    anchors_checked: int = 0
     heads: dict[str, tuple[int, str]] = field(default_factory=dict)  # owner -> (sequence, sha256 hex)
     notes: list[str] = field(default_factory=list)
 
@@ -116,22 +126,35 @@ def verify(
     epsilon_check: str = "all",
     anchors: Iterable[ledger_pb2.SignedEntry | Entry] = (),
     anchors_source: str = "the anchors",
+    anchored: Iterable[Anchor | tuple[str, int, bytes]] = (),
+    anchored_source: str = "the coordinator's registry",
+    coordinator_key: Ed25519PublicKey | None = None,
 ) -> VerificationReport:
     """Check a ledger file; the report names the first bad entry (``report.problem``).
 
     ``public_key``: the owner's key (owner ledger) or a mapping owner id -> key
     (federation ledger). ``anchors``: signed entries known from elsewhere that the
-    ledger must contain verbatim (detects a truncated chain).
+    ledger must contain verbatim. ``anchored``: owner heads (owner, sequence, sha256)
+    the coordinator accepted, which the ledger must still hold (detects truncation,
+    an older copy, a rewritten history). ``coordinator_key``: the key the coordinator
+    chain must be signed with (else the key the file records, which the report notes).
     """
     if epsilon_check not in EPSILON_CHECKS:
         raise ValueError(f"epsilon_check must be one of {', '.join(EPSILON_CHECKS)}")
     report = VerificationReport(path=str(path), epsilon_check=epsilon_check)
+    damaged = wal_problem(path) if Path(path).is_file() else None
+    if damaged:
+        return report.fail(f"the ledger is not whole: {damaged}")
     try:
         store = LedgerStore.open_readonly(path)
     except NotALedgerError as err:
         return report.fail(str(err))
     try:
-        return _verify_open(store, report, public_key, epsilon_check, list(anchors), anchors_source)
+        report = _verify_open(store, report, public_key, epsilon_check, list(anchors), anchors_source,
+                              coordinator_key)
+        if report.ok:
+            _check_anchored_heads(store, report, list(anchored), anchored_source)
+        return report
     except sqlite3.DatabaseError as err:  # corruption met while reading rows
         return report.fail(f"the file is damaged: SQLite reports {err}")
     except (ValueError, TypeError, UnicodeDecodeError, OverflowError) as err:
@@ -142,21 +165,22 @@ def verify(
 
 
 def _verify_open(store: LedgerStore, report: VerificationReport, public_key: PublicKeys,
-                 epsilon_check: str, anchors: list, anchors_source: str) -> VerificationReport:
+                 epsilon_check: str, anchors: list, anchors_source: str,
+                 coordinator_key: Ed25519PublicKey | None) -> VerificationReport:
     problems = store.integrity_problems()
     if problems:
         return report.fail(f"SQLite integrity check failed: {'; '.join(problems[:3])}")
-    schema_problem = _schema_problem(store)
+    version = store.pragma("user_version")
+    schema_problem = _schema_problem(store, version)
     if schema_problem:
         return report.fail(schema_problem)
     meta = store.meta()
     report.ledger_kind = kind = meta.get("ledger_kind", "")
-    if kind not in (OWNER_LEDGER, FEDERATION_LEDGER):
+    if kind not in LEDGER_KINDS or (kind == REGISTRY and version < 2):
         return report.fail(f"unknown ledger kind {kind!r} in the metadata")
-    versions = {store.pragma("user_version"), meta.get("schema_version")}
-    if versions != {SCHEMA_VERSION, str(SCHEMA_VERSION)}:
-        return report.fail(f"schema version is not {SCHEMA_VERSION} (user_version {store.pragma('user_version')}, "
-                           f"metadata {meta.get('schema_version')!r})")
+    if meta.get("schema_version") != str(version):
+        return report.fail(f"schema version {version} (user_version) differs from the metadata's "
+                           f"{meta.get('schema_version')!r}")
     expected_meta = {"ledger_kind", "schema_version"} | ({"owner_id"} if kind == OWNER_LEDGER else set())
     if set(meta) != expected_meta:
         return report.fail(f"the metadata keys are {sorted(meta)}, expected {sorted(expected_meta)}")
@@ -171,7 +195,12 @@ def _verify_open(store: LedgerStore, report: VerificationReport, public_key: Pub
             return report.fail("the keys table's public key does not match its recorded fingerprint "
                                "(keys table altered)", str(owner))
         recorded.setdefault(owner, []).append((fp, raw))
+    coordinator_keys = recorded.pop(COORDINATOR, [])
+    if kind == OWNER_LEDGER and coordinator_keys:
+        return report.fail("an owner's ledger records a coordinator key (keys table altered)")
     owners = sorted(set(recorded) | set(store.owner_ids()))
+    if kind == REGISTRY and store.count():
+        return report.fail("a coordinator registry holds owner entries (it holds anchors only)")
     if kind == OWNER_LEDGER:
         owner_id = meta.get("owner_id", "")
         strangers = [o for o in owners if o != owner_id]
@@ -185,6 +214,8 @@ def _verify_open(store: LedgerStore, report: VerificationReport, public_key: Pub
     elif isinstance(public_key, Ed25519PublicKey):
         raise ValueError("a federation ledger holds many owners: pass a mapping owner id -> public key")
     supplied: Mapping[str, Ed25519PublicKey] = public_key or {}
+    if kind == REGISTRY:
+        owners = [o for o in owners if o in supplied or o in recorded]
 
     keys: dict[str, Ed25519PublicKey] = {}
     report.keys_independently_supplied = bool(owners) and all(o in supplied for o in owners)
@@ -205,23 +236,124 @@ def _verify_open(store: LedgerStore, report: VerificationReport, public_key: Pub
         keys[owner] = key
     report.key_fingerprints = {o: fingerprint(k) for o, k in keys.items()}
 
-    for owner in owners:
-        if not _walk_owner(store, report, owner, keys[owner], kind, epsilon_check):
-            return report
+    if kind != REGISTRY:
+        for owner in owners:
+            if not _walk_owner(store, report, owner, keys[owner], kind, epsilon_check):
+                return report
     for owner in owners:  # entries verified under supplied keys: the file must record those same keys
         stored = recorded.get(owner, [])
         if owner in supplied and [fp for fp, _ in stored] != [fingerprint(supplied[owner])]:
             return report.fail(f"the entries verify under the supplied key, but the ledger records "
                                f"{[fp[:16] + '...' for fp, _ in stored]} for this owner (keys table altered)", owner)
+    if kind != OWNER_LEDGER and store.has_anchors():
+        if not _walk_anchors(store, report, kind, coordinator_key, coordinator_keys):
+            return report
     _check_anchors(store, report, anchors, anchors_source, set(owners))
     return report
 
 
-def _schema_problem(store: LedgerStore) -> str | None:
-    """The schema must be exactly privfl's (same tables, indexes and triggers, same SQL)."""
+def _walk_anchors(store: LedgerStore, report: VerificationReport, kind: str,
+                  supplied: Ed25519PublicKey | None, recorded: list[tuple[str, bytes]]) -> bool:
+    """The coordinator's chain: signed, linked, contiguous per owner, naming receipts the file holds."""
+    rows = list(store.anchors())
+    if not rows and not recorded:
+        return True
+    if supplied is not None:
+        key = supplied
+        if [fp for fp, _ in recorded] not in ([], [fingerprint(supplied)]):
+            return not report.fail("the anchors verify under the supplied coordinator key, but the file records "
+                                   f"{[fp[:16] + '...' for fp, _ in recorded]} (keys table altered)", "@coordinator")
+    else:
+        if len(recorded) != 1:
+            return not report.fail(f"the file records {len(recorded)} coordinator keys (expected exactly 1)",
+                                   "@coordinator")
+        key = public_key_from_bytes(recorded[0][1])
+        report.notes.append("the coordinator's anchors were checked against the key the file records; give the "
+                            "coordinator's public key to rule out a file rewritten under another key")
+    report.key_fingerprints["@coordinator"] = fingerprint(key)
+    previous_hash, positions = GENESIS_HASH, {}
+    for expected, row in enumerate(rows, start=1):
+        where = f"anchor {row.sequence}"
+        problem = anchor_signature_problem(row.entry, row.signature, row.key_fingerprint, key)
+        if problem:
+            return not report.fail(f"{where}: {problem}", "@coordinator", row.sequence)
+        try:
+            anchor = decode_anchor(row.entry, row.signature, row.key_fingerprint)
+        except LedgerError as err:
+            return not report.fail(f"{where}: signed, but {err}", "@coordinator", row.sequence)
+        columns = (row.sequence, row.owner_id, row.owner_sequence, row.experiment_id, row.round)
+        if columns != (anchor.sequence, anchor.owner_id, anchor.owner_sequence, anchor.experiment_id, anchor.round):
+            return not report.fail(f"{where}: the row's columns disagree with the signed anchor", "@coordinator",
+                                   row.sequence)
+        if anchor.sequence != expected:
+            return not report.fail(f"anchors {expected}..{anchor.sequence - 1} are missing before anchor "
+                                   f"{anchor.sequence} (deleted?)", "@coordinator", anchor.sequence)
+        if anchor.previous_hash != previous_hash:
+            return not report.fail(f"{where}: previous_hash is not the hash of anchor {expected - 1} (anchors "
+                                   "reordered, replaced or inserted)", "@coordinator", anchor.sequence)
+        positions[anchor.owner_id] = positions.get(anchor.owner_id, 0) + 1
+        if anchor.owner_position != positions[anchor.owner_id]:
+            return not report.fail(f"{where}: it is owner {anchor.owner_id}'s anchor {anchor.owner_position}, but "
+                                   f"the file holds {positions[anchor.owner_id] - 1} before it (a receipt and its "
+                                   "anchor were removed)", anchor.owner_id, anchor.owner_sequence)
+        if kind == FEDERATION_LEDGER:
+            held = store.at_sequence(anchor.owner_id, anchor.owner_sequence)
+            if held is None or entry_hash(held.entry) != anchor.owner_entry_hash:
+                what = "missing" if held is None else "a different entry"
+                return not report.fail(f"the receipt that anchor {anchor.sequence} ({anchor.describe()}) names is "
+                                       f"{what} in this file (a receipt was deleted or replaced)",
+                                       anchor.owner_id, anchor.owner_sequence)
+        previous_hash = anchor.hash
+        report.anchors_checked += 1
+    if kind == FEDERATION_LEDGER:  # every receipt of an experiment in this file is anchored (or bridges to one)
+        anchored, last_anchored = set(), {}
+        for r in rows:
+            anchored.add((r.owner_id, r.owner_sequence))
+            last_anchored[r.owner_id] = max(last_anchored.get(r.owner_id, 0), r.owner_sequence)
+        experiments = {r.experiment_id for r in rows}
+        for row in store.rows():
+            if row.run_id in experiments and (row.owner_id, row.sequence) not in anchored \
+                    and row.sequence > last_anchored.get(row.owner_id, 0):
+                return not report.fail("this receipt has no anchor (its anchor was removed)", row.owner_id,
+                                       row.sequence)
+    return True
+
+
+def _check_anchored_heads(store: LedgerStore, report: VerificationReport, anchored: list, source: str) -> None:
+    """An owner ledger must still hold every head the coordinator accepted, byte for byte."""
+    if not anchored:
+        return
+    owner = store.meta().get("owner_id")
+    checked = 0
+    for item in anchored:
+        owner_id, sequence, digest = (item.owner_id, item.owner_sequence, item.owner_entry_hash) \
+            if isinstance(item, Anchor) else item
+        if owner is not None and owner_id != owner:
+            continue
+        checked += 1
+        row = store.at_sequence(owner_id, sequence)
+        if row is None:
+            head = store.head(owner_id)
+            held = head.sequence if head else 0
+            report.fail(f"the ledger ends at entry {held}, but {source} accepted entry {sequence} "
+                        f"({digest.hex()[:16]}...): entries {held + 1}..{sequence} are missing (the ledger was "
+                        "truncated, restored from an older copy, or lost its -wal file)", owner_id, sequence)
+            return
+        if entry_hash(row.entry) != digest:
+            report.fail(f"differs from the entry {source} accepted ({digest.hex()[:16]}...): the ledger was "
+                        "rewritten (and re-signed) since, or replaced by another", owner_id, sequence)
+            return
+    if checked:
+        report.notes.append(f"checked against {checked} head(s) accepted by {source}")
+
+
+def _schema_problem(store: LedgerStore, version: int) -> str | None:
+    """The schema must be exactly privfl's for its version (same tables, indexes and triggers, same SQL)."""
+    if version not in SCHEMAS:
+        return f"schema version {version} is not one privfl writes ({', '.join(map(str, SCHEMAS))})"
     reference = sqlite3.connect(":memory:")
     try:
-        for statement in SCHEMA:
+        for statement in SCHEMAS[version]:
             reference.execute(statement)
         expected = _schema_of(reference)
     finally:

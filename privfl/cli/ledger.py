@@ -21,17 +21,37 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     show.set_defaults(handler=run_show)
 
     check = sub.add_parser(
-        "verify", help="check signatures, hash chain and epsilons; exit 0 intact, 1 not",
-        description="Walks every chain: signatures, sequence numbers, previous-hash links, and each stated "
-        "cumulative epsilon recomputed from the stored events. Exits 0 when intact, 1 naming the first bad entry.",
+        "verify", help="check a ledger (or a whole run) against keys and anchors from outside it; exit 0 intact, 1 not",
+        description="Walks every chain: signatures, sequence numbers, previous-hash links, each stated cumulative "
+        "epsilon recomputed from the stored events, the coordinator's anchors, and the -wal file. What one file "
+        "cannot show (entries removed from its end, an older copy, a history rewritten and re-signed by its owner, "
+        "a ledger regenerated under another key) needs something from outside it: the registered public key "
+        "(--public-key), the heads the coordinator accepted (--registry, or --expected-head noted by an auditor), "
+        "the coordinator's key (--coordinator-key). Given a run folder, verifies every ledger of the run and "
+        "cross-checks owner ledgers, the federation ledger, the registry and the run history against each other. "
+        "Exits 0 when intact, 1 naming the first problem.",
+        epilog="examples:\n"
+        "  privfl ledger verify runs/quickstart-20261201-101010            # a whole run, cross-checked\n"
+        "  privfl ledger verify st-mary/ledger.db --public-key coordinator/owner-keys/st-mary.pub \\\n"
+        "      --registry coordinator/registry.db --coordinator-key coordinator/coordinator.pub\n"
+        "  privfl ledger verify st-mary/ledger.db --expected-head 42:9f86d081884c7d65...",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    check.add_argument("path", type=Path, help="ledger file (.db)")
+    check.add_argument("path", type=Path, help="ledger file (.db), or a run folder (its history.json and ledgers)")
     check.add_argument("--public-key", action="append", default=[], metavar="[OWNER=]KEY",
-                       help="the owner's public key file (.pub) to check against instead of the key the ledger "
+                       help="the owner's registered public key (.pub) to check against instead of the key the ledger "
                        "records; for a federation ledger give OWNER=KEY once per owner")
+    check.add_argument("--registry", type=Path, metavar="REGISTRY_DB",
+                       help="the coordinator's registry: the ledger must hold every head the coordinator accepted "
+                       "(detects truncation, an older copy, a lost or damaged -wal, a re-signed history)")
+    check.add_argument("--coordinator-key", type=Path, metavar="COORDINATOR_PUB",
+                       help="the coordinator's public key, for the anchors of a federation ledger or registry")
+    check.add_argument("--expected-head", action="append", default=[], metavar="SEQUENCE:SHA256",
+                       help="a head noted earlier (e.g. from `privfl ledger show` or GetBudget): the ledger must "
+                       "still hold that entry, byte for byte (repeatable; OWNER:SEQUENCE:SHA256 for a federation "
+                       "ledger)")
     check.add_argument("--against", type=Path, metavar="FEDERATION_DB",
-                       help="also require every entry the federation ledger holds for this owner "
-                       "(detects entries removed from the end)")
+                       help="also require every entry the federation ledger holds for this owner")
     check.add_argument("--epsilon", choices=("all", "last", "none"), default="all",
                        help="which stated epsilons to recompute (default: all; 'last' is faster for PRV/PLD)")
     check.add_argument("--json", action="store_true", help="print the report as JSON")
@@ -44,17 +64,56 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     export.set_defaults(handler=run_export)
 
     serve = sub.add_parser(
-        "serve", help="serve the ledger read-only over gRPC (TLS) for auditors",
-        description="Runs the PrivacyLedger gRPC service (GetBudget, ListEntries, Verify) over TLS. "
-        "--insecure (plaintext) is accepted only on a loopback address.",
+        "serve", help="serve the ledger read-only over gRPC (TLS, mutual TLS) for auditors",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Runs the PrivacyLedger gRPC service (GetBudget, ListEntries, Verify) over TLS.\n\n"
+        "Answers come from a verified ledger: GetBudget and ListEntries first verify the whole file "
+        "(signatures,\nhash chains, epsilons; with --public-key against pinned keys) and refuse with "
+        "FAILED_PRECONDITION and the\nfirst problem when it is not intact. A verification is reused until the "
+        "file (or its -wal) changes.\n\n"
+        "--client-ca: mutual TLS; every client must present a certificate issued by that CA. Without it any\n"
+        "client that reaches the port can read every entry (a warning says so). --insecure (plaintext) is\n"
+        "accepted only on a loopback address.\n\n"
+        "Access list (needs --client-ca): the identity in a client's certificate (its URI SAN\n"
+        "privfl:auditor:ID, else its common name) limits which owners it may read. With --auditor or\n"
+        "--access given, an identity not listed is denied everything; asking for another owner is\n"
+        "PERMISSION_DENIED; ListEntries without an owner returns only the permitted owners' entries; Verify\n"
+        "is allowed only when the file holds no owner outside the caller's access. Access file (TOML):\n\n"
+        "    [auditors]\n"
+        "    \"dpo-st-mary\" = [\"st-mary\"]\n"
+        "    \"federation-dpo\" = [\"*\"]        # every owner",
+        epilog="example (certificates from privfl.pki, CA key kept offline):\n\n"
+        "  python - <<'EOF'\n"
+        "  from privfl import pki\n"
+        "  ca = pki.create_ca(\"st-mary ledger CA\", days=3650)\n"
+        "  pki.write_pair(ca, \"ca.pem\", \"ca.key\")\n"
+        "  pki.write_pair(pki.issue_server_cert(ca, [\"ledger.st-mary.org\", \"127.0.0.1\"], days=825),\n"
+        "                 \"server.pem\", \"server.key\")\n"
+        "  pki.write_pair(pki.issue_client_cert(ca, \"dpo-st-mary\", days=365),\n"
+        "                 \"dpo-st-mary.pem\", \"dpo-st-mary.key\")\n"
+        "  EOF\n"
+        "  privfl ledger serve st-mary.db --address 0.0.0.0:50061 \\\n"
+        "      --tls-cert server.pem --tls-key server.key --client-ca ca.pem \\\n"
+        "      --auditor dpo-st-mary=st-mary --public-key st-mary.pub\n\n"
+        "The auditor connects with ca.pem as the root and dpo-st-mary.pem/.key as its client certificate.",
     )
     serve.add_argument("path", type=Path, help="ledger file (.db)")
     serve.add_argument("--address", required=True, help="HOST:PORT to listen on, e.g. 127.0.0.1:50061")
-    serve.add_argument("--tls-cert", type=Path, help="PEM certificate chain")
+    serve.add_argument("--tls-cert", type=Path, help="PEM certificate chain of the server")
     serve.add_argument("--tls-key", type=Path, help="PEM private key of the certificate")
+    serve.add_argument("--client-ca", type=Path, metavar="CA.pem",
+                       help="require client certificates issued by this CA (mutual TLS)")
+    serve.add_argument("--auditor", action="append", default=[], metavar="ID=OWNER[,OWNER...]",
+                       help="let the client whose certificate names ID read only these owners ('*': every "
+                       "owner); repeatable; needs --client-ca")
+    serve.add_argument("--access", type=Path, metavar="ACCESS.toml",
+                       help="access list file: an [auditors] table of \"ID\" = [\"OWNER\", ...] (as --auditor)")
     serve.add_argument("--insecure", action="store_true", help="no TLS (loopback addresses only)")
     serve.add_argument("--public-key", action="append", default=[], metavar="[OWNER=]KEY",
-                       help="pin the key(s) the Verify call checks against (as for 'verify')")
+                       help="pin the key(s) every verification checks against (as for 'verify')")
+    serve.add_argument("--verify-epsilon", choices=("all", "last", "none"), default="all",
+                       help="which stated epsilons the verification behind every answer recomputes "
+                       "(default: all)")
     serve.set_defaults(handler=run_serve)
 
 
@@ -108,6 +167,8 @@ def run_verify(args: argparse.Namespace) -> int:
 
     from privfl.privacy.ledger import FederationLedger, LedgerError, verify
 
+    if args.path.is_dir():
+        return _verify_run(args)
     keys = _public_keys(args.public_key)
     anchors, source = [], "the anchors"
     if args.against is not None:
@@ -119,12 +180,83 @@ def run_verify(args: argparse.Namespace) -> int:
             anchors, source = federation.entries(), f"the federation ledger {args.against}"
         finally:
             federation.close()
+    anchored, anchored_source = _anchored_heads(args)
+    coordinator = _load_key(args.coordinator_key) if args.coordinator_key else None
     try:
-        report = verify(args.path, keys, epsilon_check=args.epsilon, anchors=anchors, anchors_source=source)
+        report = verify(args.path, keys, epsilon_check=args.epsilon, anchors=anchors, anchors_source=source,
+                        anchored=anchored, anchored_source=anchored_source, coordinator_key=coordinator)
     except ValueError as err:
         raise _ledger_error(err) from None
     print(json.dumps(report.to_dict(), indent=2) if args.json else report.summary())
     return 0 if report.ok else 1
+
+
+def _anchored_heads(args: argparse.Namespace) -> tuple[list, str]:
+    """Heads the ledger must hold: from the coordinator's registry, or noted by hand."""
+    from privfl.cli import UsageError
+    from privfl.privacy.ledger import LedgerError, verify
+    from privfl.privacy.ledger.registry import CoordinatorRegistry
+    from privfl.privacy.ledger.store import LedgerStore
+
+    heads: list = []
+    if args.registry is not None:
+        coordinator = _load_key(args.coordinator_key) if args.coordinator_key else None
+        checked = verify(args.registry, coordinator_key=coordinator)
+        if not checked.ok:
+            raise UsageError(f"the registry itself is not intact: {checked.problem}")
+        try:
+            with CoordinatorRegistry.open_readonly(args.registry) as registry:
+                heads = registry.anchors()
+        except LedgerError as err:
+            raise _ledger_error(err) from None
+    for value in args.expected_head:
+        parts = value.split(":")
+        try:
+            if len(parts) == 2:
+                store = LedgerStore.open_readonly(args.path)
+                try:
+                    owner = store.meta().get("owner_id") or ""
+                finally:
+                    store.close()
+                sequence, digest = int(parts[0]), bytes.fromhex(parts[1])
+            elif len(parts) == 3:
+                owner, sequence, digest = parts[0], int(parts[1]), bytes.fromhex(parts[2])
+            else:
+                raise ValueError
+            if len(digest) != 32:
+                raise ValueError
+        except (ValueError, LedgerError):
+            raise UsageError(f"--expected-head {value}: write SEQUENCE:SHA256 (64 hex digits), or "
+                             "OWNER:SEQUENCE:SHA256") from None
+        heads.append((owner, sequence, digest))
+    source = "the coordinator's registry" if args.registry is not None else "the expected head"
+    return heads, source
+
+
+def _load_key(path: Path):
+    from privfl.cli import UsageError
+    from privfl.privacy.keys import KeyFileError, load_public_key
+
+    try:
+        return load_public_key(path)
+    except KeyFileError as err:
+        raise UsageError(str(err)) from None
+
+
+def _verify_run(args: argparse.Namespace) -> int:
+    import json
+
+    from privfl.privacy.audit import audit_run
+
+    audit = audit_run(args.path)
+    if args.json:
+        print(json.dumps({"ok": audit.ok, "problems": audit.all_problems(), "notes": audit.unaggregated,
+                          "files": [r.to_dict() for r in audit.reports]}, indent=2))
+    else:
+        print(audit.summary())
+        for report in audit.reports:
+            print(report.summary() if not report.ok else f"{report.path}: INTACT ({report.ledger_kind} ledger)")
+    return 0 if audit.ok else 1
 
 
 def run_export(args: argparse.Namespace) -> int:
@@ -145,19 +277,47 @@ def run_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _access_policy(args: argparse.Namespace):
+    """--access FILE and --auditor ID=OWNERS -> AccessPolicy, or None when neither is given."""
+    from privfl.cli import UsageError
+    from privfl.privacy.ledger.service import AccessPolicy
+
+    if args.access is None and not args.auditor:
+        return None
+    try:
+        grants: dict[str, list[str]] = dict(AccessPolicy.read_toml(args.access)) if args.access else {}
+        for value in args.auditor:
+            identity, owners = AccessPolicy.parse_grant(value)
+            if identity in grants:
+                raise UsageError(f"auditor {identity!r} is given twice (--auditor/--access); list its owners once")
+            grants[identity] = owners
+        return AccessPolicy(grants)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+
+
 def run_serve(args: argparse.Namespace) -> int:
     from privfl.privacy.ledger import LedgerError
     from privfl.privacy.ledger.service import serve
 
     keys = _public_keys(args.public_key)
+    access = _access_policy(args)
     try:
         server, port = serve(args.path, args.address, tls_cert=args.tls_cert, tls_key=args.tls_key,
-                             insecure=args.insecure, public_keys=keys)
+                             client_ca=args.client_ca, access=access, insecure=args.insecure, public_keys=keys,
+                             epsilon_check=args.verify_epsilon)
     except (LedgerError, ValueError) as err:
         raise _ledger_error(err) from None
     host = args.address.rsplit(":", 1)[0]
-    print(f"serving {args.path} read-only on {host}:{port} ({'plaintext, loopback' if args.insecure else 'TLS'}); "
-          "Ctrl-C stops", flush=True)
+    if args.insecure:
+        transport = "plaintext, loopback"
+    elif args.client_ca:
+        transport = f"mutual TLS: client certificates from {args.client_ca}"
+    else:
+        transport = "TLS, no client certificates"
+    scope = "" if access is None else f"; access list of {len(access.grants)} auditor(s)"
+    print(f"serving {args.path} read-only on {host}:{port} ({transport}{scope}); answers only from a verified "
+          "ledger; Ctrl-C stops", flush=True)
     try:
         server.wait_for_termination()
     finally:
