@@ -95,6 +95,10 @@ class ExperimentConfig:
     federated_evaluation: str = setting(
         "last", "evaluate the global model at the owners (on their own data): last round | every round | off",
         one_of(FEDERATED_EVALUATION))
+    resume: bool = setting(
+        False, "continue the experiment in run-dir from its last checkpoint, in a new Flower run, under its "
+        "experiment id (its other settings must stay as they were; num-rounds may grow)")
+    initial_model: str = setting("", "start from these weights (a model.pt or checkpoints/model.pt of another run)")
     deployment: bool = setting(
         False, "the owners are real institutions (their own policies, data and ledgers); false: privfl enrols "
         "simulated owners in the federation folder")

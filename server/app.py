@@ -1,7 +1,7 @@
 """privfl's ServerApp: FedAvg over the owners that agree to train, evaluated at the owners.
 
-Thin on purpose: configuration, the task, strategy, receipts, evaluation and history
-each live in their own module; this one wires them for one run.
+Thin on purpose: configuration, the task, strategy, receipts, evaluation, history and
+checkpoints each live in their own module; this one wires them for one run.
 """
 
 from __future__ import annotations
@@ -12,16 +12,18 @@ import torch
 from flwr.app import ArrayRecord, Context
 from flwr.serverapp import Grid, ServerApp
 
-from privfl.config import ExperimentConfig
+from privfl.config import ConfigError, ExperimentConfig
 from privfl.devices import resolve_device
 from privfl.logs import get_logger
 from privfl.models import ModelSpec
 from privfl.protocol import RoundRequest, TrainingPlan
 from privfl.server import run_dir as artefacts
+from privfl.server.checkpoint import Checkpoint, federation_position, write_checkpoint
 from privfl.server.coordinator import open_coordinator_ledgers
 from privfl.server.evaluation import make_evaluate_fn
 from privfl.server.history import RunHistory
 from privfl.server.receipts import ReceiptCheck
+from privfl.server.resume import Start, fresh_start, resumed_start
 from privfl.server.strategy import BudgetAwareFedAvg
 from privfl.server.task import federation_task
 from privfl.task import check_model
@@ -33,25 +35,24 @@ app = ServerApp()
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
-    config = artefacts.settle(ExperimentConfig.from_mapping(context.run_config, source="run config"))
-    where = artefacts.prepare_run_dir(config)
-    log.info("privfl experiment %s, run directory: %s", config.experiment_id, where.run_dir)
+    asked = ExperimentConfig.from_mapping(context.run_config, source="run config")
+    start: Start = resumed_start(asked) if asked.resume else fresh_start(asked)
+    config, where = start.config, start.where
+    log.info("privfl experiment %s, run directory: %s%s", config.experiment_id, where.run_dir,
+             f" (resumed after round {start.completed})" if start.completed else "")
 
     task = federation_task(config, where)
     spec = ModelSpec(config.model, task.num_features, task.num_classes)
     model = check_model(spec, private=config.dp, seed=config.seed)  # fail here, once, not in every owner
+    if start.weights is not None:
+        try:
+            model.load_state_dict(start.weights)
+        except (RuntimeError, KeyError) as err:
+            raise ConfigError(f"the starting weights do not fit model {config.model!r}: "
+                              f"{str(err).splitlines()[0]}") from None
 
-    history = RunHistory(experiment=config.experiment, config=config.to_mapping(), experiment_id=config.experiment_id)
-
-    def on_evaluation(server_round: int, loss: float, accuracy: float) -> None:
-        record = history.round(server_round)
-        record.test_loss, record.test_accuracy = loss, accuracy
-        history.save(where.history)  # evaluation closes a round: persist it now
-
-    def on_round_end(server_round: int, arrays: ArrayRecord) -> None:
-        history.round(server_round)
-        history.save(where.history)
-
+    history = start.history or RunHistory(experiment=config.experiment, config=config.to_mapping(),
+                                          experiment_id=config.experiment_id)
     plan = TrainingPlan.from_config(config)
     stack = ExitStack()
     # A non-private run releases no DP events, so it keeps no federation ledger and anchors nothing.
@@ -63,6 +64,20 @@ def main(grid: Grid, context: Context) -> None:
         return RoundRequest(experiment_id=config.experiment_id, server_round=server_round, purpose=config.purpose,
                             privacy_unit="record", model=spec, plan=plan, owners_dir=str(where.owners_dir))
 
+    def on_evaluation(server_round: int, loss: float, accuracy: float) -> None:
+        record = history.round(server_round + strategy.round_offset)
+        record.test_loss, record.test_accuracy = loss, accuracy
+        history.save(where.history)  # evaluation closes a round: persist it now
+
+    def on_round_end(server_round: int, arrays: ArrayRecord) -> None:
+        """The round's receipts are committed: checkpoint it, so the experiment can resume after it."""
+        anchors, head = federation_position(where.federation_ledger) if config.dp else (0, "")
+        write_checkpoint(where.run_dir, Checkpoint(config.experiment_id, server_round, "", anchors=anchors,
+                                                   anchor_head=head, **strategy.state()),
+                         arrays.to_torch_state_dict())
+        history.round(server_round)
+        history.save(where.history)
+
     strategy = BudgetAwareFedAvg(
         request=request, fraction_train=config.fraction_train, history=history, receipts=receipts,
         # A simulation registers all its nodes at once; in a deployment, owners that
@@ -73,11 +88,14 @@ def main(grid: Grid, context: Context) -> None:
         (config.federated_evaluation == "last" and r == config.num_rounds),
     )
     strategy.timeout = config.round_timeout
+    if start.checkpoint is not None:
+        strategy.restore(start.completed, start.checkpoint.rng_state, start.checkpoint.refused_owners)
     evaluate_fn = make_evaluate_fn(spec, task.test, resolve_device(config.device), on_evaluation) \
         if task.test is not None else None
     with stack:
         result = strategy.start(grid=grid, initial_arrays=ArrayRecord(model.state_dict()),
-                                num_rounds=config.num_rounds, timeout=config.round_timeout, evaluate_fn=evaluate_fn)
+                                num_rounds=config.num_rounds - start.completed, timeout=config.round_timeout,
+                                evaluate_fn=evaluate_fn)
     final = result.arrays if len(result.arrays) else ArrayRecord(model.state_dict())  # no round trained
     torch.save(final.to_torch_state_dict(), where.run_dir / artefacts.MODEL)
     history.status = "finished"

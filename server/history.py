@@ -8,6 +8,7 @@ averaged with other owners'.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -43,6 +44,33 @@ class RunHistory:
     rounds: list[RoundRecord] = field(default_factory=list)
     owners: dict[str, dict[str, Any]] = field(default_factory=dict)  # owner -> latest privacy state
     status: str = "running"  # "finished" once the last round is saved: readers know the run is complete
+
+    @classmethod
+    def load(cls, path: Path, *, up_to_round: int | None = None) -> RunHistory:
+        """A saved history (to resume it), keeping the rounds up to ``up_to_round``."""
+        data = json.loads(path.read_text(encoding="utf-8"))
+        known = {f.name for f in dataclasses.fields(RoundRecord)}
+        rounds = [RoundRecord(**{k: v for k, v in r.items() if k in known}) for r in data.get("rounds", [])
+                  if up_to_round is None or r["round"] <= up_to_round]
+        history = cls(experiment=data["experiment"], config=data["config"],
+                      experiment_id=data.get("experiment_id", ""), status="running")
+        for record in rounds:  # owners' tallies from the rounds kept, as they were recorded
+            history.rounds.append(RoundRecord(record.round, record.test_loss, record.test_accuracy, record.train_loss,
+                                              aggregated=record.aggregated, failures=record.failures,
+                                              rejected_updates=record.rejected_updates,
+                                              evaluation_refused=record.evaluation_refused))
+            for receipt in record.receipts:
+                fields = {k: v for k, v in receipt.items() if k in PrivacyReceipt.__dataclass_fields__}
+                epsilon = fields.get("epsilon")
+                fields["epsilon"] = math.inf if epsilon == "inf" else (math.nan if epsilon is None else epsilon)
+                history.record_receipt(record.round, PrivacyReceipt(**fields))
+            for owner, figures in ((record.federated_evaluation or {}).get("owners") or {}).items():
+                history.record_evaluation(record.round, owner, figures["loss"], figures["accuracy"],
+                                          figures["num_examples"])
+            if record.federated_evaluation and record.federated_evaluation.get("accuracy") is not None:
+                history.record_federated_evaluation(record.round, record.federated_evaluation["loss"],
+                                                    record.federated_evaluation["accuracy"])
+        return history
 
     def round(self, number: int) -> RoundRecord:
         for record in self.rounds:

@@ -22,6 +22,7 @@ import math
 import random
 import time
 from collections.abc import Callable, Iterable
+from typing import Any
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
@@ -58,14 +59,33 @@ class BudgetAwareFedAvg(FedAvg):
         self.on_round_end = on_round_end
         self.refusing: dict[int, str] = {}  # node id -> why its owner will not train again
         self.not_evaluating: dict[int, str] = {}  # node id -> why its owner does not evaluate
+        self.refused_owners: dict[str, str] = {}  # the same by owner: node ids change when a run is resumed
+        self.round_offset = 0  # rounds completed before this Flower run (a resumed experiment)
         self._rng = random.Random(seed)
         self._global: ArrayRecord | None = None
+
+    # -- a resumed experiment: Flower counts this run's rounds from 1 -------------------
+
+    def state(self) -> dict:
+        return {"rng_state": _jsonable(self._rng.getstate()), "refused_owners": dict(self.refused_owners)}
+
+    def restore(self, completed_rounds: int, rng_state: list, refused_owners: dict[str, str]) -> None:
+        self.round_offset = completed_rounds
+        self._rng.setstate(_tupled(rng_state))
+        self.refused_owners = dict(refused_owners)
+
+    def _refuse(self, node: int, reason: str) -> None:
+        self.refusing[node] = reason
+        owner = self.receipts.owner_of(node)
+        if owner:
+            self.refused_owners[owner] = reason
 
     # -- training ----------------------------------------------------------------------
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
+        server_round += self.round_offset
         self._global = arrays
         nodes = self._wait_for_nodes(grid)
         self._identify(grid, server_round, [n for n in nodes if self.receipts.owner_of(n) is None
@@ -104,7 +124,7 @@ class BudgetAwareFedAvg(FedAvg):
             if protocol.OWNER not in content.config_records:
                 refusal = content[protocol.PRIVACY] if protocol.PRIVACY in content.config_records else {}
                 reason = str(refusal.get(protocol.UNSIGNED_REFUSAL, "no answer"))
-                self.refusing[node] = reason
+                self._refuse(node, reason)
                 owner = str(refusal.get(protocol.OWNER_ID, "")) or f"node-{node}"
                 self.history.record_receipt(server_round, PrivacyReceipt.unsigned_refusal(owner, reason))
                 log.warning("node %d cannot act as an owner (unsigned): %s", node, reason)
@@ -116,6 +136,8 @@ class BudgetAwareFedAvg(FedAvg):
             except ReceiptRejected as err:
                 log.error("node %d: %s", node, err)
                 continue
+            if owner in self.refused_owners:  # it refused before this experiment was resumed
+                self.refusing[node] = self.refused_owners[owner]
             anchored = self.receipts.anchored_head(owner)
             held = int(answer.get(protocol.HEAD_SEQUENCE, 0))
             if anchored is not None and held < anchored[0]:
@@ -131,6 +153,7 @@ class BudgetAwareFedAvg(FedAvg):
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        server_round += self.round_offset
         record = self.history.round(server_round)
         updates: list[Message] = []
         kept: list[tuple[Accepted, str]] = []  # receipts to keep and anchor, with what became of each
@@ -154,7 +177,7 @@ class BudgetAwareFedAvg(FedAvg):
             self.history.record_receipt(server_round, receipt)
             if receipt.status == protocol.REFUSED:
                 kept.append((accepted, REFUSED))
-                self.refusing[node] = receipt.reason
+                self._refuse(node, receipt.reason)
                 log.warning("round %d: owner %s refused%s: %s", server_round, receipt.owner_id or f"of node {node}",
                             "" if receipt.signed else " (unsigned)", receipt.reason)
                 continue
@@ -176,7 +199,7 @@ class BudgetAwareFedAvg(FedAvg):
             record.train_loss = float(metrics["train-loss"])
         return arrays, metrics
 
-    def _fail(self, record, server_round: int, node: int, what: str) -> None:
+    def _fail(self, record: Any, server_round: int, node: int, what: str) -> None:
         record.failures.append(f"node {node}: {what}")
         log.error("round %d: node %d %s", server_round, node, what)
 
@@ -209,6 +232,7 @@ class BudgetAwareFedAvg(FedAvg):
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
+        server_round += self.round_offset
         try:
             if not self.evaluate_rounds(server_round):
                 return []
@@ -221,6 +245,7 @@ class BudgetAwareFedAvg(FedAvg):
             self.on_round_end(server_round, arrays)  # training is settled: checkpoint the round
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        server_round += self.round_offset
         answers: list[Message] = []
         for reply in replies:
             node = reply.metadata.src_node_id
@@ -254,3 +279,11 @@ class BudgetAwareFedAvg(FedAvg):
                                                      float(aggregated["accuracy"]))
         return aggregated
 
+
+
+def _jsonable(value: Any) -> Any:
+    return [_jsonable(v) for v in value] if isinstance(value, (tuple, list)) else value
+
+
+def _tupled(value: Any) -> Any:
+    return tuple(_tupled(v) for v in value) if isinstance(value, list) else value

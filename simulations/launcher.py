@@ -172,12 +172,17 @@ class RoundProgress:
 
 def run_simulation(config: ExperimentConfig, *, log_to: Path | None = None, stream: bool = True) -> SimulationResult:
     """Run ``config`` as a whole federation on this machine; returns the run's history."""
-    config = artefacts.settle(config)
+    if config.resume:
+        config = resumable(config)
+    else:
+        config = artefacts.settle(config)
     where = artefacts.layout(config)
     run_dir = where.run_dir
-    if where.history.exists():
+    if where.history.exists() and not config.resume:
         raise SimulationError(f"{run_dir} already holds a run; choose another run directory")
     state_dir = run_dir / "flower"
+    if config.resume:  # a fresh SuperLink (state and log) for the new Flower run; the experiment's files stay
+        state_dir = run_dir / f"flower-resumed-{_resumes(run_dir)}"
     state_dir.mkdir(parents=True, exist_ok=True)
     ray_tmp = Path(tempfile.mkdtemp(prefix="privfl-ray-"))  # short: Ray's socket paths are length-limited
     port = _free_port()
@@ -193,7 +198,8 @@ def run_simulation(config: ExperimentConfig, *, log_to: Path | None = None, stre
     app = export_app(state_dir / "app")
 
     log_path = log_to or run_dir / "simulation.log"
-    print(f"privfl: running '{config.experiment}' ({config.num_owners or 'all'} owners, {config.num_rounds} rounds, "
+    verb = "resuming" if config.resume else "running"
+    print(f"privfl: {verb} '{config.experiment}' ({config.num_owners or 'all'} owners, {config.num_rounds} rounds, "
           f"{'DP-SGD' if config.dp else 'non-private'}) in {run_dir}", flush=True)
     try:
         with _superlink(env, state_dir, port) as superlink:
@@ -214,6 +220,23 @@ def run_simulation(config: ExperimentConfig, *, log_to: Path | None = None, stre
     audit = audit_run(run_dir) if config.dp else None
     reports = write_run_report(run_dir) if audit is not None else []
     return SimulationResult(run_dir=run_dir, history=history, audit=audit, reports=reports)
+
+
+def resumable(config: ExperimentConfig) -> ExperimentConfig:
+    """The experiment recorded in run-dir, to resume (its settings, with num-rounds as asked)."""
+    run_dir = Path(config.run_dir).resolve()
+    try:
+        recorded = json.loads((run_dir / artefacts.CONFIG).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise SimulationError(f"{run_dir} holds no experiment to resume ({artefacts.CONFIG} is missing)") from None
+    if not (run_dir / "checkpoints" / "state.json").exists():
+        raise SimulationError(f"{run_dir} has no checkpoint: no round was completed, so there is nothing to resume")
+    return ExperimentConfig.from_mapping({**recorded, "resume": True, "num-rounds": config.num_rounds},
+                                         source=str(run_dir / artefacts.CONFIG))
+
+
+def _resumes(run_dir: Path) -> int:
+    return 1 + sum(1 for p in run_dir.glob("flower-resumed-*"))
 
 
 def _num_owners(config: ExperimentConfig) -> int:

@@ -22,7 +22,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         epilog=f"named experiments: {', '.join(named_configs())}\n\nconfig keys (--set KEY=VALUE):\n{keys}",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("experiment", help="a named experiment (see below) or a path to a TOML config file")
+    parser.add_argument("experiment", nargs="?",
+                        help="a named experiment (see below) or a path to a TOML config file")
+    parser.add_argument("--resume", type=Path, metavar="RUN_DIR",
+                        help="resume the experiment in RUN_DIR from its last completed round, in a new Flower run "
+                        "(its settings and experiment id; --set num-rounds=N may extend it)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override one config key, e.g. --set num-rounds=5 (repeatable)")
     parser.add_argument("--run-dir", type=Path, help="where to write the run (default ./runs/<experiment>-<time>)")
@@ -53,6 +57,10 @@ def load_config(name_or_path: str, overrides: list[str]) -> ExperimentConfig:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.resume is not None:
+        return resume(args)
+    if not args.experiment:
+        raise ConfigError("name an experiment (or a .toml file), or give --resume RUN_DIR")
     config = load_config(args.experiment, args.overrides)
     if args.run_dir:
         config = config.replace(run_dir=str(args.run_dir))
@@ -72,4 +80,25 @@ def run(args: argparse.Namespace) -> int:
         baseline = baseline.replace(run_dir=str(private_dir.with_name(f"{private_dir.name}-{baseline.experiment}")))
         runs.append(run_simulation(baseline, stream=args.verbose))
     problems = print_summary(runs, max_failed_updates=args.max_failed_updates)
+    return 1 if problems else 0
+
+
+def resume(args: argparse.Namespace) -> int:
+    import json
+
+    from privfl.simulations.launcher import run_simulation
+    from privfl.simulations.summary import print_summary
+
+    if args.experiment or args.baseline:
+        raise ConfigError("--resume takes the experiment from RUN_DIR: give no experiment name and no --baseline")
+    recorded = json.loads((args.resume / "config.json").read_text(encoding="utf-8")) \
+        if (args.resume / "config.json").is_file() else {}
+    overrides = dict(parse_override(o) for o in args.overrides)
+    unknown = sorted(set(overrides) - {"num-rounds"})
+    if unknown:
+        raise ConfigError(f"a resumed experiment keeps its settings; only num-rounds may be set (not {unknown})")
+    config = ExperimentConfig.from_mapping({**recorded, **overrides, "run-dir": str(args.resume.resolve()),
+                                            "resume": True}, source=str(args.resume / "config.json"))
+    problems = print_summary([run_simulation(config, stream=args.verbose)],
+                             max_failed_updates=args.max_failed_updates)
     return 1 if problems else 0
