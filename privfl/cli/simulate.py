@@ -62,6 +62,8 @@ def run(args: argparse.Namespace) -> int:
     if not args.experiment:
         raise ConfigError("name an experiment (or a .toml file), or give --resume RUN_DIR")
     config = load_config(args.experiment, args.overrides)
+    if ":" in config.model:
+        importable(Path(args.experiment).resolve().parent if args.experiment.endswith(".toml") else None)
     if args.run_dir:
         config = config.replace(run_dir=str(args.run_dir))
     if args.max_failed_updates < 0:
@@ -102,3 +104,21 @@ def resume(args: argparse.Namespace) -> int:
     problems = print_summary([run_simulation(config, stream=args.verbose)],
                              max_failed_updates=args.max_failed_updates)
     return 1 if problems else 0
+
+
+def importable(config_folder: Path | None) -> None:
+    """Make a user's own model module importable here and in every Flower process of the run.
+
+    ``model = "my_model:make_model"`` names a module next to the experiment's config
+    file or in the current folder: both go on ``sys.path`` and ``PYTHONPATH`` (which
+    the SuperLink, the ServerApp, and the simulated ClientApps inherit).
+    """
+    import os
+    import sys
+
+    folders = [str(Path.cwd())] + ([str(config_folder)] if config_folder else [])
+    for folder in reversed(folders):
+        if folder not in sys.path:
+            sys.path.insert(0, folder)
+    known = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    os.environ["PYTHONPATH"] = os.pathsep.join([*folders, *[p for p in known if p not in folders]])
