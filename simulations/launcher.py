@@ -218,7 +218,7 @@ def run_simulation(config: ExperimentConfig, *, log_to: Path | None = None, stre
     history = json.loads(where.history.read_text(encoding="utf-8"))
     checkpoint_ledgers(where, history)
     audit = audit_run(run_dir) if config.dp else None
-    reports = write_run_report(run_dir) if audit is not None else []
+    reports = write_run_report(run_dir, cross_checks=audit.problems) if audit is not None else []
     return SimulationResult(run_dir=run_dir, history=history, audit=audit, reports=reports)
 
 

@@ -28,6 +28,7 @@ from privfl.privacy.ledger import BudgetExceeded, FederationLedger, OwnerLedger,
 from privfl.privacy.ledger.export import read_ledger
 from privfl.privacy.report import (
     CSV_COLUMNS,
+    SCHEMA_VERSION,
     ProcessingRecordError,
     build_report,
     example_path,
@@ -93,13 +94,21 @@ def build_small_run(folder: Path) -> dict:
                 sent.setdefault(rnd, {})["clinic-c"] = entry.kind
     rounds = [{"round": 0, "test_loss": 2.3, "test_accuracy": 0.1, "participants": [], "refused": {}}]
     for rnd in range(1, 5):
+        trained = sorted(o for o, k in sent[rnd].items() if k == "charge")
+        evaluated = {o: {"loss": 1.0 / rnd + i / 10, "accuracy": 0.5 + 0.05 * rnd + i / 100, "num_examples": 40 + i}
+                     for i, o in enumerate(trained)}
         rounds.append({
-            "round": rnd, "test_loss": 2.0 / rnd, "test_accuracy": 0.5 + 0.1 * rnd,
-            "participants": sorted(o for o, k in sent[rnd].items() if k == "charge"),
-            "refused": {o: "budget" for o, k in sent[rnd].items() if k == "refusal"}})
+            "round": rnd, "test_loss": 2.0 / rnd, "test_accuracy": 0.5 + 0.1 * rnd, "participants": trained,
+            "refused": {o: "budget" for o, k in sent[rnd].items() if k == "refusal"},
+            "federated_evaluation": {
+                "loss": sum(e["loss"] * e["num_examples"] for e in evaluated.values())
+                / sum(e["num_examples"] for e in evaluated.values()),
+                "accuracy": sum(e["accuracy"] * e["num_examples"] for e in evaluated.values())
+                / sum(e["num_examples"] for e in evaluated.values()),
+                "num_examples": sum(e["num_examples"] for e in evaluated.values()), "owners": evaluated}})
     history = {"experiment": "report-test", "status": "finished", "final_test_accuracy": 0.9,
-               "config": {"dataset": "digits", "model": "logreg", "dp": True, "epsilon-budget": 10.0,
-                          "delta": 1e-5, "accountant": "rdp"}, "owners": {}, "rounds": rounds}
+               "config": {"experiment-id": RUN, "dataset": "digits", "model": "logreg", "dp": True,
+                          "epsilon-budget": 10.0, "delta": 1e-5, "accountant": "rdp"}, "owners": {}, "rounds": rounds}
     (folder / "history.json").write_text(json.dumps(history), encoding="utf-8")
     return {"folder": folder, "ledgers": ledgers, "keys": keys, "history": folder / "history.json",
             "owners": sorted(private), "sent": sent}
@@ -238,6 +247,7 @@ def test_every_figure_is_recomputed_from_the_ledger_events(small_run, full_repor
 
 def test_history_rounds_carry_each_owners_epsilon_from_the_ledger(small_run, full_report):
     history = full_report.document["history"]
+    assert history["experiment_id"] == RUN
     assert history["matched_run_id"] == RUN and history["evidence"] == "run-history"
     source = json.loads(small_run["history"].read_text())
     # Each owner's lifetime epsilon after round r of run-1, recomputed from its ledger's events.
@@ -262,13 +272,14 @@ def test_history_rounds_carry_each_owners_epsilon_from_the_ledger(small_run, ful
 def test_csv_has_one_row_per_entry_with_the_json_figures(full_report):
     rows = list(csv.DictReader(io.StringIO(render_csv(full_report))))
     assert tuple(rows[0]) == CSV_COLUMNS
-    flat = [(o, r) for o in full_report.owners for r in o["entries"]]
+    flat = [(o, r) for o in full_report.owners for r in o.entries]
     assert len(rows) == len(flat)
     for row, (owner, entry) in zip(rows, flat):
-        assert row["owner_id"] == owner["owner_id"] and int(row["sequence"]) == entry["sequence"]
-        assert float(row["epsilon_cumulative"]) == entry["epsilon_cumulative"]
-        assert row["epsilon_release"] == ("" if entry["epsilon_release"] is None else repr(entry["epsilon_release"]))
+        assert row["owner_id"] == owner.owner_id and int(row["sequence"]) == entry.sequence
+        assert float(row["epsilon_cumulative"]) == entry.epsilon_cumulative
+        assert row["epsilon_release"] == ("" if entry.epsilon_release is None else repr(entry.epsilon_release))
         assert row["ledger_intact"] == "true" and row["key_independently_supplied"] == "true"
+        assert row["purpose_declared"] == ""  # no processing record: not checked
 
 
 def test_json_report_matches_its_published_schema(full_report, small_run):
@@ -279,7 +290,7 @@ def test_json_report_matches_its_published_schema(full_report, small_run):
     validator.validate(json.loads(render_json(full_report)))
     federation_only = build_report(small_run["ledgers"] / "federation.db")
     validator.validate(json.loads(render_json(federation_only)))
-    assert full_report.document["schema_version"] == "1.0"
+    assert full_report.document["schema_version"] == SCHEMA_VERSION == "1.1"
 
 
 # --------------------------------------------------------------------------- what is proved, what is declared
@@ -289,25 +300,26 @@ def test_federation_ledger_alone_is_a_partial_view_and_says_so(small_run):
     report = build_report([small_run["ledgers"] / "federation.db"], keys=small_run["keys"])
     assert report.intact
     a = report.owner("hospital-a")
-    assert a["source"]["ledger_kind"] == "federation" and not a["source"]["chain_complete"]
-    assert a["source"]["first_sequence"] == 3  # the two releases for another federation are not here
-    assert a["epsilon_spent_basis"] == "owner-signed-partial"
-    assert a["epsilon_spent"] == a["epsilon_spent_stated"]
-    assert a["epsilon_spent_recomputed_lower_bound"] < a["epsilon_spent"]
+    assert a.source.ledger_kind == "federation" and not a.source.chain_complete
+    assert a.source.first_sequence == 3  # the two releases for another federation are not here
+    assert a.epsilon_spent_basis == "owner-signed-partial"
+    assert a.epsilon_spent == a.epsilon_spent_stated
+    assert a.epsilon_spent_recomputed_lower_bound < a.epsilon_spent
+    assert a.outlook.rounds_left is None and "part of the owner's chain" in a.outlook.note  # not guessed
     assert any("partial copy" in w for w in report.warnings)
     full = build_report([small_run["ledgers"] / "hospital-a.db"], keys=small_run["keys"]).owner("hospital-a")
-    assert full["charges"] == a["charges"] + 4  # the owner's own ledger holds more (other federations)
+    assert full.charges == a.charges + 4  # the owner's own ledger holds more (other federations)
     # The federation's last copy is the owner's entry 6, signed with the epsilon recomputed over entries 1-6.
-    assert a["epsilon_spent"] == full["entries"][5]["epsilon_cumulative_stated"]
-    assert _close(a["epsilon_spent"], full["entries"][5]["epsilon_cumulative"])
+    assert a.epsilon_spent == full.entries[5].epsilon_cumulative_stated
+    assert _close(a.epsilon_spent, full.entries[5].epsilon_cumulative)
     b = report.owner("hospital-b")
-    assert b["source"]["chain_complete"] and b["epsilon_spent_basis"] == "recomputed"
+    assert b.source.chain_complete and b.epsilon_spent_basis == "recomputed"
 
 
 def test_keys_read_from_the_ledger_files_are_flagged(small_run):
     report = build_report(_all_ledgers(small_run))
     assert report.intact and report.ok
-    assert not any(o["integrity"]["key_independently_supplied"] for o in report.owners)
+    assert not any(o.integrity.key_independently_supplied for o in report.owners)
     assert any("read from the ledger files themselves" in w for w in report.warnings)
     measures = {m["id"]: m for m in report.document["gdpr"]["article_32"]}
     assert measures["keys_independent"]["status"] == "not met"
@@ -317,8 +329,8 @@ def test_keys_read_from_the_ledger_files_are_flagged(small_run):
 
 def test_owner_ledgers_are_checked_against_the_federation_copies(full_report):
     for owner in full_report.owners:
-        assert owner["integrity"]["checked_against"], owner["owner_id"]
-        assert owner["integrity"]["key_independently_supplied"]
+        assert owner.integrity.checked_against, owner.owner_id
+        assert owner.integrity.key_independently_supplied
     measures = {m["id"]: m for m in full_report.document["gdpr"]["article_32"]}
     assert measures["truncation_checked"]["status"] == "met"
     assert measures["signed_entries"]["status"] == "met"
@@ -345,10 +357,10 @@ def test_processing_record_is_shown_as_owner_declared(small_run):
     assert items["ledger.purposes"]["evidence"] == "ledger-verified"
     undeclared = next(s for s in sections if s["record"] is None)
     assert set(undeclared["owners"]) == {"hospital-b", "clinic-c"} and "controller.name" in undeclared["missing"]
-    registry = {i["field"]: i for i in report.owner("hospital-a")["epsilon_registry"]}
+    registry = {i["field"]: i for i in report.owner("hospital-a").epsilon_registry}
     assert registry["budget_set_by"]["value"] == "Research data governance board"
     assert registry["budget_set_by"]["evidence"] == "owner-declared"
-    other = {i["field"]: i for i in report.owner("hospital-b")["epsilon_registry"]}
+    other = {i["field"]: i for i in report.owner("hospital-b").epsilon_registry}
     assert other["budget_set_by"]["evidence"] == "not-declared"
     # The example declares budget 10 and delta 1e-3; hospital-a's ledger says 10 and 1e-5.
     assert any("declares delta 0.001" in w for w in report.warnings)
@@ -383,10 +395,10 @@ def test_a_flipped_byte_is_reported_prominently_and_strict_fails(run_copy, tmp_p
     assert not report.intact and not report.ok
     assert report.document["status"]["verdict"] == "NOT INTACT"
     b = report.owner("hospital-b")
-    assert not b["integrity"]["intact"] and "entry 2" in b["integrity"]["problem"]
-    assert b["integrity"]["evidence"] == "ledger-unverified"
-    assert {i["field"]: i for i in b["epsilon_registry"]}["epsilon"]["evidence"] == "ledger-unverified"
-    assert report.owner("clinic-c")["integrity"]["intact"]  # the others still verify
+    assert not b.integrity.intact and "entry 2" in b.integrity.problem
+    assert b.integrity.evidence == "ledger-unverified"
+    assert {i["field"]: i for i in b.epsilon_registry}["epsilon"]["evidence"] == "ledger-unverified"
+    assert report.owner("clinic-c").integrity.intact  # the others still verify
     assert any("hospital-b.db: NOT INTACT" in p and "entry 2" in p for p in report.problems)
     top = _banner_before_title(render_html(report, figures=[]))
     assert "NOT INTACT" in top and "TAMPERING" in top and "hospital-b.db" in top
@@ -394,9 +406,10 @@ def test_a_flipped_byte_is_reported_prominently_and_strict_fails(run_copy, tmp_p
     assert measures["signed_entries"]["status"] == "failed"
 
     out = tmp_path / "report.html"
-    assert cli_main(["report", str(run_copy["folder"]), "--out", str(out)]) == 0  # written, not strict
+    # A damaged ledger: the report is written (red banner first) and the command fails, --strict or not.
+    assert cli_main(["report", str(run_copy["folder"]), "--out", str(out)]) == 1
     assert "NOT INTACT" in _banner_before_title(out.read_text())
-    assert cli_main(["report", str(run_copy["folder"]), "--out", str(out), "--strict"]) == 1
+    assert cli_main(["report", str(run_copy["folder"]), "--out", str(out), "--strict", "--jobs", "1"]) == 1
     err = capsys.readouterr().err
     assert "NOT INTACT" in err and "hospital-b" in err
 
@@ -426,8 +439,8 @@ def test_an_edited_row_in_the_federation_ledger_is_reported(run_copy):
     federation = next(lg for lg in report.document["ledgers"] if lg["ledger_kind"] == "federation")
     assert not federation["intact"] and "round" in federation["problem"]
     # The owners' own ledgers are intact; they were not checked against an unreliable federation copy.
-    assert report.owner("clinic-c")["integrity"]["intact"]
-    assert report.owner("clinic-c")["integrity"]["checked_against"] == []
+    assert report.owner("clinic-c").integrity.intact
+    assert report.owner("clinic-c").integrity.checked_against == []
 
 
 def test_entries_removed_from_the_end_are_caught_against_the_federation(run_copy):
@@ -436,15 +449,15 @@ def test_entries_removed_from_the_end_are_caught_against_the_federation(run_copy
     assert alone.intact  # one file alone cannot show a shorter chain
     both = build_report(_all_ledgers(run_copy), keys=run_copy["keys"])
     assert not both.intact
-    assert "clinic-c" in both.owner("clinic-c")["integrity"]["problem"]
-    assert "entry 4" in both.owner("clinic-c")["integrity"]["problem"]
+    assert "clinic-c" in both.owner("clinic-c").integrity.problem
+    assert "entry 4" in both.owner("clinic-c").integrity.problem
 
 
 def test_a_ledger_signed_under_another_key_is_not_intact(small_run):
     wrong = {"clinic-c": load_public_key(small_run["keys"] / "hospital-a.pub")}
     report = build_report([small_run["ledgers"] / "clinic-c.db"], keys=wrong)
     assert not report.intact
-    assert "expected the owner's key" in report.owner("clinic-c")["integrity"]["problem"]
+    assert "expected the owner's key" in report.owner("clinic-c").integrity.problem
 
 
 def test_a_file_that_is_not_a_ledger_is_reported_not_crashed(small_run, tmp_path):
@@ -453,7 +466,7 @@ def test_a_file_that_is_not_a_ledger_is_reported_not_crashed(small_run, tmp_path
     report = build_report([junk, small_run["ledgers"] / "clinic-c.db"])
     assert not report.intact
     assert any("junk.db" in p for p in report.problems)
-    assert report.owner("clinic-c")["integrity"]["intact"]
+    assert report.owner("clinic-c").integrity.intact
 
 
 # --------------------------------------------------------------------------- run folders and the command
@@ -469,7 +482,8 @@ def test_write_run_report_writes_every_format_from_a_run_folder(run_copy):
     measures = {m["id"]: m for m in doc["gdpr"]["article_32"]}
     assert measures["key_files_0600"]["status"] == "met"  # keys/ holds the private keys, mode 0600
     html = (run_copy["folder"] / "report.html").read_text()
-    assert html.count('src="data:image/png;base64,') == 3  # epsilon, budget left, privacy-utility
+    # budget used, lifetime epsilon, privacy-utility, federated evaluation
+    assert html.count('src="data:image/png;base64,') == 4
     assert (run_copy["folder"] / "report.pdf").read_bytes().startswith(b"%PDF-")
     only = write_run_report(run_copy["folder"], formats=["json"], out_dir=run_copy["folder"] / "out")
     assert [p.name for p in only] == ["report.json"]
@@ -508,7 +522,7 @@ def test_html_is_self_contained(full_report):
     lowered = html.lower()
     for outside in ("http://", "https://", "<script", "<link", "@import", "url(", "<iframe", "//fonts"):
         assert outside not in lowered, outside
-    assert html.count("data:image/png;base64,") == 3
+    assert html.count("data:image/png;base64,") == 4
 
 
 def test_a_signed_entry_stating_a_wrong_epsilon_is_not_intact(tmp_path):
@@ -537,8 +551,8 @@ def test_a_signed_entry_stating_a_wrong_epsilon_is_not_intact(tmp_path):
     report = build_report(path, keys={"liar": key.public_key()})
     assert not report.intact
     owner = report.owner("liar")
-    assert owner["stated_epsilons_not_matching"] == [3] and owner["entries"][2]["epsilon_stated_matches"] is False
+    assert owner.stated_epsilons_not_matching == [3] and owner.entries[2].epsilon_stated_matches is False
     expected = get_accountant("rdp").epsilon([event] * 3, 1e-5)
-    assert _close(owner["epsilon_spent"], expected)  # the report shows the recomputed figure, not the stated 0.5
-    assert "entry 3: states cumulative epsilon 0.5" in owner["integrity"]["problem"]
+    assert _close(owner.epsilon_spent, expected)  # the report shows the recomputed figure, not the stated 0.5
+    assert "entry 3: states cumulative epsilon 0.5" in owner.integrity.problem
     assert "states cumulative epsilon 0.5" in report.document["ledgers"][0]["problem"]

@@ -22,7 +22,9 @@ def test_report_bench_quick_runs(tmp_path):
     assert data["benchmark"] == "report_bench" and data["quick"] is True
     assert data["settings"]["owners"] == 12 and data["settings"]["rounds"] == 6
     phases = [r for r in data["results"] if "build_s" in r]
-    commands = [r for r in data["results"] if "cli_html_s" in r]
+    commands = [r for r in data["results"] if "cli_s" in r]
     assert phases and commands
     assert all(r["intact"] and r["owners"] == 12 and r["build_s"] > 0 and r["html_s"] > 0 for r in phases)
-    assert all(r["cli_html_s"] > 0 for r in commands)
+    assert {r["format"] for r in commands} == {"html", "json"}
+    assert all(r["cli_s"] > 0 and r["target"] in ("met", "MISSED") and r["target_s"] == 5.0 for r in commands)
+    assert "target 5 s" in done.stdout

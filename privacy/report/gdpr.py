@@ -13,11 +13,13 @@ ledger), ``limitation`` (a known weakness, disclosed), ``not checked``.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
 from privfl.privacy.ledger.epsilon import EPSILON_ABS_TOL, EPSILON_REL_TOL
 from privfl.privacy.report import evidence as ev
+from privfl.privacy.report.model import HistorySection, LedgerIntegrity, OwnerStatement, Release
 from privfl.privacy.report.processing_record import ProcessingRecord, records_for
 
 ARTICLE_30_FIELDS = (
@@ -29,6 +31,7 @@ ARTICLE_30_FIELDS = (
     ("data_protection_officer", "name", "Art. 30(1)(a), Art. 37", "Data protection officer"),
     ("data_protection_officer", "contact", "Art. 30(1)(a), Art. 37(7)", "DPO's contact"),
     ("processing", "purpose", "Art. 30(1)(b)", "Purpose of the processing"),
+    ("processing", "purposes", "Art. 5(1)(b), Art. 30(1)(b)", "Purposes ledger entries may be signed with"),
     ("processing", "legal_basis", "Art. 6(1), Art. 9(2)", "Legal basis"),
     ("processing", "data_subjects", "Art. 30(1)(c)", "Categories of data subjects"),
     ("processing", "data_categories", "Art. 30(1)(c)", "Categories of personal data"),
@@ -41,11 +44,11 @@ ARTICLE_30_FIELDS = (
 )
 
 
-def article_30(records: list[ProcessingRecord], owners: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def article_30(records: list[ProcessingRecord], owners: list[OwnerStatement]) -> list[dict[str, Any]]:
     """One record of processing per processing record given (and one for owners without a record)."""
-    groups: list[tuple[ProcessingRecord | None, list[dict[str, Any]]]] = []
+    groups: list[tuple[ProcessingRecord | None, list[OwnerStatement]]] = []
     for owner in owners:
-        record = records_for(records, owner["owner_id"])
+        record = records_for(records, owner.owner_id)
         for held, members in groups:
             if held is record:
                 members.append(owner)
@@ -64,8 +67,8 @@ def article_30(records: list[ProcessingRecord], owners: list[dict[str, Any]]) ->
             items.append({"field": f"{section}.{key}", "reference": reference, "label": label,
                           "value": value if declared else None,
                           "evidence": ev.OWNER_DECLARED if declared else ev.NOT_DECLARED})
-        purposes = sorted({p for o in members for p in o["purposes"]})
-        intact = all(o["integrity"]["intact"] for o in members)
+        purposes = sorted({p for o in members for p in o.purposes})
+        intact = all(o.intact for o in members)
         items.append({"field": "ledger.purposes", "reference": "Art. 30(1)(b), Art. 5(1)(b)",
                       "label": "Purpose each release was signed with (ledger)", "value": purposes,
                       "evidence": ev.LEDGER_VERIFIED if intact else ev.LEDGER_UNVERIFIED})
@@ -77,7 +80,7 @@ def article_30(records: list[ProcessingRecord], owners: list[dict[str, Any]]) ->
             "record": record.source if record else None,
             "record_id": record.get("", "record_id") if record else None,
             "last_reviewed": record.get("", "last_reviewed") if record else None,
-            "owners": [o["owner_id"] for o in members],
+            "owners": [o.owner_id for o in members],
             "items": items,
             "missing": [i["field"] for i in items if i["evidence"] == ev.NOT_DECLARED],
         })
@@ -89,30 +92,30 @@ def _measure(id_: str, reference: str, measure: str, status: str, evidence: str,
             "detail": detail}
 
 
-def _ledger_evidence(owners: list[dict[str, Any]]) -> str:
-    return ev.LEDGER_VERIFIED if owners and all(o["integrity"]["intact"] for o in owners) else ev.LEDGER_UNVERIFIED
+def _ledger_evidence(owners: list[OwnerStatement]) -> str:
+    return ev.LEDGER_VERIFIED if owners and all(o.intact for o in owners) else ev.LEDGER_UNVERIFIED
 
 
-def _within(row: dict[str, Any]) -> bool | None:
-    c = row["epsilon_cumulative"]
+def _within(row: Release) -> bool | None:
+    c = row.epsilon_cumulative
     if c is None:
         return None
-    if c == "inf":
+    if math.isinf(c):
         return False
-    return c <= row["epsilon_budget"] * (1 + EPSILON_REL_TOL) + EPSILON_ABS_TOL
+    return c <= row.epsilon_budget * (1 + EPSILON_REL_TOL) + EPSILON_ABS_TOL
 
 
-def article_25(owners: list[dict[str, Any]], history: dict[str, Any] | None) -> list[dict[str, Any]]:
-    charges = [r for o in owners for r in o["entries"] if r["kind"] == "charge"]
+def article_25(owners: list[OwnerStatement], history: HistorySection | None) -> list[dict[str, Any]]:
+    charges = [r for o in owners for r in o.entries if r.kind == "charge"]
     n = len(charges)
-    noisy = sum(1 for r in charges if (r["event"]["noise_multiplier"] or 0) > 0 and r["mechanism"] != "unknown")
+    noisy = sum(1 for r in charges if (r.event.noise_multiplier or 0) > 0 and r.mechanism != "unknown")
     within = [_within(r) for r in charges]
     over = sum(1 for w in within if w is False)
     unknown = sum(1 for w in within if w is None)
-    refusals = sum(o["refusals"] for o in owners)
-    bound = sum(1 for r in charges if r["update_hash"])
-    named = sum(1 for o in owners for r in o["entries"] if r["privacy_unit"] in ("record", "owner"))
-    entries = sum(len(o["entries"]) for o in owners)
+    refusals = sum(o.refusals for o in owners)
+    bound = sum(1 for r in charges if r.update_hash)
+    named = sum(1 for o in owners for r in o.entries if r.privacy_unit in ("record", "owner"))
+    entries = sum(len(o.entries) for o in owners)
     led = _ledger_evidence(owners)
 
     def status(ok: int, total: int) -> str:
@@ -146,7 +149,20 @@ def article_25(owners: list[dict[str, Any]], history: dict[str, Any] | None) -> 
                  ev.PRIVFL_DESIGN, "federated learning: each owner trains where its data is and sends only a model "
                  "update; the ledger records releases, not data movements, so it cannot show this"),
     ]
-    config = (history or {}).get("config") or {}
+    checked = [o for o in owners if o.purpose_check.status != "not-checked"]
+    mismatched = [o.owner_id for o in checked if o.purpose_check.status == "mismatch"]
+    measures.append(_measure(
+        "purpose_limitation", "Art. 5(1)(b), Art. 25(1)",
+        "Every release signed with a purpose the owner's processing record declares",
+        "not checked" if not checked else ("not met" if mismatched else "met"),
+        (ev.RECOMPUTED if led == ev.LEDGER_VERIFIED else ev.LEDGER_UNVERIFIED) if checked else ev.NOT_DECLARED,
+        f"{len(checked) - len(mismatched)} of {len(checked)} owners with declared purposes signed every entry with "
+        f"one of them" + (f"; undeclared purposes: {', '.join(mismatched[:10])}"
+                          f"{' ...' if len(mismatched) > 10 else ''}" if mismatched else "")
+        + ("" if len(checked) == len(owners) else
+           f"; {len(owners) - len(checked)} owner(s) have no processing record declaring purposes "
+           "([processing] purposes)")))
+    config = (history.config if history else None) or {}
     if "dp" in config:
         measures.append(_measure(
             "privacy_by_default", "Art. 25(2)", "Privacy by default: DP-SGD unless explicitly switched off",
@@ -163,19 +179,19 @@ def article_25(owners: list[dict[str, Any]], history: dict[str, Any] | None) -> 
     return measures
 
 
-def article_32(owners: list[dict[str, Any]], ledgers: list[dict[str, Any]],
+def article_32(owners: list[OwnerStatement], ledgers: list[LedgerIntegrity],
                key_modes: Mapping[str, Any] | None) -> list[dict[str, Any]]:
-    intact = [lg for lg in ledgers if lg["intact"]]
+    intact = [lg for lg in ledgers if lg.intact]
     all_intact = bool(ledgers) and len(intact) == len(ledgers)
     verified_status = "met" if all_intact else "failed"
     verified_ev = ev.CHECKED_NOW if all_intact else ev.LEDGER_UNVERIFIED
-    entries = sum(lg["entries_checked"] for lg in ledgers)
-    epsilons = sum(lg["epsilons_checked"] for lg in ledgers)
+    entries = sum(lg.entries_checked for lg in ledgers)
+    epsilons = sum(lg.epsilons_checked for lg in ledgers)
     n = len(owners)
-    pinned = sum(1 for o in owners if o["integrity"]["key_independently_supplied"])
-    anchored = sum(1 for o in owners if o["integrity"]["checked_against"])
-    own_ledgers = sum(1 for o in owners if o["source"]["ledger_kind"] == "owner")
-    bad = [f"{lg['path']}: {lg['problem']}" for lg in ledgers if not lg["intact"]]
+    pinned = sum(1 for o in owners if o.integrity.key_independently_supplied)
+    anchored = sum(1 for o in owners if o.integrity.checked_against)
+    own_ledgers = sum(1 for o in owners if o.source.ledger_kind == "owner")
+    bad = [f"{lg.path}: {lg.problem}" for lg in ledgers if not lg.intact]
 
     def part(ok: int, total: int) -> str:
         if total == 0:
@@ -234,7 +250,7 @@ def article_32(owners: list[dict[str, Any]], ledgers: list[dict[str, Any]],
     return measures
 
 
-def limitations(owners: list[dict[str, Any]], supplied: Mapping[str, Any], history: dict[str, Any] | None) -> list[str]:
+def limitations(owners: list[OwnerStatement], supplied: Mapping[str, Any], history: HistorySection | None) -> list[str]:
     """What this report cannot prove, stated plainly."""
     notes = [
         "The DP events are the owner's signed statement of what its training did (Opacus's accountant history, "
@@ -249,7 +265,10 @@ def limitations(owners: list[dict[str, Any]], supplied: Mapping[str, Any], histo
                      "verify; supply each owner's public key to rule that out.")
     if history is not None:
         notes.append("Accuracy figures come from the run's history.json, written by the server and not signed.")
-    if any(not o["source"]["chain_complete"] for o in owners):
+        if history.federated_evaluation is not None:
+            notes.append("Federated evaluation metrics are a release of their own (each owner's loss and accuracy "
+                         "on its data): the DP-SGD epsilon in this report does not cover them.")
+    if any(not o.source.chain_complete for o in owners):
         notes.append("For owners whose chain is only partly held (federation ledger), the lifetime epsilon is the "
                      "owner's signed statement, checked against a lower bound recomputed from the entries held.")
     return notes

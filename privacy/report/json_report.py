@@ -1,4 +1,8 @@
-"""The report as JSON: the document itself (``docs/report-schema.md``, ``report-schema.json``)."""
+"""The report as JSON: the model's document (``docs/report-schema.md``, ``report-schema.json``).
+
+The document carries its own content hash (and, when the report was signed, an
+Ed25519 signature over it): see :mod:`.signing` for the canonical form.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from privfl.privacy.report.build import Report
+from privfl.privacy.report.model import Report
 
 SCHEMA_FILE = "report-schema.json"
 

@@ -1,125 +1,169 @@
-"""The report as PDF, drawn with matplotlib alone (PdfPages: text pages and the figures).
+"""The report as PDF, from the same model: A4 pages written by :mod:`.pdf_writer`.
 
-No extra dependency: text is laid out line by line on A4 pages in the PDF core fonts
-(Helvetica, Courier: nothing to embed, about ten times faster to write than embedded
-TrueType), tables in Courier.  The core fonts' encoding has no Greek, so text pages
-spell epsilon, delta and sigma out; the figures keep their own fonts.  The per-entry
-appendix is capped at :data:`MAX_ENTRY_ROWS` rows; the JSON and CSV versions always
-hold every entry.
+Why these choices:
+
+- **Fonts embedded**: the text is set in DejaVu Sans and DejaVu Sans Mono (the TrueType
+  fonts matplotlib ships), embedded in the file as TrueType font programs
+  (``/FontFile2``), so it prints and archives the same everywhere and Greek letters
+  (epsilon, delta) need no spelling out.
+- **Readable**: no text below :data:`MIN_FONT_PT` (9 pt) -- every style in
+  :data:`STYLES` and the footer; the pictures are the PNGs the HTML embeds.
+- **Bounded length**: a PDF is for reading, the JSON and CSV are for every number.  The
+  owners table lists at most :data:`MAX_OWNER_ROWS` owners (highest share of budget
+  used first), per-owner detail is given for at most :data:`MAX_DETAIL_OWNERS` owners
+  (all when few; else those needing attention) with each owner's latest
+  :data:`MAX_ENTRIES_PER_OWNER` entries, and the PDF says where the rest is.
+- **Fast**: matplotlib's PDF backend lays out embedded-TrueType text one character at
+  a time in Python (seconds for a 100-owner report); :mod:`.pdf_writer` writes a line
+  of text as one operator.
 """
 
 from __future__ import annotations
 
 import json
 import textwrap
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.backends.backend_pdf import PdfPages
-from matplotlib.figure import Figure
-from matplotlib.patches import Rectangle
-
 from privfl.privacy.report import evidence as ev
-from privfl.privacy.report.build import Report
-from privfl.privacy.report.html_report import PER_OWNER_FIELDS, setting_text
-from privfl.privacy.report.plots import report_figures
+from privfl.privacy.report.html_report import PER_OWNER_FIELDS, event_text, fmt_eps, fmt_when, setting_text
+from privfl.privacy.report.model import OwnerStatement, Report
+from privfl.privacy.report.pdf_writer import PdfDocument
+from privfl.privacy.report.words import odds_text, percent
 
-MAX_ENTRY_ROWS = 1500
-FIGURE_DPI = 150
-# Characters the core fonts' WinAnsi encoding lacks, spelled out; anything else missing becomes "?".
-_SPELLED = str.maketrans({"\u03b5": "eps", "\u03b4": "delta", "\u03c3": "sigma", "\u221e": "inf",
-                          "\u2713": "ok", "\u2717": "X", "\u2264": "<=", "\u2265": ">=", "\u2212": "-"})
-
-
-def _latin(text: str) -> str:
-    text = str(text).translate(_SPELLED)
-    return text.encode("cp1252", errors="replace").decode("cp1252")
-
+MIN_FONT_PT = 9.0
+MAX_OWNER_ROWS = 300
+MAX_ALERT_ROWS = 40
+MAX_DETAIL_OWNERS = 20
+MAX_ENTRIES_PER_OWNER = 12
+MAX_TABLE_ROWS = 60  # history rounds, refusals, files, evaluation rows
 PAGE = (8.27, 11.69)  # A4, inches
-MARGIN = 0.55
-RED, GREEN, ORANGE, GREY = "#b03a2e", "#1e8449", "#ca6f1e", "#5d6d7e"
+MARGIN = 0.6
+RED, GREEN, ORANGE, GREY, BLACK = "#b03a2e", "#1e8449", "#ca6f1e", "#5d6d7e", "#000000"
+
+# font, size (pt), line height (in)
+STYLES: dict[str, dict[str, Any]] = {
+    "title": dict(font="bold", size=16, height=0.32),
+    "h1": dict(font="bold", size=13, height=0.27),
+    "h2": dict(font="bold", size=11, height=0.22),
+    "verdict": dict(font="bold", size=13, height=0.26),
+    "body": dict(font="sans", size=9.5, height=0.168),
+    "small": dict(font="sans", size=9, height=0.158),
+    "mono": dict(font="mono", size=9, height=0.156),
+}
+FOOTER_PT = 9.0
+TEXT_WIDTH_PT = (PAGE[0] - 2 * MARGIN) * 72
+TABLE_WIDTH = int(TEXT_WIDTH_PT / (0.602 * STYLES["mono"]["size"]))  # DejaVu Sans Mono: 0.602 em per character
 
 
 def _eps(value: Any, digits: int = 4) -> str:
-    if value is None:
-        return "n/a"
-    if value == "inf":
-        return "inf"
-    if isinstance(value, (int, float)):
-        return f"{value:.{digits}g}"
-    return str(value)
+    return fmt_eps(value, digits)
+
+
+def _rgb(colour: str) -> tuple[float, float, float]:
+    colour = colour.lstrip("#")
+    return tuple(int(colour[i:i + 2], 16) / 255 for i in (0, 2, 4))  # type: ignore[return-value]
+
+
+def _fonts() -> dict[str, str]:
+    from matplotlib.font_manager import FontProperties, findfont
+
+    return {"sans": findfont(FontProperties(family="DejaVu Sans"), fallback_to_default=True),
+            "bold": findfont(FontProperties(family="DejaVu Sans", weight="bold"), fallback_to_default=True),
+            "mono": findfont(FontProperties(family="DejaVu Sans Mono"), fallback_to_default=True)}
 
 
 class _Pages:
-    """Lines of text flowed onto A4 pages."""
+    """Text flowed onto A4 pages (inches from the bottom-left corner; ``y`` is the top of the next line)."""
 
-    STYLES = {
-        "title": dict(size=15, weight="bold", family="Helvetica", height=0.34),
-        "h1": dict(size=12, weight="bold", family="Helvetica", height=0.30),
-        "h2": dict(size=10, weight="bold", family="Helvetica", height=0.24),
-        "body": dict(size=8.5, weight="medium", family="Helvetica", height=0.165),
-        "mono": dict(size=6.3, weight="medium", family="Courier", height=0.113),
-        "verdict": dict(size=13, weight="bold", family="Helvetica", height=0.30),
-    }
-    # Characters per line: Courier is 0.6 em wide, so 7.17 in of text at 6.3 pt hold 136.
-    WRAP = {"body": 130, "mono": 135, "h2": 105, "h1": 85, "title": 70, "verdict": 70}
-    TABLE_WIDTH = 135
-
-    def __init__(self, pdf: PdfPages, footer: str) -> None:
-        self.pdf = pdf
+    def __init__(self, doc: PdfDocument, footer: str) -> None:
+        self.doc = doc
         self.footer = footer
         self.page_number = 0
-        self.fig: Figure | None = None
+        self.open = False
         self.y = 0.0
 
     def _new_page(self) -> None:
         self.close_page()
-        self.fig = Figure(figsize=PAGE)
-        FigureCanvasAgg(self.fig)
+        self.doc.new_page(PAGE[0] * 72, PAGE[1] * 72)
+        self.open = True
         self.page_number += 1
         self.y = PAGE[1] - MARGIN
 
     def close_page(self) -> None:
-        if self.fig is not None:
-            self.fig.text(MARGIN / PAGE[0], 0.3 / PAGE[1], _latin(f"{self.footer} \u2014 page {self.page_number}"),
-                          fontsize=6.5, color=GREY, family="Helvetica", fontweight="medium")
-            with matplotlib.rc_context({"pdf.use14corefonts": True}):
-                self.pdf.savefig(self.fig)
-            self.fig = None
+        if not self.open:
+            return
+        text = self._fit(f"{self.footer} \u2014 page {self.page_number}", "sans", FOOTER_PT, TEXT_WIDTH_PT)
+        self.doc.text(MARGIN * 72, 0.32 * 72, text, "sans", FOOTER_PT, _rgb(GREY))
+        self.open = False
 
-    def line(self, text: str, style: str = "body", color: str = "black", indent: float = 0.0) -> None:
-        st = self.STYLES[style]
-        if self.fig is None or self.y - st["height"] < MARGIN + 0.2:
+    def _fit(self, text: str, font: str, size: float, width: float) -> str:
+        f = self.doc.fonts[font]
+        if f.width(text, size) <= width:
+            return text
+        while text and f.width(text + "\u2026", size) > width:
+            text = text[:-1]
+        return text + "\u2026"
+
+    def _room(self, inches: float) -> None:
+        if not self.open or self.y - inches < MARGIN + 0.25:
             self._new_page()
-        self.y -= st["height"]
-        self.fig.text((MARGIN + indent) / PAGE[0], self.y / PAGE[1], _latin(text), fontsize=st["size"],
-                      fontweight=st["weight"], family=st["family"], color=color, va="bottom")
 
-    def text(self, text: str, style: str = "body", color: str = "black", indent: float = 0.0) -> None:
-        width = self.WRAP[style] - int(indent * 14)
-        for paragraph in str(text).split("\n"):
-            for piece in textwrap.wrap(paragraph, width=width) or [""]:
-                self.line(piece, style, color, indent)
+    def line(self, text: str, style: str = "body", color: str = BLACK, indent: float = 0.0) -> None:
+        st = STYLES[style]
+        self._room(st["height"])
+        baseline = self.y - st["size"] * 0.95 / 72
+        self.doc.text((MARGIN + indent) * 72, baseline * 72, text, st["font"], st["size"], _rgb(color))
+        self.y -= st["height"]
+
+    def text(self, text: str, style: str = "body", color: str = BLACK, indent: float = 0.0) -> None:
+        st = STYLES[style]
+        for piece in self.wrap(str(text), st["font"], st["size"], TEXT_WIDTH_PT - indent * 72):
+            self.line(piece, style, color, indent)
+
+    def wrap(self, text: str, font: str, size: float, width: float) -> list[str]:
+        f = self.doc.fonts[font]
+        space = f.width(" ", size)
+        lines: list[str] = []
+        for paragraph in text.split("\n"):
+            current: list[str] = []
+            used = 0.0
+            for word in paragraph.split():
+                w = f.width(word, size)
+                while w > width and word:  # a word longer than the line: cut it
+                    if current:
+                        lines.append(" ".join(current))
+                        current, used = [], 0.0
+                    cut = len(word)
+                    while cut > 1 and f.width(word[:cut], size) > width:
+                        cut -= 1
+                    lines.append(word[:cut])
+                    word = word[cut:]
+                    w = f.width(word, size)
+                if not word:
+                    continue
+                if current and used + space + w > width:
+                    lines.append(" ".join(current))
+                    current, used = [], 0.0
+                used += (space if current else 0.0) + w
+                current.append(word)
+            lines.append(" ".join(current))
+        return lines
 
     def gap(self, inches: float = 0.08) -> None:
         self.y -= inches
 
     def heading(self, text: str, level: str = "h1") -> None:
-        needed = self.STYLES[level]["height"] + 4 * self.STYLES["body"]["height"]
-        if self.fig is None or self.y - needed < MARGIN + 0.2:
-            self._new_page()
+        self._room(STYLES[level]["height"] + 4 * STYLES["body"]["height"] + 0.16)
         self.gap(0.12)
-        self.line(text, level)
-        self.gap(0.04)
+        self.text(text, level)
+        self.gap(0.05)
 
-    def table(self, headers: list[str], rows: list[list[Any]], max_width: int | None = None) -> None:
-        max_width = max_width or self.TABLE_WIDTH
-        cells = [[_latin(c) for c in row] for row in rows]
+    def table(self, headers: list[str], rows: list[list[Any]], colours: list[str] | None = None,
+              max_width: int = TABLE_WIDTH) -> None:
+        cells = [[str(c) for c in row] for row in rows]
         widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
-        while sum(widths) + 2 * len(widths) > max_width and max(widths) > 8:
+        while sum(widths) + 2 * (len(widths) - 1) > max_width and max(widths) > 6:
             widest = widths.index(max(widths))
             widths[widest] -= 1
 
@@ -127,227 +171,323 @@ class _Pages:
             return "  ".join((c if len(c) <= w else c[: max(w - 1, 1)] + "\u2026").ljust(w)
                              for c, w in zip(row, widths)).rstrip()
 
+        self._room(STYLES["mono"]["height"] * min(len(rows) + 1, 4))
         self.line(fmt(headers), "mono", GREY)
-        for row in cells:
-            self.line(fmt(row), "mono", RED if row and row[-1].startswith("NOT") else "black")
+        for i, row in enumerate(cells):
+            if self.y - STYLES["mono"]["height"] < MARGIN + 0.25:
+                self._new_page()
+                self.line(fmt(headers), "mono", GREY)
+            self.line(fmt(row), "mono", (colours[i] if colours else BLACK) or BLACK)
         self.gap(0.06)
 
     def banner(self, verdict: str, headline: str, color: str) -> None:
-        if self.fig is None:
-            self._new_page()
-        lines = textwrap.wrap(headline, width=self.WRAP["body"] - 4)
-        height = 0.34 + 0.17 * len(lines) + 0.12
+        lines = self.wrap(headline, "sans", STYLES["body"]["size"], TEXT_WIDTH_PT - 0.3 * 72)
+        height = STYLES["verdict"]["height"] + STYLES["body"]["height"] * len(lines) + 0.2
+        self._room(height + 0.1)
         top = self.y - 0.05
-        self.fig.add_artist(Rectangle((MARGIN / PAGE[0], (top - height) / PAGE[1]), (PAGE[0] - 2 * MARGIN) / PAGE[0],
-                                      height / PAGE[1], transform=self.fig.transFigure, facecolor=color, alpha=0.12,
-                                      edgecolor=color, linewidth=2.5))
-        self.y = top - 0.02
+        r, g, b = _rgb(color)
+        self.doc.rect(MARGIN * 72, (top - height) * 72, (PAGE[0] - 2 * MARGIN) * 72, height * 72,
+                      fill=(1 - 0.12 * (1 - r), 1 - 0.12 * (1 - g), 1 - 0.12 * (1 - b)), stroke=(r, g, b),
+                      line_width=2.5)
+        self.y = top - 0.08
         self.line(verdict, "verdict", color, indent=0.12)
         for piece in lines:
-            self.line(piece, "body", "black", indent=0.12)
-        self.y = top - height - 0.08
+            self.line(piece, "body", BLACK, indent=0.12)
+        self.y = top - height - 0.1
 
-    def figure(self, fig: Figure, caption: str) -> None:
-        """The figure as an image on the A4 page (a new page when it does not fit), its caption below."""
-        import io
-
-        from matplotlib.image import imread
-
-        buffer = io.BytesIO()
-        fig.savefig(buffer, format="png", dpi=FIGURE_DPI)
-        buffer.seek(0)
-        pixels = imread(buffer, format="png")
-        width_in, height_in = fig.get_size_inches()
-        usable_w, usable_h = PAGE[0] - 2 * MARGIN, PAGE[1] - 2 * MARGIN - 0.6
-        scale = min(1.0, usable_w / width_in, usable_h / height_in)
+    def figure(self, png: bytes, width_in: float, height_in: float, caption: str) -> None:
+        """A PNG picture scaled to the page width (a new page when it does not fit), its caption below."""
+        usable_w, usable_h = PAGE[0] - 2 * MARGIN, PAGE[1] - 2 * MARGIN - 0.8
+        scale = min(usable_w / width_in, usable_h / height_in)
         w, h = width_in * scale, height_in * scale
-        caption_h = 0.165 * len(textwrap.wrap(caption, self.WRAP["body"])) + 0.1
-        if self.fig is None or self.y - h - caption_h < MARGIN + 0.2:
-            self._new_page()
+        caption_lines = self.wrap(caption, "sans", STYLES["small"]["size"], TEXT_WIDTH_PT)
+        self._room(h + STYLES["small"]["height"] * len(caption_lines) + 0.2)
         self.y -= h + 0.05
-        ax = self.fig.add_axes((MARGIN / PAGE[0], self.y / PAGE[1], w / PAGE[0], h / PAGE[1]))
-        ax.imshow(pixels, interpolation="antialiased")
-        ax.set_axis_off()
-        self.text(caption, color=GREY)
+        self.doc.image(png, MARGIN * 72, self.y * 72, w * 72, h * 72)
+        self.gap(0.06)
+        for piece in caption_lines:
+            self.line(piece, "small", GREY)
         self.gap(0.1)
 
 
+def _detail_owners(report: Report) -> list[OwnerStatement]:
+    ranked = report.owners_by_budget_used()
+    if len(ranked) <= MAX_DETAIL_OWNERS:
+        return ranked
+    attention = [o for o in ranked if o.budget_status in ("over", "near") or not o.integrity.intact
+                 or o.purpose_check.status == "mismatch" or o.unsupported_event]
+    return attention[:MAX_DETAIL_OWNERS]
+
+
+def _owner_detail(p: _Pages, o: OwnerStatement) -> None:
+    integ = o.integrity
+    p.heading(f"{o.owner_id}: {integ.verdict}, {percent(o.budget_used_fraction)} of the budget used", "h2")
+    delta = f"{o.delta:g}" if o.delta is not None else "-"
+    p.text(f"Lifetime \u03b5 {_eps(o.epsilon_spent)} of {_eps(o.epsilon_budget)} ({_eps(o.epsilon_remaining)} left) "
+           f"at \u03b4 = {delta}, {o.accountant} accountant ({o.epsilon_spent_basis}). Odds about any protected record "
+           f"shift by at most {odds_text(o.epsilon_spent)}: {o.strength or 'n/a'} by the tiers commonly used in "
+           "production systems (a convention, not law).")
+    if o.experiment:
+        p.text(f"This experiment: \u03b5 {_eps(o.experiment.epsilon)} ({o.experiment.note}).")
+    if o.outlook:
+        left = o.outlook.rounds_left
+        p.text("What is next: " + (f"{'at least ' if o.outlook.at_least else ''}{left} more round(s) at the current "
+                                   "plan; " if left is not None else "") + o.outlook.note + ".")
+    check = o.purpose_check
+    if check.status == "mismatch":
+        p.text(f"Undeclared purpose: {len(check.undeclared)} entr{'y' if len(check.undeclared) == 1 else 'ies'} "
+               f"signed with {'; '.join(check.undeclared_purposes)}; the processing record declares "
+               f"{'; '.join(check.declared or [])}.", color=RED)
+    if o.federated_evaluation and o.federated_evaluation.latest:
+        e = o.federated_evaluation.latest
+        p.text(f"Federated evaluation, round {e.round}: accuracy {_num(e.accuracy)}, loss {_num(e.loss)} on "
+               f"{e.num_examples if e.num_examples is not None else '?'} examples (not covered by \u03b5).")
+    p.text(f"Source {o.source.ledger} ({o.source.ledger_kind} ledger{'' if o.source.chain_complete else ', partial'}"
+           f"); key {integ.key_fingerprint[:16]}\u2026 "
+           f"{'supplied independently' if integ.key_independently_supplied else 'read from the ledger file'}"
+           + (f"; head entry {integ.head['sequence']} {integ.head['hash'][:16]}\u2026" if integ.head else ""),
+           "small", GREY)
+    if integ.problem:
+        p.text(f"Problem: {integ.problem}", color=RED)
+    shown = o.entries[-MAX_ENTRIES_PER_OWNER:]
+    if len(o.entries) > len(shown):
+        p.text(f"The latest {len(shown)} of {len(o.entries)} entries; every entry is in the JSON and CSV versions "
+               "of this report.", "small", GREY)
+    rows, colours = [], []
+    for r in shown:
+        match = {True: "ok", False: "WRONG", None: ""}[r.epsilon_stated_matches]
+        rows.append([r.sequence, r.kind, r.run_id, r.round, fmt_when(r.timestamp)[5:16], event_text(r.event),
+                     _eps(r.epsilon_release, 4), _eps(r.epsilon_cumulative, 5), match, _eps(r.epsilon_remaining, 4)])
+        colours.append(RED if (r.epsilon_stated_matches is False or r.purpose_declared is False) else BLACK)
+    p.table(["seq", "kind", "run", "rnd", "time UTC", "release", "\u03b5 alone", "\u03b5 cumul.", "stated",
+             "\u03b5 left"], rows, colours)
+
+
+def _num(value: Any) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
 def render_pdf(report: Report, path: Path, figures: list | None = None) -> None:
-    doc = report.document
-    status = doc["status"]
-    s = doc["summary"]
-    figures = {key: (caption, fig) for key, caption, fig in
-               (report_figures(doc) if figures is None else figures)}
-    with PdfPages(path, metadata={"Title": doc["title"], "Author": "privfl report",
-                                  "Subject": f"{doc['report_type']} {doc['schema_version']}",
-                                  "CreationDate": datetime.now(timezone.utc)}) as pdf:
-        p = _Pages(pdf, f"{doc['title']} \u2014 generated {doc['generated_at']}")
-        p.line(doc["title"], "title")
-        p.text(f"Generated {doc['generated_at']} by privfl "
-               f"{doc['generator']['versions'].get('privfl') or ''}. Every epsilon is recomputed from the DP events in "
-               "the ledger with the accountant each entry names.", color=GREY)
-        p.gap(0.1)
-        if not status["intact"]:
-            p.banner("LEDGER NOT INTACT \u2014 TAMPERING OR DAMAGE DETECTED", status["headline"], RED)
-        elif not status["ok"]:
-            p.banner("INTACT, WITH PROBLEMS", status["headline"], ORANGE)
-        else:
-            p.banner("INTACT", status["headline"], GREEN)
-        for problem in status["problems"][:30]:
-            p.text(f"\u2022 {problem}", color=RED)
-        for warning in status["warnings"]:
-            p.text(f"\u2022 note: {warning}", color=ORANGE)
+    if figures is None:
+        from privfl.privacy.report.plots import report_figures
 
-        p.heading("Summary")
-        p.text(s["in_words"])
-        p.gap(0.06)
-        p.table(["", ""], [
-            ["data owners", s["owners"]], ["releases (charges)", s["charges"]], ["refused releases", s["refusals"]],
-            ["highest epsilon spent", f"{_eps(s['epsilon_spent_max'])} ({s['epsilon_spent_max_owner']})"],
-            ["delta", ", ".join(f"{d:g}" for d in s["deltas"])], ["privacy unit", ", ".join(s["privacy_units"])],
-            ["accountant", ", ".join(s["accountants"])], ["mechanisms", ", ".join(s["mechanisms"])],
-            ["period", f"{s['first_entry']} to {s['last_entry']}"], ["runs", ", ".join(s["runs"])],
-            ["final test accuracy", _eps(s.get("final_test_accuracy"))],
-            ["owners over budget", ", ".join(s["owners_over_budget"]) or "none"]])
+        figures = report_figures(report)
+    images = {f.key: f for f in figures}
+    status, s = report.status, report.summary
+    doc = PdfDocument(_fonts(), title=report.title, author="privfl report",
+                      subject=f"privfl.privacy-budget-report {report.document['schema_version']}")
+    p = _Pages(doc, f"{report.title} \u2014 {report.generated_at}")
+    p.text(report.title, "title")
+    p.text(f"Generated {report.generated_at} by privfl {report.generator['versions'].get('privfl') or ''}. "
+           f"{report.scope.note[0].upper() + report.scope.note[1:]}. Every \u03b5 is recomputed from the DP "
+           "events in the ledger with the accountant each entry names. JSON content hash "
+           f"{report.content_hash}" + (f", signed by key {report.signature.key_fingerprint[:16]}\u2026"
+                                       if report.signature else "") + ".", "small", GREY)
+    p.gap(0.1)
+    if not status.intact:
+        p.banner("LEDGER NOT INTACT \u2014 TAMPERING OR DAMAGE DETECTED", status.headline, RED)
+    elif not status.ok:
+        p.banner("INTACT, WITH PROBLEMS", status.headline, ORANGE)
+    else:
+        p.banner("INTACT", status.headline, GREEN)
+    for problem in status.problems[:15]:
+        p.text(f"\u2022 {problem}", color=RED)
+    if len(status.problems) > 15:
+        p.text(f"\u2026 {len(status.problems) - 15} more problems: see the JSON version.", color=RED)
+    for warning in status.warnings[:6]:
+        p.text(f"\u2022 note: {warning}", "small", ORANGE)
 
-        p.heading("Budgets per owner")
-        rows = []
-        for o in doc["owners"]:
-            used = o["budget_used_fraction"]
-            rows.append([o["owner_id"], ",".join(o["privacy_units"]) or "unspecified", o["accountant"],
-                         f"{o['delta']:g}" if o["delta"] is not None else "-", _eps(o["epsilon_spent"]),
-                         _eps(o["epsilon_budget"]), _eps(o["epsilon_remaining"]),
-                         f"{used * 100:.0f}%" if isinstance(used, float) else "-", o["charges"], o["refusals"],
-                         "yes" if o["integrity"]["key_independently_supplied"] else "from file",
-                         (o["integrity"]["key_fingerprint"] or "")[:16], o["integrity"]["verdict"]])
-        p.table(["owner", "unit", "acct", "delta", "eps spent", "budget", "eps left", "used", "releases", "refused",
-                 "key supplied", "key fingerprint", "ledger"], rows)
-        settings = []
-        for o in doc["owners"]:
-            for st in o["mechanism_settings"]:
-                settings.append([o["owner_id"], st["mechanism"], _eps(st["noise_multiplier"]),
-                                 _eps(st["sample_rate"]), st["clipping_norm"], st["releases"], st["steps_total"]])
-        p.heading("Mechanism parameters", "h2")
-        p.table(["owner", "mechanism", "noise mult.", "sample rate", "clip norm", "releases", "steps total"], settings)
-        for key in ("cumulative_epsilon", "budget_left"):
-            if key in figures:
-                p.figure(figures[key][1], figures[key][0])
+    p.heading("At a glance")
+    p.text(s.in_words)
+    p.gap(0.06)
+    p.table(["", ""], [
+        ["data owners", s.owners], ["over budget", len(s.owners_over_budget)],
+        ["near budget (\u2265 80% used)", len(s.owners_near_budget)],
+        ["releases / refused", f"{s.charges} / {s.refusals}"],
+        ["highest \u03b5 spent", f"{_eps(s.epsilon_spent_max)} ({s.epsilon_spent_max_owner})"],
+        ["\u03b4", ", ".join(f"{d:g}" for d in s.deltas)], ["privacy unit", ", ".join(s.privacy_units)],
+        ["accountant", ", ".join(s.accountants)], ["period (UTC)", f"{fmt_when(s.first_entry)} to "
+                                                                    f"{fmt_when(s.last_entry)}"],
+        ["this experiment", s.experiment_id or "-"],
+        ["final test accuracy", _eps(s.final_test_accuracy)]])
+    alerts = status.budget_alerts
+    if alerts:
+        p.heading("Owners to act on: over budget or near it", "h2")
+        p.table(["owner", "status", "used", "\u03b5 spent", "budget", "rounds left"],
+                [[a.owner_id, a.level, percent(a.budget_used_fraction), _eps(a.epsilon_spent),
+                  _eps(a.epsilon_budget), "n/a" if a.rounds_left is None else a.rounds_left]
+                 for a in alerts[:MAX_ALERT_ROWS]],
+                [RED if a.level == "over" else ORANGE for a in alerts[:MAX_ALERT_ROWS]])
+        if len(alerts) > MAX_ALERT_ROWS:
+            p.text(f"\u2026 and {len(alerts) - MAX_ALERT_ROWS} more: see the owners table.", "small", GREY)
 
-        p.heading("Refused releases")
-        refusals = [[o["owner_id"], r["run_id"], r["round"], r["timestamp"], _eps(r["epsilon_spent_before"]),
-                     r["reason"]] for o in doc["owners"] for r in o["refused_releases"]]
-        if refusals:
-            p.table(["owner", "run", "round", "time (UTC)", "eps then", "reason"], refusals)
-        else:
-            p.text("No release was refused.")
+    words = report.plain_words
+    p.heading("What epsilon means")
+    p.text(words.epsilon)
+    p.gap(0.04)
+    p.text(f"How strong? {words.tiers_source[0].upper() + words.tiers_source[1:]}.")
+    for tier in words.tiers:
+        bound = f"\u2264 {tier.up_to:g}" if tier.up_to is not None else "above"
+        p.text(f"\u2022 {tier.name} (\u03b5 {bound}): {tier.meaning}", indent=0.1)
+    p.text(f"One record is not one patient. {words.privacy_unit}")
+    if report.history and report.history.federated_evaluation:
+        p.text(f"Evaluation is a separate release. {words.evaluation}")
 
-        p.heading("Ledger integrity")
-        p.text("Each file verified with privfl.privacy.ledger.verify: SQLite integrity and schema, every Ed25519 "
-               "signature, the sha256 hash chain; every stated cumulative epsilon compared with this report's "
-               "recomputation from the events; owner ledgers also checked against the federation ledger's copies of "
-               "their receipts.")
-        for lg in doc["ledgers"]:
-            p.text(f"{lg['path']} ({lg['ledger_kind']}): {lg['verdict']}; {lg['entries']} entries, "
-                   f"{lg['entries_checked']} checked, {lg['epsilons_checked']} epsilons recomputed; keys supplied "
-                   f"independently: {'yes' if lg['keys_independently_supplied'] else 'no'}",
-                   color=GREEN if lg["intact"] else RED)
-            if lg["problem"]:
-                p.text(f"first bad entry: {lg['problem']}", color=RED, indent=0.2)
-            for note in lg["notes"][:5]:
-                p.text(f"note: {note}", color=GREY, indent=0.2)
+    p.heading("Owners (highest share of budget used first)")
+    ranked = report.owners_by_budget_used()
+    exp = bool(s.experiment_id)
+    headers = ["owner", "\u03b5 life"] + (["\u03b5 exp"] if exp else []) + [
+        "budget", "used", "status", "rounds left", "strength", "rel/ref", "purpose", "ledger"]
+    rows, colours = [], []
+    for o in ranked[:MAX_OWNER_ROWS]:
+        outlook = o.outlook
+        left = "n/a" if outlook is None or outlook.rounds_left is None else (
+            f"\u2265{outlook.rounds_left}" if outlook.at_least else str(outlook.rounds_left))
+        rows.append([o.owner_id, _eps(o.epsilon_spent)] + ([_eps(o.experiment.epsilon if o.experiment else None)]
+                                                          if exp else []) + [
+            _eps(o.epsilon_budget), percent(o.budget_used_fraction), o.budget_status, left, o.strength or "-",
+            f"{o.charges}/{o.refusals}", {"mismatch": "UNDECL.", "declared": "ok"}.get(o.purpose_check.status, "-"),
+            o.integrity.verdict])
+        colours.append(RED if (o.budget_status == "over" or not o.integrity.intact
+                               or o.purpose_check.status == "mismatch") else
+                       ORANGE if o.budget_status == "near" else BLACK)
+    p.table(headers, rows, colours)
+    if len(ranked) > MAX_OWNER_ROWS:
+        p.text(f"The {MAX_OWNER_ROWS} owners with the highest share used of {len(ranked)}; every owner is in the "
+               "HTML, JSON and CSV versions of this report.", "small", GREY)
+    for key in ("budget_used", "cumulative_epsilon"):
+        if key in images:
+            f = images[key]
+            p.figure(f.png, f.width_in, f.height_in, f.caption)
 
-        history = doc.get("history")
-        if history:
-            p.heading("Privacy and utility (run history, unsigned)")
-            p.text(f"{history['source']}: experiment {history['experiment']}, status {history['status']}. "
-                   f"{history['note']}.")
-            p.table(["round", "test acc.", "owners trained", "refused", "eps min", "eps median", "eps max"], [[
-                r["round"], _eps(r["test_accuracy"]), r["participants"], r["refused"], _eps(r["epsilon_min"]),
-                _eps(r["epsilon_median"]), _eps(r["epsilon_max"])] for r in history["rounds"]])
-            if "privacy_utility" in figures:
-                p.figure(figures["privacy_utility"][1], figures["privacy_utility"][0])
+    history = report.history
+    if history and history.federated_evaluation:
+        evaluation = history.federated_evaluation
+        p.heading("Federated evaluation (run history, unsigned)")
+        p.text(f"Not covered by epsilon. {evaluation.note}", color=ORANGE)
+        if "federated_evaluation" in images:
+            f = images["federated_evaluation"]
+            p.figure(f.png, f.width_in, f.height_in, f.caption)
+        latest = sorted(((o, o.federated_evaluation.latest) for o in report.owners
+                         if o.federated_evaluation and o.federated_evaluation.latest),
+                        key=lambda x: (x[1].accuracy is None, x[1].accuracy or 0.0))
+        first = f", first {MAX_TABLE_ROWS}" if len(latest) > MAX_TABLE_ROWS else ""
+        p.heading(f"Per owner at its latest evaluation (lowest accuracy first{first})", "h2")
+        p.table(["owner", "round", "accuracy", "loss", "examples"],
+                [[o.owner_id, e.round, _num(e.accuracy), _num(e.loss), e.num_examples if e.num_examples is not None
+                  else "-"] for o, e in latest[:MAX_TABLE_ROWS]])
+    if history:
+        p.heading("Privacy and utility (run history, unsigned)")
+        p.text(f"{history.source}: experiment {history.experiment}"
+               + (f" (id {history.experiment_id})" if history.experiment_id else "")
+               + f", status {history.status}. {history.note}.")
+        rounds = history.rounds if len(history.rounds) <= MAX_TABLE_ROWS else \
+            history.rounds[:: max(1, len(history.rounds) // MAX_TABLE_ROWS + 1)] + history.rounds[-1:]
+        p.table(["round", "test acc.", "trained", "refused", "\u03b5 min", "\u03b5 median", "\u03b5 max"], [[
+            r.round, _num(r.test_accuracy), r.participants, r.refused, _eps(r.epsilon_min), _eps(r.epsilon_median),
+            _eps(r.epsilon_max)] for r in rounds])
+        if "privacy_utility" in images:
+            f = images["privacy_utility"]
+            p.figure(f.png, f.width_in, f.height_in, f.caption)
 
-        p.heading("Epsilon registry (Dwork, Kohli and Mulligan 2019)")
-        seen: dict[str, list[str]] = {}
-        for o in doc["owners"]:
-            key = json.dumps([i for i in o["epsilon_registry"]
-                              if i["field"] not in PER_OWNER_FIELDS],
-                             sort_keys=True, default=str)
-            seen.setdefault(key, []).append(o["owner_id"])
-        for o in doc["owners"]:
-            group = next(g for g in seen.values() if o["owner_id"] in g)
-            if group[0] != o["owner_id"]:
-                continue
-            p.heading(textwrap.shorten("Owners: " + ", ".join(group), 110), "h2")
-            for item in o["epsilon_registry"]:
-                value = item["value"]
-                if item["field"] in PER_OWNER_FIELDS and len(group) > 1:
-                    value = "per owner: see Budgets per owner"
-                elif isinstance(value, list):
-                    value = "; ".join(setting_text(x) if isinstance(x, dict) else str(x) for x in value) or "none"
-                elif isinstance(value, float):
-                    value = _eps(value)
-                p.text(f"{item['label']} [{ev.SHORT.get(item['evidence'], item['evidence'])}]: "
-                       f"{'not declared' if value is None else value}", indent=0.1)
+    p.heading("Refused releases")
+    refusals = [(o, r) for o in ranked for r in o.refused_releases]
+    if refusals:
+        p.table(["owner", "run", "round", "time (UTC)", "\u03b5 then", "reason"],
+                [[o.owner_id, r.run_id, r.round, fmt_when(r.timestamp), _eps(r.epsilon_spent_before), r.reason]
+                 for o, r in refusals[:MAX_TABLE_ROWS]])
+        if len(refusals) > MAX_TABLE_ROWS:
+            p.text(f"\u2026 {len(refusals) - MAX_TABLE_ROWS} more in the JSON and CSV versions.", "small", GREY)
+    else:
+        p.text("No release was refused.")
 
-        p.heading("GDPR: record of processing (Art. 30)")
-        for section in doc["gdpr"]["article_30"]:
-            p.text(f"Owners: {textwrap.shorten(', '.join(section['owners']) or 'none', 300)}. Source: "
-                   + (f"processing record {section['record']}" if section["record"] else
-                      "no processing record given (--processing-record; see docs/report-schema.md)"),
-                   color=GREY)
-            for item in section["items"]:
-                value = item["value"]
-                if isinstance(value, list):
-                    value = "; ".join(map(str, value)) or "none"
-                p.text(f"{item['label']} ({item['reference']}) [{ev.SHORT.get(item['evidence'], item['evidence'])}]: "
-                       f"{'not declared' if value is None else value}", indent=0.1)
-        for key, title in (("article_25", "GDPR: data protection by design and by default (Art. 25)"),
-                           ("article_32", "GDPR: security of processing (Art. 32)")):
-            p.heading(title)
-            for m in doc["gdpr"][key]:
-                colour = {"met": GREEN, "failed": RED, "not met": RED}.get(m["status"], ORANGE
-                                                                       if m["status"] in ("partly met", "limitation")
-                                                                       else GREY)
-                p.text(f"{m['measure']} ({m['reference']}): {m['status'].upper()} "
-                       f"[{ev.SHORT.get(m['evidence'], m['evidence'])}]", color=colour)
-                p.text(m["detail"], indent=0.2)
+    p.heading("Ledger integrity")
+    p.text("Each file verified with privfl.privacy.ledger.verify: SQLite integrity and schema, every Ed25519 "
+           "signature, the sha256 hash chain; every stated cumulative epsilon compared with this report's "
+           "recomputation from the events; owner ledgers also checked against the federation ledger's copies of "
+           "their receipts.")
+    ledgers = sorted(report.ledgers, key=lambda lg: lg.intact)
+    p.table(["file", "kind", "entries", "checked", "\u03b5 checked", "keys supplied", "verdict"],
+            [[Path(lg.path).name, lg.ledger_kind, lg.entries, lg.entries_checked, lg.epsilons_checked,
+              "yes" if lg.keys_independently_supplied else "no", lg.verdict] for lg in ledgers[:MAX_TABLE_ROWS]],
+            [BLACK if lg.intact else RED for lg in ledgers[:MAX_TABLE_ROWS]])
+    if len(ledgers) > MAX_TABLE_ROWS:
+        p.text(f"\u2026 {len(ledgers) - MAX_TABLE_ROWS} more files, all intact.", "small", GREY)
+    for lg in ledgers:
+        if lg.problem:
+            p.text(f"{lg.path}: {lg.problem}", color=RED)
+    for warning in status.warnings:
+        p.text(f"\u2022 note: {warning}", "small", GREY)
 
-        p.heading("What this report cannot prove")
-        for note in doc["limitations"]:
-            p.text(f"\u2022 {note}")
-        p.heading("Evidence labels")
-        for key, text in doc["evidence_levels"].items():
-            p.text(f"{ev.SHORT.get(key, key)} ({key}): {text}", indent=0.1)
-        p.heading("How to recompute")
-        p.text(doc["recompute"]["how"])
-        for line in doc["recompute"]["python"].splitlines():
-            p.line(line, "mono")
+    p.heading("Epsilon registry (Dwork, Kohli and Mulligan 2019)")
+    groups: dict[str, list[OwnerStatement]] = {}
+    for o in report.owners:
+        key = json.dumps([i for i in o.epsilon_registry if i["field"] not in PER_OWNER_FIELDS], sort_keys=True,
+                         default=str)
+        groups.setdefault(key, []).append(o)
+    for members in list(groups.values())[:5]:
+        p.heading(textwrap.shorten("Owners: " + ", ".join(m.owner_id for m in members), 100), "h2")
+        for item in members[0].epsilon_registry:
+            value = item["value"]
+            if item["field"] in PER_OWNER_FIELDS and len(members) > 1:
+                value = "per owner: see the owners table"
+            elif isinstance(value, list):
+                value = "; ".join(setting_text(x) if isinstance(x, dict) else str(x) for x in value) or "none"
+            elif isinstance(value, float):
+                value = _eps(value)
+            p.text(f"{item['label']} [{ev.SHORT.get(item['evidence'], item['evidence'])}]: "
+                   f"{'not declared' if value is None else value}", indent=0.1)
+    if len(groups) > 5:
+        p.text(f"\u2026 {len(groups) - 5} more groups of owners: see the HTML or JSON version.", "small", GREY)
 
-        p.heading("All entries")
-        total = sum(len(o["entries"]) for o in doc["owners"])
-        if total > MAX_ENTRY_ROWS:
-            p.text(f"{total} entries: the first {MAX_ENTRY_ROWS} are listed; the JSON and CSV versions of this report "
-                   "hold every entry.", color=ORANGE)
-        shown = 0
-        for o in doc["owners"]:
-            if shown >= MAX_ENTRY_ROWS:
-                break
-            rows = []
-            for r in o["entries"][: MAX_ENTRY_ROWS - shown]:
-                e = r["event"]
-                release = (f"s={e['noise_multiplier']:g} q={e['sample_rate']:.4g} n={e['steps']}"
-                           if e["sample_rate"] is not None else (f"s={e['noise_multiplier']:g}"
-                                                                 if e["noise_multiplier"] is not None else e["type"]))
-                match = {True: "ok", False: "MISMATCH", None: ""}[r["epsilon_stated_matches"]]
-                rows.append([r["sequence"], r["kind"], r["run_id"], r["round"], r["timestamp"], release,
-                             _eps(r["epsilon_release"], 5), _eps(r["epsilon_cumulative"], 6),
-                             _eps(r["epsilon_cumulative_stated"], 6), match, _eps(r["epsilon_remaining"], 5)])
-            shown += len(rows)
-            p.heading(f"{o['owner_id']} ({o['integrity']['verdict']}, source {o['source']['ledger']})", "h2")
-            p.table(["seq", "kind", "run", "round", "time (UTC)", "release", "eps alone", "eps cumul.", "stated",
-                     "check", "eps left"], rows)
-        p.close_page()
+    p.heading("GDPR: record of processing (Art. 30)")
+    for section in report.gdpr["article_30"][:5]:
+        p.text(f"Owners: {textwrap.shorten(', '.join(section['owners']) or 'none', 300)}. Source: "
+               + (f"processing record {section['record']}" if section["record"] else
+                  "no processing record given (--processing-record; see docs/report-schema.md)"), "small", GREY)
+        for item in section["items"]:
+            value = item["value"]
+            if isinstance(value, list):
+                value = "; ".join(map(str, value)) or "none"
+            p.text(f"{item['label']} ({item['reference']}) [{ev.SHORT.get(item['evidence'], item['evidence'])}]: "
+                   f"{'not declared' if value is None else value}", indent=0.1)
+    for key, title in (("article_25", "GDPR: data protection by design and by default (Art. 25)"),
+                       ("article_32", "GDPR: security of processing (Art. 32)")):
+        p.heading(title)
+        for m in report.gdpr[key]:
+            colour = {"met": GREEN, "failed": RED, "not met": RED}.get(
+                m["status"], ORANGE if m["status"] in ("partly met", "limitation") else GREY)
+            p.text(f"{m['measure']} ({m['reference']}): {m['status'].upper()} "
+                   f"[{ev.SHORT.get(m['evidence'], m['evidence'])}]", color=colour)
+            p.text(m["detail"], "small", indent=0.2)
+
+    p.heading("What this report cannot prove")
+    for note in report.limitations:
+        p.text(f"\u2022 {note}")
+
+    detail = _detail_owners(report)
+    p.heading("Per owner")
+    if len(detail) < len(report.owners):
+        p.text(f"Detail for the {len(detail)} owner(s) that need attention (over or near the budget, a ledger not "
+               f"intact, an undeclared purpose) of {len(report.owners)}; every owner's detail is in the HTML, and "
+               "every entry in the JSON and CSV versions of this report.", "small", GREY)
+    for o in detail:
+        _owner_detail(p, o)
+
+    p.heading("How to check")
+    p.text(report.recompute["how"])
+    for line in report.recompute["python"].splitlines():
+        p.line(line, "mono")
+    p.gap(0.06)
+    p.text(f"The JSON version carries a sha256 content hash of its canonical form "
+           f"({report.document['content_hash']['canonicalization']}): {report.content_hash}"
+           + (f"; signed (Ed25519) by key {report.signature.key_fingerprint}" if report.signature else "")
+           + ". Check it with: privfl report --verify-report report.json --public-key SIGNER.pub", "small")
+    p.heading("Evidence labels", "h2")
+    for key, text in report.evidence_levels.items():
+        p.text(f"{ev.SHORT.get(key, key)} ({key}): {text}", "small", indent=0.1)
+    p.close_page()
+    doc.save(path)
 
 
 def write_pdf(report: Report, path: str | Path, figures: list | None = None) -> Path:
@@ -355,3 +495,7 @@ def write_pdf(report: Report, path: str | Path, figures: list | None = None) -> 
     path.parent.mkdir(parents=True, exist_ok=True)
     render_pdf(report, path, figures)
     return path
+
+
+__all__ = ["FOOTER_PT", "MAX_DETAIL_OWNERS", "MAX_ENTRIES_PER_OWNER", "MAX_OWNER_ROWS", "MIN_FONT_PT", "STYLES",
+           "render_pdf", "write_pdf"]

@@ -1,27 +1,55 @@
-"""The report's pictures, drawn with matplotlib's object API on the Agg canvas.
+"""The report's pictures, drawn once from the model and embedded (as PNG) in the HTML and the PDF.
 
-No pyplot and no global backend switch: figures are plain ``Figure`` objects, so
-drawing a report never changes the backend of the program that asked for it.  Every
-plot is drawn from the report document (the same numbers as the JSON).
+No pyplot and no global backend switch: figures are plain ``Figure`` objects on the
+Agg canvas, so drawing a report never changes the backend of the program that asked
+for it.  Each picture is drawn from the model (the same numbers as the JSON) and
+stays readable from one owner to a thousand: past :data:`MANY` owners, per-owner
+lines become one line collection and per-owner bars a distribution plus the owners
+that need attention.
 """
 
 from __future__ import annotations
 
 import io
 import math
+from dataclasses import dataclass
 from typing import Any
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.collections import LineCollection
 from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
+from matplotlib.ticker import MaxNLocator, PercentFormatter
+from privfl.privacy.report.model import NEAR_BUDGET_FRACTION, OwnerStatement, Report
 
 LEGEND_MAX_OWNERS = 12
+MANY = 30  # more owners than this: distributions and the top owners, not one bar each
+TOP = 25
+DPI = 100
+FONT = 9
+BLUE, GREEN, RED, ORANGE, GREY, PURPLE = "#2e86c1", "#1e8449", "#c0392b", "#ca6f1e", "#5d6d7e", "#6c3483"
+
+
+@dataclass
+class RenderedFigure:
+    """A picture as PNG bytes, with its caption and size (inches) for the PDF."""
+
+    key: str
+    caption: str
+    png: bytes
+    width_in: float
+    height_in: float
 
 
 def _num(value: Any) -> float:
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
-    return math.nan  # None, "inf": not drawable
+    return math.nan  # None: not drawable
+
+
+def _figure(width: float, height: float) -> Figure:
+    fig = Figure(figsize=(width, height), dpi=DPI)
+    FigureCanvasAgg(fig)
+    return fig
 
 
 def _colours(n: int) -> list:
@@ -33,185 +61,272 @@ def _colours(n: int) -> list:
     return [cmap(i / max(n - 1, 1)) for i in range(n)]
 
 
-def _single_run(doc: dict[str, Any]) -> str | None:
-    runs = {r["run_id"] for o in doc["owners"] for r in o["runs"]}
-    return next(iter(runs)) if len(runs) == 1 else None
+def _single_run(owners: list[OwnerStatement]) -> bool:
+    return len({r.run_id for o in owners for r in o.runs}) == 1
 
 
-def cumulative_epsilon_figure(doc: dict[str, Any]) -> Figure:
-    """Cumulative epsilon of each owner over its releases, against its budget."""
-    owners = doc["owners"]
-    by_round = _single_run(doc) is not None
-    fig = Figure(figsize=(8, 4.2), dpi=100)
-    FigureCanvasAgg(fig)
+def _track(owner: OwnerStatement, by_round: bool) -> tuple[list[float], list[float], list[float], list[float]]:
+    xs: list[float] = []
+    ys: list[float] = []
+    rx: list[float] = []
+    ry: list[float] = []
+    count = 0
+    for row in owner.entries:
+        if row.kind == "charge":
+            count += 1
+            x = float(row.round) if by_round else float(count)
+            if not xs:
+                xs, ys = [x - 1], [0.0]
+            xs.append(x)
+            ys.append(_num(row.epsilon_cumulative))
+        else:
+            rx.append(float(row.round) if by_round else count + 0.5)
+            ry.append(_num(row.epsilon_cumulative))
+    return xs or [0.0], ys or [0.0], rx, ry
+
+
+def cumulative_epsilon_figure(report: Report) -> Figure:
+    """Cumulative (lifetime) epsilon of each owner over its releases, against its budget."""
+    owners = report.owners
+    by_round = _single_run(owners)
+    fig = _figure(8, 4.2)
     ax = fig.add_subplot(1, 1, 1)
-    colours = _colours(len(owners))
-    budgets = {o["epsilon_budget"] for o in owners if o["epsilon_budget"] is not None}
+    budgets = {o.epsilon_budget for o in owners if o.epsilon_budget is not None}
     x_max = 1.0
-    for owner, colour in zip(owners, colours):
-        xs, ys, rx, ry = [0.0], [0.0], [], []
-        count = 0
-        start = None
-        for row in owner["entries"]:
-            if row["kind"] == "charge":
-                count += 1
-                x = float(row["round"]) if by_round else float(count)
-                if start is None and by_round:
-                    xs, ys = [x - 1], [0.0]
-                start = x
-                xs.append(x)
-                ys.append(_num(row["epsilon_cumulative"]))
-            else:
-                rx.append(float(row["round"]) if by_round else count + 0.5)
-                ry.append(_num(row["epsilon_cumulative"]))
-        x_max = max([x_max, *xs, *rx])
-        label = owner["owner_id"] if len(owners) <= LEGEND_MAX_OWNERS else None
-        width = 1.8 if len(owners) <= LEGEND_MAX_OWNERS else 0.9
-        ax.plot(xs, ys, marker="o" if len(xs) <= 30 and len(owners) <= 10 else None, markersize=3,
-                linewidth=width, color=colour, label=label, alpha=0.95 if len(owners) <= 20 else 0.6)
+    few = len(owners) <= LEGEND_MAX_OWNERS
+    tracks = [(o, *_track(o, by_round)) for o in owners]
+    if few:
+        for (owner, xs, ys, rx, ry), colour in zip(tracks, _colours(len(owners))):
+            ax.plot(xs, ys, marker="o" if len(xs) <= 30 and len(owners) <= 10 else None, markersize=3,
+                    linewidth=1.8, color=colour, label=owner.owner_id)
+            if rx:
+                ax.scatter(rx, ry, marker="x", s=40, color=colour, zorder=5, linewidths=2)
+            if len(budgets) > 1 and owner.epsilon_budget is not None:
+                ax.axhline(owner.epsilon_budget, color=colour, linestyle="--", linewidth=0.8, alpha=0.7)
+    else:
+        ordinary = [list(zip(xs, ys)) for o, xs, ys, _, _ in tracks if o.budget_status not in ("over", "near")]
+        flagged = [(o, list(zip(xs, ys))) for o, xs, ys, _, _ in tracks if o.budget_status in ("over", "near")]
+        ax.add_collection(LineCollection(ordinary, colors=BLUE, linewidths=0.7, alpha=0.35, label="owner"))
+        for level, colour in (("over", RED), ("near", ORANGE)):
+            lines = [line for o, line in flagged if o.budget_status == level]
+            if lines:
+                ax.add_collection(LineCollection(lines, colors=colour, linewidths=1.1, alpha=0.9,
+                                                 label=f"{level} budget ({len(lines)})"))
+        rx = [x for *_, xs_r, _ in tracks for x in xs_r]
+        ry = [y for *_, ys_r in tracks for y in ys_r]
         if rx:
-            ax.scatter(rx, ry, marker="x", s=40, color=colour, zorder=5, linewidths=2)
-        if len(budgets) > 1 and owner["epsilon_budget"] is not None:
-            ax.axhline(owner["epsilon_budget"], color=colour, linestyle="--", linewidth=0.8, alpha=0.7)
+            ax.scatter(rx, ry, marker="x", s=20, color="#333333", zorder=5, linewidths=1, label="refused")
+        ys_all = [y for _, _, ys, _, _ in tracks for y in ys if not math.isnan(y)]
+        ax.set_ylim(0, max(ys_all + [max(budgets, default=1.0)]) * 1.08)
+    x_max = max([x_max] + [x for _, xs, _, rx, _ in tracks for x in (*xs, *rx)])
     if len(budgets) == 1:
-        budget = budgets.pop()
-        ax.axhline(budget, color="#c0392b", linestyle="--", linewidth=1.6, label=f"budget \u03b5 = {budget:g}")
-    if any(o["refusals"] for o in owners):
+        budget = next(iter(budgets))
+        ax.axhline(budget, color=RED, linestyle="--", linewidth=1.6, label=f"budget \u03b5 = {budget:g}")
+        ax.axhline(budget * NEAR_BUDGET_FRACTION, color=ORANGE, linestyle=":", linewidth=1.2,
+                   label=f"{NEAR_BUDGET_FRACTION:.0%} of the budget")
+    if few and any(o.refusals for o in owners):
         ax.scatter([], [], marker="x", color="#333333", label="refused (no budget)")
-    accountants = ", ".join(doc["summary"]["accountants"]) or "?"
-    deltas = ", ".join(f"{d:g}" for d in doc["summary"]["deltas"]) or "?"
-    ax.set_title(f"Cumulative \u03b5 per data owner (accountant {accountants}, \u03b4 = {deltas})", fontsize=11)
-    ax.set_xlabel("round" if by_round else "release number in the owner's ledger (all runs)")
-    ax.set_ylabel("cumulative \u03b5 (lifetime)")
+    accountants = ", ".join(report.summary.accountants) or "?"
+    deltas = ", ".join(f"{d:g}" for d in report.summary.deltas) or "?"
+    ax.set_title(f"Lifetime \u03b5 per data owner (accountant {accountants}, \u03b4 = {deltas})", fontsize=11)
+    ax.set_xlabel("round" if by_round else "release number in the owner's ledger (all runs)", fontsize=FONT)
+    ax.set_ylabel("cumulative \u03b5 (lifetime)", fontsize=FONT)
     ax.set_xlim(left=0, right=x_max + 0.5)
     ax.set_ylim(bottom=0)
     ax.grid(True, alpha=0.3)
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), framealpha=0.85,
-                  ncol=2 if len(owners) > 8 and len(owners) <= LEGEND_MAX_OWNERS else 1)
+    ax.tick_params(labelsize=FONT)
+    ax.legend(fontsize=FONT - 1, loc="upper left", bbox_to_anchor=(1.01, 1.0), framealpha=0.85,
+              ncol=2 if 8 < len(owners) <= LEGEND_MAX_OWNERS else 1)
     if by_round:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    if len(owners) > LEGEND_MAX_OWNERS:
+    if not few:
         ax.text(0.99, 0.02, f"{len(owners)} owners (one line each)", transform=ax.transAxes, ha="right",
-                fontsize=8, color="#555555")
+                fontsize=FONT - 1, color=GREY)
     fig.tight_layout()
     return fig
 
 
-def budget_left_figure(doc: dict[str, Any]) -> Figure:
-    """Epsilon spent and left of each owner's budget."""
-    owners = doc["owners"]
-    names = [o["owner_id"] for o in owners]
-    spent = [_num(o["epsilon_spent"]) for o in owners]
-    budget = [_num(o["epsilon_budget"]) for o in owners]
-    left = [max(b - s, 0.0) if not (math.isnan(b) or math.isnan(s)) else 0.0 for s, b in zip(spent, budget)]
-    over = [max(s - b, 0.0) if not (math.isnan(b) or math.isnan(s)) else 0.0 for s, b in zip(spent, budget)]
-    within = [min(s, b) if not math.isnan(s) and not math.isnan(b) else (0.0 if math.isnan(s) else s)
-              for s, b in zip(spent, budget)]
-    horizontal = len(owners) <= 30
-    if horizontal:
-        fig = Figure(figsize=(8, max(2.2, 0.42 * len(owners) + 1.2)), dpi=100)
+def _colour(owner: OwnerStatement) -> str:
+    return {"over": RED, "near": ORANGE}.get(owner.budget_status, BLUE)
+
+
+def budget_used_figure(report: Report) -> Figure:
+    """Share of each owner's lifetime budget used, highest first (many owners: distribution and the top)."""
+    ranked = [o for o in report.owners_by_budget_used() if o.budget_used_fraction is not None]
+    few = len(report.owners) <= MANY
+    if few:
+        fig = _figure(8, max(2.0, 0.34 * len(ranked) + 1.3))
+        ax = fig.add_subplot(1, 1, 1)
+        bar_axes = ax
+        shown = ranked
     else:
-        fig = Figure(figsize=(min(20, 2 + 0.14 * len(owners)), 4.6), dpi=100)
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot(1, 1, 1)
-    positions = list(range(len(owners)))
-    bar = ax.barh if horizontal else ax.bar
-    kw = "left" if horizontal else "bottom"
-    bar(positions, within, color="#2e86c1", label="\u03b5 spent")
-    bar(positions, left, color="#abebc6", label="\u03b5 left", **{kw: within})
-    if any(over):
-        bar(positions, over, color="#c0392b", label="over budget", **{kw: within})
-    if horizontal:
-        ax.set_yticks(positions, names, fontsize=8)
-        ax.invert_yaxis()
-        ax.set_xlabel("\u03b5 (lifetime budget = whole bar)")
-        for i, (s, b) in enumerate(zip(spent, budget)):
-            text = f"{s:.3g} of {b:g} spent, {b - s:.3g} left" if not (math.isnan(s) or math.isnan(b)) else "n/a"
-            ax.text((b if not math.isnan(b) else 0) * 1.01 + 0.01, i, text, va="center", fontsize=7.5)
-        xmax = max([v for v in budget + spent if not math.isnan(v)] or [1.0])
-        ax.set_xlim(0, xmax * 1.45)
+        fig = _figure(10, 4.8)
+        hist = fig.add_subplot(1, 2, 1)
+        shares = [min(o.budget_used_fraction, 1.5) * 100 for o in ranked]
+        hist.hist(shares, bins=[0, 10, 20, 30, 40, 50, 60, 70, 80, 90, 100, 150], color=BLUE, edgecolor="white")
+        hist.axvline(NEAR_BUDGET_FRACTION * 100, color=ORANGE, linestyle=":", linewidth=1.4)
+        hist.axvline(100, color=RED, linestyle="--", linewidth=1.4)
+        hist.set_xlabel("share of the budget used (%; last bin: over)", fontsize=FONT)
+        hist.set_ylabel("owners", fontsize=FONT)
+        hist.set_title(f"All {len(report.owners)} owners", fontsize=11)
+        hist.tick_params(labelsize=FONT)
+        bar_axes = fig.add_subplot(1, 2, 2)
+        shown = ranked[:TOP]
+    positions = list(range(len(shown)))
+    used = [o.budget_used_fraction * 100 if not math.isinf(o.budget_used_fraction) else 150.0 for o in shown]
+    bar_axes.barh(positions, used, color=[_colour(o) for o in shown])
+    bar_axes.set_yticks(positions, [o.owner_id for o in shown], fontsize=FONT if len(shown) <= 20 else FONT - 1)
+    bar_axes.invert_yaxis()
+    bar_axes.axvline(NEAR_BUDGET_FRACTION * 100, color=ORANGE, linestyle=":", linewidth=1.4,
+                     label=f"{NEAR_BUDGET_FRACTION:.0%}: near")
+    bar_axes.axvline(100, color=RED, linestyle="--", linewidth=1.4, label="100%: budget")
+    bar_axes.xaxis.set_major_formatter(PercentFormatter())
+    bar_axes.set_xlim(0, max([110.0] + [u * 1.05 for u in used]))
+    bar_axes.set_xlabel("share of the lifetime budget used", fontsize=FONT)
+    bar_axes.tick_params(labelsize=FONT)
+    if few:
+        for i, owner in enumerate(shown):
+            bar_axes.text(min(used[i], 150) + 1.5, i, f"\u03b5 {owner.epsilon_spent:.3g} of {owner.epsilon_budget:g}",
+                          va="center", fontsize=FONT - 1)
+        bar_axes.set_xlim(0, max([135.0] + [u * 1.3 for u in used]))
+        bar_axes.set_title("Privacy budget used per data owner (highest first)", fontsize=11)
     else:
-        ax.set_xticks(positions, names, rotation=90, fontsize=6)
-        ax.set_ylabel("\u03b5 (lifetime budget = whole bar)")
-        ax.set_xlim(-1, len(owners))
-    ax.set_title("Privacy budget spent and left per data owner", fontsize=11)
-    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), framealpha=0.85)
-    ax.grid(True, axis="x" if horizontal else "y", alpha=0.3)
+        bar_axes.set_title(f"The {len(shown)} owners with the highest share used", fontsize=11)
+    bar_axes.legend(fontsize=FONT - 1, loc="lower right", framealpha=0.85)
+    bar_axes.grid(True, axis="x", alpha=0.3)
     fig.tight_layout()
     return fig
 
 
-def privacy_utility_figure(doc: dict[str, Any]) -> Figure | None:
+def privacy_utility_figure(report: Report) -> Figure | None:
     """Test accuracy over rounds beside epsilon, and accuracy against epsilon."""
-    history = doc.get("history")
-    if not history or not history["rounds"]:
+    history = report.history
+    if not history or not history.rounds:
         return None
-    rounds = history["rounds"]
-    xs = [r["round"] for r in rounds]
-    acc = [_num(r["test_accuracy"]) for r in rounds]
-    eps_max = [_num(r["epsilon_max"]) for r in rounds]
-    eps_med = [_num(r["epsilon_median"]) for r in rounds]
-    eps_min = [_num(r["epsilon_min"]) for r in rounds]
+    rounds = history.rounds
+    xs = [r.round for r in rounds]
+    acc = [_num(r.test_accuracy) for r in rounds]
+    eps_max = [_num(r.epsilon_max) for r in rounds]
+    eps_med = [_num(r.epsilon_median) for r in rounds]
+    eps_min = [_num(r.epsilon_min) for r in rounds]
     has_eps = any(not math.isnan(e) for e in eps_max)
-    fig = Figure(figsize=(10, 3.8), dpi=100)
-    FigureCanvasAgg(fig)
+    fig = _figure(10, 3.8)
     ax = fig.add_subplot(1, 2, 1)
-    ax.plot(xs, acc, color="#1e8449", marker="o", markersize=3, label="test accuracy")
-    ax.set_xlabel("round")
+    ax.plot(xs, acc, color=GREEN, marker="o", markersize=3, label="test accuracy")
+    ax.set_xlabel("round", fontsize=FONT)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_ylabel("test accuracy", color="#1e8449")
+    ax.set_ylabel("test accuracy", color=GREEN, fontsize=FONT)
     ax.set_ylim(0, 1)
     ax.grid(True, alpha=0.3)
+    ax.tick_params(labelsize=FONT)
     ax.set_title("Accuracy and \u03b5 over rounds", fontsize=11)
     if has_eps:
         ax2 = ax.twinx()
-        ax2.plot(xs, eps_max, color="#2e86c1", label="\u03b5 max over owners")
-        ax2.fill_between(xs, eps_min, eps_max, color="#2e86c1", alpha=0.15, label="\u03b5 range over owners")
-        ax2.plot(xs, eps_med, color="#2e86c1", linestyle=":", label="\u03b5 median")
-        ax2.set_ylabel("cumulative \u03b5", color="#2e86c1")
+        ax2.plot(xs, eps_max, color=BLUE, label="\u03b5 max over owners")
+        ax2.fill_between(xs, eps_min, eps_max, color=BLUE, alpha=0.15, label="\u03b5 range over owners")
+        ax2.plot(xs, eps_med, color=BLUE, linestyle=":", label="\u03b5 median")
+        ax2.set_ylabel("lifetime \u03b5", color=BLUE, fontsize=FONT)
         ax2.set_ylim(bottom=0)
-        lines = ax.get_legend_handles_labels()
-        lines2 = ax2.get_legend_handles_labels()
-        ax.legend(lines[0] + lines2[0], lines[1] + lines2[1], fontsize=7.5, loc="lower right")
+        ax2.tick_params(labelsize=FONT)
+        lines, lines2 = ax.get_legend_handles_labels(), ax2.get_legend_handles_labels()
+        ax.legend(lines[0] + lines2[0], lines[1] + lines2[1], fontsize=FONT - 1, loc="lower right")
     right = fig.add_subplot(1, 2, 2)
     if has_eps:
-        right.plot(eps_max, acc, color="#6c3483", marker="o", markersize=3)
+        right.plot(eps_max, acc, color=PURPLE, marker="o", markersize=3)
         for x, y, r in zip(eps_max, acc, xs):
-            if len(xs) <= 12 or r in (xs[0], xs[-1]) or r % max(1, len(xs) // 6) == 0:
-                if not (math.isnan(x) or math.isnan(y)):
-                    right.annotate(str(r), (x, y), textcoords="offset points", xytext=(3, -9), fontsize=7)
-        right.set_xlabel("cumulative \u03b5 (max over owners)")
-        right.set_title("Privacy\u2013utility: accuracy against \u03b5 (labels: round)", fontsize=11)
+            if (len(xs) <= 12 or r in (xs[0], xs[-1]) or r % max(1, len(xs) // 6) == 0) \
+                    and not (math.isnan(x) or math.isnan(y)):
+                right.annotate(str(r), (x, y), textcoords="offset points", xytext=(3, -9), fontsize=FONT - 1)
+        right.set_xlabel("lifetime \u03b5 (max over owners)", fontsize=FONT)
+        right.set_title("Accuracy against \u03b5 (labels: round)", fontsize=11)
     else:
         right.text(0.5, 0.5, "no ledger run matches this history:\n\u03b5 not shown", ha="center", va="center")
         right.set_title("Privacy\u2013utility", fontsize=11)
-    right.set_ylabel("test accuracy")
+    right.set_ylabel("test accuracy", fontsize=FONT)
     right.set_ylim(0, 1)
     right.grid(True, alpha=0.3)
+    right.tick_params(labelsize=FONT)
     fig.tight_layout()
     return fig
 
 
-def report_figures(doc: dict[str, Any]) -> list[tuple[str, str, Figure]]:
-    """(key, caption, figure) for every picture the report has."""
-    figures = []
-    if doc["owners"]:
-        figures.append(("cumulative_epsilon",
-                        "Cumulative (lifetime) epsilon of each owner after each of its releases, recomputed from the "
-                        "ledger's DP events; dashed: the budget; x: a release refused for lack of budget.",
-                        cumulative_epsilon_figure(doc)))
-        figures.append(("budget_left", "Epsilon spent (blue) and left (green) of each owner's lifetime budget.",
-                        budget_left_figure(doc)))
-    utility = privacy_utility_figure(doc)
-    if utility is not None:
-        figures.append(("privacy_utility",
-                        "Test accuracy of the global model per round (run history) beside the owners' cumulative "
-                        "epsilon after that round (ledger); right: accuracy against epsilon.", utility))
-    return figures
+def evaluation_figure(report: Report) -> Figure | None:
+    """Federated evaluation: over rounds (aggregate, owners' range) and per owner at the latest round."""
+    history = report.history
+    evaluation = history.federated_evaluation if history else None
+    if evaluation is None:
+        return None
+    fig = _figure(10, 3.8)
+    ax = fig.add_subplot(1, 2, 1)
+    xs = [r.round for r in evaluation.rounds]
+    ax.plot(xs, [_num(r.accuracy) for r in evaluation.rounds], color=GREEN, marker="o", markersize=3,
+            label="accuracy (weighted by examples)")
+    lows, highs = [_num(r.accuracy_min) for r in evaluation.rounds], [_num(r.accuracy_max) for r in evaluation.rounds]
+    if any(not math.isnan(v) for v in lows):
+        ax.fill_between(xs, lows, highs, color=GREEN, alpha=0.15, label="range over owners")
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("round", fontsize=FONT)
+    ax.set_ylabel("accuracy on the owners' data", fontsize=FONT)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.grid(True, alpha=0.3)
+    ax.tick_params(labelsize=FONT)
+    ax.legend(fontsize=FONT - 1, loc="lower right")
+    ax.set_title("Federated evaluation over rounds", fontsize=11)
+    right = fig.add_subplot(1, 2, 2)
+    latest = [(o.owner_id, o.federated_evaluation.latest.accuracy) for o in report.owners
+              if o.federated_evaluation and o.federated_evaluation.latest
+              and o.federated_evaluation.latest.accuracy is not None]
+    if len(latest) <= MANY:
+        latest.sort(key=lambda x: x[1])
+        right.barh(range(len(latest)), [a for _, a in latest], color=GREEN)
+        right.set_yticks(range(len(latest)), [o for o, _ in latest], fontsize=FONT if len(latest) <= 20 else FONT - 1)
+        right.set_xlim(0, 1)
+        right.set_xlabel("accuracy at each owner's latest evaluation", fontsize=FONT)
+    else:
+        right.hist([a for _, a in latest], bins=20, range=(0, 1), color=GREEN, edgecolor="white")
+        right.set_xlabel(f"accuracy at the latest evaluation ({len(latest)} owners)", fontsize=FONT)
+        right.set_ylabel("owners", fontsize=FONT)
+    right.tick_params(labelsize=FONT)
+    right.set_title("Per owner, latest round (lowest first)", fontsize=11)
+    right.grid(True, axis="x", alpha=0.3)
+    fig.tight_layout()
+    return fig
 
 
-def png_bytes(fig: Figure, dpi: int = 100) -> bytes:
+def png_bytes(fig: Figure, dpi: int = DPI) -> bytes:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=dpi)
     return buffer.getvalue()
+
+
+def _render(key: str, caption: str, fig: Figure) -> RenderedFigure:
+    width, height = fig.get_size_inches()
+    return RenderedFigure(key, caption, png_bytes(fig), float(width), float(height))
+
+
+def report_figures(report: Report) -> list[RenderedFigure]:
+    """Every picture the report has, drawn once (PNG), in the order the report shows them."""
+    figures = []
+    if report.owners:
+        figures.append(_render(
+            "budget_used", f"Share of each owner's lifetime privacy budget used, highest first; orange from "
+            f"{NEAR_BUDGET_FRACTION:.0%} (near), red over the budget.", budget_used_figure(report)))
+        figures.append(_render(
+            "cumulative_epsilon", "Lifetime (cumulative) epsilon of each owner after each of its releases, "
+            "recomputed from the ledger's DP events; dashed: the budget; dotted: 80% of it; x: a release refused "
+            "for lack of budget.", cumulative_epsilon_figure(report)))
+    utility = privacy_utility_figure(report)
+    if utility is not None:
+        figures.append(_render(
+            "privacy_utility", "Test accuracy of the global model per round (run history) beside the owners' "
+            "lifetime epsilon after that round (ledger); right: accuracy against epsilon.", utility))
+    evaluation = evaluation_figure(report)
+    if evaluation is not None:
+        figures.append(_render(
+            "federated_evaluation", "Federated evaluation on the owners' own data (run history): a release the "
+            "DP-SGD epsilon does not cover.", evaluation))
+    return figures
+
+
+__all__ = ["RenderedFigure", "budget_used_figure", "cumulative_epsilon_figure", "evaluation_figure", "png_bytes",
+           "privacy_utility_figure", "report_figures"]

@@ -46,6 +46,8 @@ FIELDS: dict[str, dict[str, tuple[str, str]]] = {
     },
     "processing": {
         "purpose": (STR, "Art. 30(1)(b) purposes of the processing"),
+        "purposes": (STR_LIST, "Art. 5(1)(b), 30(1)(b) the purposes ledger entries may be signed with, verbatim (the "
+                               "run config's 'purpose'); an entry signed with another purpose is flagged"),
         "legal_basis": (STR, "Art. 6(1) (and Art. 9(2) for special categories) legal basis"),
         "data_subjects": (STR_LIST, "Art. 30(1)(c) categories of data subjects"),
         "data_categories": (STR_LIST, "Art. 30(1)(c) categories of personal data"),
@@ -92,6 +94,14 @@ class ProcessingRecord:
 
     def covers(self, owner_id: str) -> bool:
         return not self.owner_ids or owner_id in self.owner_ids
+
+    def declared_purposes(self) -> tuple[str, ...] | None:
+        """The purposes ledger entries may carry: ``[processing] purposes``, else ``purpose``; None if neither."""
+        listed = self.get("processing", "purposes")
+        if listed:
+            return tuple(listed)
+        single = self.get("processing", "purpose")
+        return (single,) if single else None
 
     def to_dict(self) -> dict[str, Any]:
         top = dict(self.values.get("", {}))

@@ -17,7 +17,9 @@ from __future__ import annotations
 from typing import Any
 
 from privfl.privacy.report import evidence as ev
+from privfl.privacy.report.model import HistorySection, OwnerStatement
 from privfl.privacy.report.processing_record import ProcessingRecord
+from privfl.privacy.report.words import epsilon_sentence
 
 PRIVACY_UNITS = {
     "record": "one record of the owner's data set: the released updates reveal almost nothing about whether any "
@@ -43,26 +45,26 @@ def _item(field: str, label: str, value: Any, evidence: str) -> dict[str, Any]:
     return {"field": field, "label": label, "value": value, "evidence": evidence}
 
 
-def epsilon_registry(owner: dict[str, Any], record: ProcessingRecord | None,
-                     history: dict[str, Any] | None) -> list[dict[str, Any]]:
-    ledger = owner["integrity"]["evidence"]  # ledger-verified, or ledger-unverified when it failed
-    derived = ev.RECOMPUTED if owner["integrity"]["intact"] else ev.LEDGER_UNVERIFIED
-    spent_evidence = derived if owner["epsilon_spent_basis"] == ev.RECOMPUTED else (
-        ev.OWNER_SIGNED_PARTIAL if owner["epsilon_spent_basis"] == ev.OWNER_SIGNED_PARTIAL else derived)
+def epsilon_registry(owner: OwnerStatement, record: ProcessingRecord | None,
+                     history: HistorySection | None) -> list[dict[str, Any]]:
+    ledger = owner.integrity.evidence  # ledger-verified, or ledger-unverified when it failed
+    derived = ev.RECOMPUTED if owner.integrity.intact else ev.LEDGER_UNVERIFIED
+    spent_evidence = derived if owner.epsilon_spent_basis == ev.RECOMPUTED else (
+        ev.OWNER_SIGNED_PARTIAL if owner.epsilon_spent_basis == ev.OWNER_SIGNED_PARTIAL else derived)
 
     def declared(section: str, key: str) -> tuple[Any, str]:
         value = record.get(section, key) if record else None
         return (value, ev.OWNER_DECLARED) if value not in (None, "", []) else (None, ev.NOT_DECLARED)
 
-    units = owner["privacy_units"]
+    units = owner.privacy_units
     settings = [
-        {k: s[k] for k in ("mechanism", "noise_multiplier", "sample_rate", "clipping_norm", "releases",
-                           "steps_total", "steps_per_release")}
-        for s in owner["mechanism_settings"]]
+        {k: getattr(s, k) for k in ("mechanism", "noise_multiplier", "sample_rate", "clipping_norm", "releases",
+                                    "steps_total", "steps_per_release")}
+        for s in owner.mechanism_settings]
     released = ("one model update per round in which the owner trained, sent to the federation server "
                 "(its sha256 is bound into the charge); the server releases the aggregate of the updates")
-    if history and history.get("config", {}).get("model"):
-        released += f" (model: {history['config']['model']}, data set: {history['config'].get('dataset', '?')})"
+    if history and history.config.get("model"):
+        released += f" (model: {history.config['model']}, data set: {history.config.get('dataset', '?')})"
     set_by, set_by_ev = declared("privacy_budget", "set_by")
     rationale, rationale_ev = declared("privacy_budget", "rationale")
     period, period_ev = declared("privacy_budget", "period")
@@ -77,30 +79,32 @@ def epsilon_registry(owner: dict[str, Any], record: ProcessingRecord | None,
     records, records_ev = declared("dataset", "records")
     decided, decided_ev = declared("privacy_budget", "decided_on")
     return [
-        _item("epsilon", "Epsilon spent (lifetime, cumulative)", owner["epsilon_spent"], spent_evidence),
-        _item("delta", "Delta", owner["delta"], ledger),
-        _item("epsilon_budget", "Epsilon budget", owner["epsilon_budget"], ledger),
-        _item("epsilon_remaining", "Epsilon left", owner["epsilon_remaining"], spent_evidence),
+        _item("epsilon", "Epsilon spent (lifetime, cumulative)", owner.epsilon_spent, spent_evidence),
+        _item("delta", "Delta", owner.delta, ledger),
+        _item("epsilon_budget", "Epsilon budget", owner.epsilon_budget, ledger),
+        _item("epsilon_remaining", "Epsilon left", owner.epsilon_remaining, spent_evidence),
+        _item("epsilon_meaning", "What this epsilon means", epsilon_sentence(owner.epsilon_spent, owner.delta),
+              spent_evidence),
         _item("privacy_unit", "Privacy unit (granularity)",
               "; ".join(f"{u}: {PRIVACY_UNITS.get(u, u)}" for u in units), ledger),
         _item("released", "What was computed and released", released, ev.PRIVFL_DESIGN),
         _item("releases", "Number of releases (charges) / refusals",
-              f"{owner['charges']} / {owner['refusals']}", ledger),
+              f"{owner.charges} / {owner.refusals}", ledger),
         _item("mechanism", "Mechanism",
-              "; ".join(MECHANISMS.get(m, m) for m in owner["mechanisms"]) or "none", ledger),
+              "; ".join(MECHANISMS.get(m, m) for m in owner.mechanisms) or "none", ledger),
         _item("mechanism_parameters", "Mechanism parameters", settings, ledger),
         _item("accountant", "Accountant (composition method)",
-              "; ".join(f"{a}: {ACCOUNTANTS.get(a, a)}" for a in owner["accountants"]) or "none", ledger),
+              "; ".join(f"{a}: {ACCOUNTANTS.get(a, a)}" for a in owner.accountants) or "none", ledger),
         _item("composition", "What is composed",
               "every charge in the owner's ledger, across all runs (sequential composition of all releases)",
-              derived if owner["source"]["chain_complete"] else ev.OWNER_SIGNED_PARTIAL),
-        _item("time_period", "Releases between", f"{owner['first_entry']} and {owner['last_entry']}", ledger),
+              derived if owner.source.chain_complete else ev.OWNER_SIGNED_PARTIAL),
+        _item("time_period", "Releases between", f"{owner.first_entry} and {owner.last_entry}", ledger),
         _item("budget_period", "Period the budget covers; refresh", period, period_ev),
         _item("budget_set_by", "Who set the budget", set_by, set_by_ev),
         _item("budget_decided_on", "When the budget was decided", decided, decided_ev),
         _item("budget_rationale", "Why this epsilon", rationale, rationale_ev),
         _item("when_exhausted", "When the budget is spent", exhausted, exhausted_ev),
-        _item("purpose", "Purpose (as signed in the ledger)", owner["purposes"], ledger),
+        _item("purpose", "Purpose (as signed in the ledger)", owner.purposes, ledger),
         _item("dataset", "Data set", dataset, dataset_ev),
         _item("records", "Records in the data set", records, records_ev),
         _item("implementation", "Implementation",

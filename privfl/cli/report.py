@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import textwrap
 from pathlib import Path
@@ -16,14 +17,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=textwrap.fill(
             "Reads owner ledgers and/or federation ledgers (read-only), verifies each (signatures, hash chain, "
             "every stated epsilon), recomputes every epsilon from the stored DP events with the accountant each "
-            "entry names, and writes a report: budgets spent and left, refused releases, integrity, an epsilon "
-            "registry, and a GDPR section (Art. 30 record of processing from --processing-record; Art. 25 and 32 "
-            "measures). A ledger that fails verification is reported at the top; with --strict the command then "
-            "exits 1.", width=88),
+            "entry names, and writes a report a data-protection officer can act on: who is over budget or near it "
+            "(from 80% used), what epsilon means in plain words, rounds left per owner, lifetime epsilon and this "
+            "experiment's share, federated evaluation, purposes not declared in the processing record, integrity, "
+            "an epsilon registry and a GDPR section. A damaged or tampered ledger is reported at the top and the "
+            "report is still written.", width=88)
+        + "\n\nExit status: 0 when every ledger is intact and no cross-check problem exists; 1 when a ledger is "
+        "not intact or a cross-check found a problem (the report is written anyway); with --strict also 1 when "
+        "the report has any other problem (an owner over budget, an undeclared purpose, an epsilon that cannot "
+        "be derived); 2 for a usage error. --verify-report: 0 when the JSON report's hash (and signature) check "
+        "out, else 1.",
         epilog="Examples:\n"
         "  privfl report runs/quickstart-20261123-120152 --out report.html\n"
+        "  privfl report runs/quickstart-20261123-120152 --owner owner-3 --out owner-3.pdf\n"
         "  privfl report st-mary.db --public-key st-mary.pub --processing-record record.toml --out st-mary.pdf\n"
-        "  privfl report federation.db --keys-dir keys/ --history history.json --format json --out report.json\n"
+        "  privfl report federation.db --keys-dir keys/ --history history.json --format json --out report.json \\\n"
+        "      --sign-key dpo.key --key-passphrase-env DPO_KEY_PASS\n"
+        "  privfl report --verify-report report.json --public-key dpo.pub\n"
         "  privfl report --example-processing-record > processing-record.toml",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -34,20 +44,35 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="report format (default: from --out's suffix, else html)")
     parser.add_argument("--out", type=Path, metavar="PATH",
                         help="output file; omitted or '-': standard output (json and csv only)")
+    parser.add_argument("--owner", metavar="OWNER",
+                        help="write one owner's statement: only that owner's figures, files and problems")
     parser.add_argument("--history", type=Path, metavar="HISTORY_JSON",
-                        help="the run's history.json: test accuracy per round beside epsilon")
+                        help="the run's history.json: accuracy per round, the experiment id (this experiment's share "
+                        "of epsilon) and federated evaluation")
     parser.add_argument("--processing-record", action="append", default=[], type=Path, metavar="TOML",
-                        help="the owner's record of processing (GDPR Art. 30; who set the budget); repeatable, one "
-                        "per owner with owner_ids; see docs/report-schema.md and --example-processing-record")
+                        help="the owner's record of processing (GDPR Art. 30; declared purposes; who set the "
+                        "budget); repeatable, one per owner with owner_ids; see docs/report-schema.md and "
+                        "--example-processing-record")
     parser.add_argument("--public-key", action="append", default=[], metavar="[OWNER=]KEY",
                         help="an owner's public key (.pub) to verify against instead of the key the ledger records; "
-                        "OWNER=KEY, or KEY named <owner>.pub (or any name, for a report on one owner ledger)")
+                        "OWNER=KEY, or KEY named <owner>.pub (or any name, for a report on one owner ledger); with "
+                        "--verify-report: the signer's public key")
     parser.add_argument("--keys-dir", type=Path, metavar="DIR",
                         help="folder of owners' public keys <owner>.pub (its <owner>.key file modes are checked too)")
+    parser.add_argument("--sign-key", type=Path, metavar="KEY",
+                        help="an Ed25519 private key (PEM, e.g. from 'privfl keys generate') that signs the JSON "
+                        "report's content hash")
+    parser.add_argument("--key-passphrase-env", metavar="VAR",
+                        help="environment variable holding --sign-key's passphrase")
     parser.add_argument("--strict", action="store_true",
-                        help="exit 1 when a ledger is not intact or a figure cannot be derived (the report is "
-                        "still written)")
+                        help="exit 1 on any problem of the report, not only a ledger that is not intact or a "
+                        "cross-check problem (the report is still written)")
+    parser.add_argument("--jobs", type=int, metavar="N",
+                        help="processes to use (default: one per core, at most 4; 1: no helper processes)")
     parser.add_argument("--title", help="the report's title")
+    parser.add_argument("--verify-report", type=Path, metavar="REPORT_JSON",
+                        help="check a JSON report's content hash and signature (with --public-key: that the key "
+                        "signed it) and exit")
     parser.add_argument("--example-processing-record", action="store_true",
                         help="print an example processing record (TOML) and exit")
     parser.set_defaults(handler=run_report)
@@ -82,6 +107,51 @@ def _keys(args: argparse.Namespace, run_keys: Path | None):
     return mapping, keys_dir
 
 
+def _sign_key(args: argparse.Namespace):
+    from privfl.cli import UsageError
+    from privfl.privacy.keys import KeyFileError, load_private_key
+
+    if args.sign_key is None:
+        if args.key_passphrase_env:
+            raise UsageError("--key-passphrase-env needs --sign-key")
+        return None
+    passphrase = None
+    if args.key_passphrase_env:
+        passphrase = os.environ.get(args.key_passphrase_env)
+        if passphrase is None:
+            raise UsageError(f"--key-passphrase-env {args.key_passphrase_env}: that environment variable is not set")
+    try:
+        return load_private_key(args.sign_key, passphrase)
+    except KeyFileError as err:
+        raise UsageError(f"--sign-key: {err}") from None
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from privfl.cli import UsageError
+    from privfl.privacy.report import verify_report_json
+
+    if len(args.public_key) > 1 or any("=" in k for k in args.public_key):
+        raise UsageError("--verify-report takes at most one --public-key KEY (the signer's)")
+    key = Path(args.public_key[0]) if args.public_key else None
+    if key is not None and not key.is_file():
+        raise FileNotFoundError(f"no public key file at {key}")
+    ok, reason = verify_report_json(args.verify_report, key)
+    print(f"{args.verify_report}: {'OK' if ok else 'FAILED'}: {reason}")
+    return 0 if ok else 1
+
+
+def _warm_up_renderers() -> None:
+    """Import matplotlib and load the templates while the accounting runs in helper processes."""
+    from matplotlib.figure import Figure
+
+    from privfl.privacy.report import html_report, plots
+
+    html_report.environment().get_template("report.html.j2")
+    figure = Figure(figsize=(1, 1))
+    figure.add_subplot(1, 1, 1).set_title("\u03b5 warm-up")  # loads the fonts and the Agg renderer
+    plots.png_bytes(figure, dpi=20)
+
+
 def run_report(args: argparse.Namespace) -> int:
     from privfl.cli import UsageError
 
@@ -90,8 +160,12 @@ def run_report(args: argparse.Namespace) -> int:
 
         sys.stdout.write(example_path().read_text(encoding="utf-8"))
         return 0
+    if args.verify_report is not None:
+        return _verify(args)
     if not args.ledgers:
         raise UsageError("give at least one ledger file, folder or run folder (LEDGER...)")
+    if args.jobs is not None and args.jobs < 1:
+        raise UsageError("--jobs must be 1 or more")
     fmt = args.format
     to_stdout = args.out is None or str(args.out) == "-"
     if fmt is None:
@@ -99,28 +173,37 @@ def run_report(args: argparse.Namespace) -> int:
         fmt = suffix if suffix in FORMATS else "html"
     if to_stdout and fmt in ("html", "pdf"):
         raise UsageError(f"--format {fmt} needs --out PATH")
+    sign_key = _sign_key(args)
 
     from privfl.privacy.report import ProcessingRecordError, build_report, render_csv, render_json, write_report
+    from privfl.privacy.report.parallel import default_workers
     from privfl.privacy.report.run import run_inputs
 
     ledgers: list[Path] = []
-    history, records, run_keys = args.history, list(args.processing_record), None
+    history, records, run_keys, run_key_files = args.history, list(args.processing_record), None, None
     for path in args.ledgers:
         if path.is_dir() and (path / "ledgers").is_dir():  # a run folder
             inputs = run_inputs(path)
             ledgers.extend(inputs["ledgers"])
             history = history or inputs["history"]
             run_keys = run_keys or inputs["keys_dir"]
+            run_key_files = run_key_files or inputs["key_files_dir"]
             if not args.processing_record and inputs["processing_record"]:
                 records.append(inputs["processing_record"])
         else:
             ledgers.append(path)
     keys, key_files_dir = _keys(args, run_keys)
+    if args.keys_dir is None and run_key_files is not None:
+        key_files_dir = run_key_files
     try:
         report = build_report(ledgers, history=history, processing_record=records or None, keys=keys,
-                              title=args.title, key_files_dir=key_files_dir)
+                              title=args.title, key_files_dir=key_files_dir, owner=args.owner,
+                              workers=args.jobs or default_workers(),
+                              warm_up=_warm_up_renderers if fmt in ("html", "pdf") else None)
     except (ProcessingRecordError, ValueError) as err:
         raise UsageError(str(err)) from None
+    if sign_key is not None:
+        report.sign(sign_key)
 
     if to_stdout:
         sys.stdout.write(render_json(report) if fmt == "json" else render_csv(report))
@@ -128,10 +211,12 @@ def run_report(args: argparse.Namespace) -> int:
     else:
         write_report(report, args.out, fmt)
         where = str(args.out)
-    status = report.document["status"]
-    print(f"privfl report: wrote {fmt} to {where}: {status['headline']}", file=sys.stderr)
-    for problem in status["problems"]:
+    status = report.status
+    print(f"privfl report: wrote {fmt} to {where}: {status.headline}", file=sys.stderr)
+    for problem in status.problems:
         print(f"  problem: {problem}", file=sys.stderr)
-    for warning in status["warnings"]:
+    for warning in status.warnings:
         print(f"  note: {warning}", file=sys.stderr)
+    if report.fails_by_default:
+        return 1
     return 1 if args.strict and not report.ok else 0

@@ -1,0 +1,617 @@
+"""The report as one typed model: every format (JSON, HTML, PDF, CSV) renders this.
+
+Why a model and not a dict: the HTML, PDF and CSV writers, the plots and the tests
+all read the same facts, and a typo in a dict key fails silently (a blank cell)
+where an attribute fails loudly.  The JSON document is *derived* from the model
+(:meth:`Report.document`), field names unchanged, so ``docs/report-schema.md`` and
+``report-schema.json`` describe both.
+
+Layout (one class per idea):
+
+- :class:`Report` -- the whole report: :class:`Status` (verdict, headline, problems),
+  :class:`Summary`, :class:`LedgerIntegrity` per file, :class:`OwnerStatement` per
+  data owner, :class:`HistorySection`, the GDPR sections, :class:`PlainWords`;
+- :class:`OwnerStatement` -- one owner: what it spent (lifetime and this
+  experiment), what is left, what is next (:class:`Outlook`), whether its purposes
+  were declared (:class:`PurposeCheck`), its federated evaluation, and every entry
+  (:class:`Release`) with the numbers each figure is computed from.
+
+Epsilons are floats here (``math.inf`` for a release without noise); the document
+writes an infinite epsilon as the string ``"inf"`` because JSON has no infinity.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, fields, is_dataclass, replace
+from typing import Any
+
+SCHEMA_VERSION = "1.1"
+REPORT_TYPE = "privfl.privacy-budget-report"
+NEAR_BUDGET_FRACTION = 0.8  # an owner that has used this share of its budget or more is flagged
+
+
+# --------------------------------------------------------------------------- entries
+
+
+@dataclass
+class EventParams:
+    """A DP event as stored: the mechanism and its parameters (never an epsilon)."""
+
+    type: str
+    noise_multiplier: float | None = None
+    sample_rate: float | None = None
+    steps: int | None = None
+
+
+@dataclass
+class Release:
+    """One ledger entry (a charge, or a refusal) with the epsilons recomputed from it."""
+
+    sequence: int
+    kind: str  # "charge" | "refusal"
+    run_id: str
+    round: int
+    timestamp: str
+    timestamp_unix_nanos: int
+    mechanism: str
+    event: EventParams
+    clipping_norm: float
+    privacy_unit: str
+    delta: float
+    accountant: str
+    epsilon_budget: float
+    purpose: str
+    refusal_reason: str
+    epsilon_release: float | None  # this release alone; None for refusals
+    epsilon_increment: float | None  # change of the cumulative epsilon by this charge
+    epsilon_cumulative: float | None  # every charge so far, composed (recomputed)
+    epsilon_cumulative_stated: float  # what the signed entry says
+    epsilon_stated_matches: bool | None
+    epsilon_remaining: float | None
+    purpose_declared: bool | None  # None: no declared purposes to compare with
+    update_hash: str
+    entry_hash: str
+    previous_hash: str
+    key_fingerprint: str
+    signature: str
+    entry_base64: str
+
+    @property
+    def is_charge(self) -> bool:
+        return self.kind == "charge"
+
+
+# --------------------------------------------------------------------------- one owner
+
+
+@dataclass
+class Refusal:
+    run_id: str
+    round: int
+    timestamp: str
+    reason: str
+    epsilon_spent_before: float | None
+    requested_event: EventParams
+
+
+@dataclass
+class RunSpend:
+    """What one run (one run id in the ledger) cost the owner, on the lifetime curve."""
+
+    run_id: str
+    charges: int
+    refusals: int
+    first_round: int
+    last_round: int
+    first_entry: str
+    last_entry: str
+    epsilon_before: float | None
+    epsilon_after: float | None
+    purposes: list[str]
+
+
+@dataclass
+class MechanismSetting:
+    mechanism: str
+    noise_multiplier: float | None
+    sample_rate: float | None
+    clipping_norm: float
+    privacy_unit: str
+    releases: int
+    steps_per_release: list[int]
+    steps_total: int
+
+
+@dataclass
+class Source:
+    ledger: str
+    ledger_kind: str
+    chain_complete: bool
+    first_sequence: int | None
+    last_sequence: int | None
+
+
+@dataclass
+class OwnerIntegrity:
+    intact: bool
+    verdict: str
+    problem: str | None
+    key_fingerprint: str
+    key_independently_supplied: bool
+    head: dict[str, Any] | None  # {"sequence", "hash"}
+    checked_against: list[str]
+    evidence: str
+
+
+@dataclass
+class Outlook:
+    """What is next: further releases identical to the latest charge that still fit the budget.
+
+    ``rounds_left`` releases of ``next_release`` fit (``epsilon_after`` is the owner's
+    lifetime epsilon after them) and one more would not (``epsilon_after_one_more``
+    exceeds the budget), each figure composed by the owner's accountant with every
+    charge so far.  ``at_least``: the search stopped at its cap.
+    """
+
+    rounds_left: int | None
+    at_least: bool
+    next_release: EventParams | None
+    accountant: str
+    delta: float | None
+    epsilon_budget: float | None
+    epsilon_per_release: float | None  # the next release alone
+    epsilon_after: float | None
+    epsilon_after_one_more: float | None
+    evidence: str
+    note: str
+
+
+@dataclass
+class ExperimentShare:
+    """The charges of this experiment (entries whose run_id is the experiment id), composed alone."""
+
+    experiment_id: str
+    charges: int
+    refusals: int
+    epsilon: float | None
+    accountant: str
+    delta: float | None
+    note: str
+
+
+@dataclass
+class PurposeMismatch:
+    sequence: int
+    kind: str
+    run_id: str
+    round: int
+    purpose: str
+
+
+@dataclass
+class PurposeCheck:
+    """Purposes signed in the ledger against those the owner's processing record declares."""
+
+    status: str  # "declared" (every entry's purpose declared) | "mismatch" | "not-checked"
+    declared: list[str] | None
+    record: str | None
+    undeclared: list[PurposeMismatch]
+    undeclared_purposes: list[str]
+
+
+@dataclass
+class EvaluationPoint:
+    round: int
+    loss: float | None
+    accuracy: float | None
+    num_examples: int | None
+
+
+@dataclass
+class OwnerEvaluation:
+    """The owner's federated evaluation (from the run history): latest round and every round."""
+
+    latest: EvaluationPoint | None
+    rounds: list[EvaluationPoint]
+
+
+@dataclass
+class OwnerStatement:
+    """One data owner: spent, left, what is next, integrity, and every entry."""
+
+    owner_id: str
+    source: Source
+    integrity: OwnerIntegrity | None
+    privacy_unit: str
+    privacy_units: list[str]
+    mechanisms: list[str]
+    mechanism_settings: list[MechanismSetting]
+    accountant: str
+    accountants: list[str]
+    delta: float | None
+    epsilon_spent: float | None  # lifetime: every charge of every run
+    epsilon_spent_basis: str
+    epsilon_spent_stated: float | None
+    epsilon_spent_recomputed_lower_bound: float | None
+    epsilon_budget: float | None
+    epsilon_budgets_stated: list[float]
+    epsilon_remaining: float | None
+    budget_used_fraction: float | None
+    over_budget: bool
+    budget_status: str  # "over" | "near" | "within" | "unknown"
+    odds_bound: float | None  # e^epsilon_spent
+    strength: str | None  # tier of epsilon_spent: "strong" | "reasonable" | "weak"
+    charges: int
+    refusals: int
+    refused_releases: list[Refusal]
+    purposes: list[str]
+    first_entry: str | None
+    last_entry: str | None
+    runs: list[RunSpend]
+    stated_epsilons_matching: int
+    stated_epsilons_not_matching: list[int]
+    unsupported_event: str | None
+    outlook: Outlook | None
+    experiment: ExperimentShare | None
+    purpose_check: PurposeCheck
+    federated_evaluation: OwnerEvaluation | None
+    entries: list[Release]
+    processing_record: str | None = None
+    epsilon_registry: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def intact(self) -> bool:
+        return bool(self.integrity and self.integrity.intact)
+
+    @property
+    def charge_entries(self) -> list[Release]:
+        return [r for r in self.entries if r.kind == "charge"]
+
+
+# --------------------------------------------------------------------------- the files
+
+
+@dataclass
+class LedgerIntegrity:
+    """One ledger file's verification verdict."""
+
+    path: str
+    ledger_kind: str
+    owner_id: str | None
+    owners: list[str]
+    entries: int
+    intact: bool
+    verdict: str
+    problem: str | None
+    unreadable_entries: list[str]
+    entries_checked: int
+    epsilons_checked: int
+    epsilon_problems: list[str]
+    keys_independently_supplied: bool
+    owners_with_supplied_keys: list[str]
+    key_fingerprints: dict[str, str]
+    heads: dict[str, dict[str, Any]]
+    notes: list[str]
+
+
+# --------------------------------------------------------------------------- status, summary
+
+
+@dataclass
+class BudgetAlert:
+    """An owner over its budget or near it (from NEAR_BUDGET_FRACTION of it used)."""
+
+    owner_id: str
+    level: str  # "over" | "near"
+    budget_used_fraction: float
+    epsilon_spent: float | None
+    epsilon_budget: float | None
+    rounds_left: int | None
+
+
+@dataclass
+class Status:
+    intact: bool  # every ledger verified
+    ok: bool  # intact and no problem (what --strict requires)
+    verdict: str  # "INTACT" | "NOT INTACT"
+    headline: str
+    problems: list[str]
+    warnings: list[str]
+    budget_alerts: list[BudgetAlert]  # highest share of budget used first
+    near_budget_fraction: float
+    cross_checks: list[str]  # problems an external cross-check found (also in problems)
+    owners_not_intact: list[str]
+
+
+@dataclass
+class Summary:
+    owners: int
+    ledger_files: int
+    entries: int
+    charges: int
+    refusals: int
+    runs: list[str]
+    privacy_units: list[str]
+    mechanisms: list[str]
+    accountants: list[str]
+    deltas: list[float]
+    epsilon_spent_max: float | None
+    epsilon_spent_max_owner: str | None
+    epsilon_spent_min: float | None
+    epsilon_spent_min_owner: str | None
+    owners_with_refusals: list[str]
+    owners_over_budget: list[str]
+    owners_near_budget: list[str]
+    owners_by_budget_used: list[str]  # highest share first; owners without a figure last
+    owners_with_undeclared_purposes: list[str]
+    experiment_id: str | None
+    first_entry: str | None
+    last_entry: str | None
+    final_test_accuracy: float | None
+    in_words: str = ""
+
+
+# --------------------------------------------------------------------------- history
+
+
+@dataclass
+class HistoryRound:
+    round: int
+    test_accuracy: float | None
+    test_loss: float | None
+    participants: int
+    refused: int
+    epsilon_max: float | None
+    epsilon_median: float | None
+    epsilon_min: float | None
+
+
+@dataclass
+class EvaluationRound:
+    round: int
+    loss: float | None
+    accuracy: float | None
+    num_examples: int | None
+    owners_evaluated: int
+    accuracy_min: float | None
+    accuracy_max: float | None
+
+
+@dataclass
+class FederatedEvaluation:
+    """Evaluation on the owners' own data, per round: a release the DP-SGD epsilon does not cover."""
+
+    evidence: str
+    note: str
+    latest_round: int | None
+    rounds: list[EvaluationRound]
+
+
+@dataclass
+class HistorySection:
+    source: str
+    evidence: str
+    experiment: str | None
+    experiment_id: str | None
+    status: str | None
+    matched_run_id: str | None
+    note: str
+    final_test_accuracy: float | None
+    config: dict[str, Any]
+    rounds: list[HistoryRound]
+    federated_evaluation: FederatedEvaluation | None
+
+
+# --------------------------------------------------------------------------- words, scope, signature
+
+
+@dataclass
+class StrengthTier:
+    name: str
+    up_to: float | None  # inclusive upper bound of epsilon; None: no bound
+    meaning: str
+
+
+@dataclass
+class PlainWords:
+    """What epsilon means, for a reader who is not a DP specialist."""
+
+    epsilon: str
+    odds_examples: list[dict[str, Any]]
+    tiers: list[StrengthTier]
+    tiers_source: str
+    privacy_unit: str
+    evaluation: str
+
+
+@dataclass
+class Scope:
+    """Whose report this is: every owner in the ledgers, or one owner's statement."""
+
+    owner_id: str | None
+    owners_in_ledgers: int
+    note: str
+
+
+@dataclass
+class ContentHash:
+    algorithm: str
+    canonicalization: str
+    value: str
+
+
+@dataclass
+class ReportSignature:
+    algorithm: str
+    key_fingerprint: str
+    public_key: str  # base64 of the raw 32-byte Ed25519 public key
+    signed: str  # what the signature covers
+    value: str  # base64 signature
+
+
+# --------------------------------------------------------------------------- the report
+
+
+@dataclass
+class Report:
+    """A built report.  ``document`` is its JSON form (``docs/report-schema.md``)."""
+
+    title: str
+    generated_at: str
+    generator: dict[str, Any]
+    scope: Scope
+    status: Status
+    summary: Summary
+    plain_words: PlainWords
+    ledgers: list[LedgerIntegrity]
+    owners: list[OwnerStatement]
+    history: HistorySection | None
+    processing_records: list[dict[str, Any]]
+    gdpr: dict[str, Any]
+    limitations: list[str]
+    evidence_levels: dict[str, str]
+    recompute: dict[str, Any]
+    signature: ReportSignature | None = None
+    _document: dict[str, Any] | None = field(default=None, repr=False, compare=False)
+    _context: Any = field(default=None, repr=False, compare=False)  # what narrowing to one owner needs
+
+    # -- the verdict, as callers use it
+    @property
+    def intact(self) -> bool:
+        """Every ledger verified (signatures, hash chain, stated epsilons)."""
+        return self.status.intact
+
+    @property
+    def ok(self) -> bool:
+        """Intact, and no problem (over budget, undeclared purpose, cross-check, figure not derivable)."""
+        return self.status.ok
+
+    @property
+    def problems(self) -> list[str]:
+        return list(self.status.problems)
+
+    @property
+    def warnings(self) -> list[str]:
+        return list(self.status.warnings)
+
+    @property
+    def fails_by_default(self) -> bool:
+        """What makes ``privfl report`` exit 1 even without --strict: a ledger not intact or a cross-check problem."""
+        return not self.status.intact or bool(self.status.cross_checks)
+
+    def owner(self, owner_id: str) -> OwnerStatement:
+        for owner in self.owners:
+            if owner.owner_id == owner_id:
+                return owner
+        raise KeyError(owner_id)
+
+    def owners_by_budget_used(self) -> list[OwnerStatement]:
+        """Highest share of the budget used first; owners without a figure last."""
+        return sorted(self.owners, key=_budget_order)
+
+    # -- the JSON document
+    @property
+    def document(self) -> dict[str, Any]:
+        """The JSON document (plain data), with its content hash and, if signed, its signature."""
+        if self._document is None:
+            from privfl.privacy.report.signing import content_hash
+
+            body = self.document_body()
+            body["content_hash"] = to_plain(content_hash(body))
+            body["signature"] = to_plain(self.signature)
+            self._document = body
+        return self._document
+
+    def document_body(self) -> dict[str, Any]:
+        """The document without ``content_hash`` and ``signature`` (what the hash covers)."""
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "report_type": REPORT_TYPE,
+            **{f.name: to_plain(getattr(self, f.name)) for f in fields(self)
+               if f.name != "signature" and not f.name.startswith("_")},
+        }
+
+    @property
+    def content_hash(self) -> str:
+        return self.document["content_hash"]["value"]
+
+    def changed(self) -> None:
+        """Forget the cached document after the model was changed."""
+        self._document = None
+
+    def sign(self, private_key) -> ReportSignature:
+        """Sign the document's content hash with an Ed25519 private key (``privfl.privacy.keys``)."""
+        from privfl.privacy.report.signing import sign_content_hash
+
+        self.signature = sign_content_hash(self.document["content_hash"]["value"], private_key)
+        self.changed()
+        return self.signature
+
+    def for_owner(self, owner_id: str) -> Report:
+        """This report narrowed to one owner's statement (see :func:`privfl.privacy.report.build.owner_statement`)."""
+        from privfl.privacy.report.build import narrow_to_owner
+
+        return narrow_to_owner(self, owner_id)
+
+    def copy(self, **changes: Any) -> Report:
+        return replace(self, _document=None, **changes)
+
+
+def _budget_order(owner: OwnerStatement) -> tuple:
+    used = owner.budget_used_fraction
+    return (used is None, -(used if used is not None else 0.0), owner.owner_id)
+
+
+# --------------------------------------------------------------------------- to plain data
+
+_FIELD_NAMES: dict[type, tuple[str, ...]] = {}
+
+
+def to_plain(value: Any) -> Any:
+    """Dataclasses to dicts (field order kept), non-finite floats to "inf"/"-inf"/None."""
+    if isinstance(value, float):
+        if math.isfinite(value):
+            return value
+        if math.isnan(value):
+            return None
+        return "inf" if value > 0 else "-inf"
+    if value is None or isinstance(value, (str, int, bool)):
+        return value
+    if type(value) is Release:
+        return _plain_release(value)
+    if is_dataclass(value):
+        names = _FIELD_NAMES.get(type(value))
+        if names is None:
+            names = _FIELD_NAMES[type(value)] = tuple(f.name for f in fields(value) if not f.name.startswith("_"))
+        return {name: to_plain(getattr(value, name)) for name in names}
+    if isinstance(value, dict):
+        return {k: to_plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_plain(v) for v in value]
+    return value
+
+
+_RELEASE_FIELDS = tuple(f.name for f in fields(Release))
+
+
+def _plain_release(release: Release) -> dict[str, Any]:
+    """The hot path of to_plain (one per ledger entry): only ``event`` is nested."""
+    out = {}
+    for name in _RELEASE_FIELDS:
+        value = getattr(release, name)
+        if type(value) is float and not math.isfinite(value):
+            value = None if math.isnan(value) else ("inf" if value > 0 else "-inf")
+        elif name == "event":
+            value = to_plain(value)
+        out[name] = value
+    return out
+
+
+__all__ = [
+    "NEAR_BUDGET_FRACTION", "REPORT_TYPE", "SCHEMA_VERSION", "BudgetAlert", "ContentHash", "EvaluationPoint",
+    "EvaluationRound", "EventParams", "ExperimentShare", "FederatedEvaluation", "HistoryRound", "HistorySection",
+    "LedgerIntegrity", "MechanismSetting", "Outlook", "OwnerEvaluation", "OwnerIntegrity", "OwnerStatement",
+    "PlainWords", "PurposeCheck", "PurposeMismatch", "Refusal", "Release", "Report", "ReportSignature", "RunSpend",
+    "Scope", "Source", "Status", "StrengthTier", "Summary", "to_plain",
+]

@@ -1,0 +1,103 @@
+"""Helper processes for a report's independent work: verifying files, accounting owners.
+
+Why: on a 2-core machine the command ``privfl report`` spends most of its time in
+three independent pieces of work -- importing the accountants (Opacus imports torch,
+about 3 s), checking thousands of Ed25519 signatures, and composing epsilons -- and
+the first one cannot be made shorter from here.  So the accounting runs in a helper
+forked *before* the accountants are imported (it imports them, then forks helpers of
+its own that inherit the import and share the owners), while this process verifies
+the files and prepares the renderers (:func:`run_forked`).
+
+Forked, never spawned: a spawned helper would import everything again.  Used only
+when asked (``build_report(..., workers=N)``; the command asks for one per core):
+library callers inside other frameworks keep the default of doing everything in
+their own process.  Where ``fork`` is unavailable, everything runs in-process.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import traceback
+from concurrent.futures import Future, ProcessPoolExecutor
+from typing import Any, Callable
+
+
+def fork_available() -> bool:
+    return "fork" in multiprocessing.get_all_start_methods()
+
+
+def default_workers() -> int:
+    """One process per core the command may use, at most 4 (the work has two or three independent parts)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    return max(1, min(cores, 4))
+
+
+class HelperPool:
+    """``helpers`` forked processes (forked at the first submit); none: runs nothing, ``workers == 0``."""
+
+    def __init__(self, helpers: int) -> None:
+        self.workers = helpers if helpers > 0 and fork_available() else 0
+        self._executor: ProcessPoolExecutor | None = None
+        if self.workers:
+            self._executor = ProcessPoolExecutor(max_workers=self.workers,
+                                                 mp_context=multiprocessing.get_context("fork"))
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> Future:
+        if self._executor is None:
+            raise RuntimeError("this pool has no helper processes")
+        return self._executor.submit(fn, *args)
+
+    def close(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=True, cancel_futures=True)
+            self._executor = None
+
+    def __enter__(self) -> HelperPool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class Forked:
+    """``fn(*args)`` running in a forked child: the arguments are inherited, never pickled; the result is."""
+
+    def __init__(self, fn: Callable[..., Any], *args: Any) -> None:
+        context = multiprocessing.get_context("fork")
+        self._receive, send = context.Pipe(duplex=False)
+        self._process = context.Process(target=_child, args=(send, fn, args))
+        self._process.start()
+        send.close()
+
+    def result(self) -> Any:
+        try:
+            ok, value = self._receive.recv()
+        except EOFError:
+            self._process.join()
+            raise RuntimeError(f"a report helper process died (exit code {self._process.exitcode})") from None
+        finally:
+            self._receive.close()
+        self._process.join()
+        if not ok:
+            raise RuntimeError(f"a report helper process failed:\n{value}")
+        return value
+
+
+def _child(send, fn: Callable[..., Any], args: tuple) -> None:
+    try:
+        result = (True, fn(*args))
+    except BaseException:  # reported to the parent, which raises
+        result = (False, traceback.format_exc())
+    send.send(result)
+    send.close()
+
+
+def run_forked(fn: Callable[..., Any], *args: Any) -> Forked:
+    return Forked(fn, *args)
+
+
+__all__ = ["Forked", "HelperPool", "default_workers", "fork_available", "run_forked"]
