@@ -9,18 +9,24 @@ IT team and an auditor can all see why nothing was released.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 
 from privfl.client.data import OwnerData
 from privfl.models import MODEL_NAMES
 from privfl.privacy.accountants import get_accountant
 from privfl.privacy.budget import BudgetDecision, decide_next_release, delta_problem
 from privfl.privacy.events import DpEvent
+from privfl.privacy.planning import plan_noise
 from privfl.privacy.policy import OwnerPolicy
-from privfl.protocol import RoundRequest
+from privfl.protocol import RoundRequest, TrainingPlan
 
 
 def review_request(policy: OwnerPolicy, request: RoundRequest, data: OwnerData, *, training: bool) -> str | None:
-    """Why the owner refuses ``request`` (None: it is within the policy); budget aside."""
+    """Why the owner refuses ``request`` (None: it is within the policy); the plan and budget aside.
+
+    For training, the plan is checked next (:func:`plan_problem`), once the owner has
+    planned its own noise if the coordinator sent a target.
+    """
     if policy.allowed_purposes and request.purpose not in policy.allowed_purposes:
         return (f"purpose {request.purpose!r} is not among the purposes this owner allows "
                 f"(allowed-purposes: {', '.join(policy.allowed_purposes)})")
@@ -32,12 +38,11 @@ def review_request(policy: OwnerPolicy, request: RoundRequest, data: OwnerData, 
         kind = "built-in model" if model in MODEL_NAMES else "model import path"
         return f"{kind} {model!r} is not among the models this owner allows (allowed-models: " \
                f"{', '.join(policy.allowed_models)})"
-    shape = _shape_problem(request, data, training=training)
-    if shape:
-        return shape
-    if not training:
-        return None
-    plan = request.plan
+    return _shape_problem(request, data, training=training)
+
+
+def plan_problem(policy: OwnerPolicy, plan: TrainingPlan, data: OwnerData) -> str | None:
+    """Why the owner refuses to train under ``plan`` (its noise already planned, if it plans its own)."""
     if not plan.dp:
         return ("the request asks for training without differential privacy; this owner's policy requires DP "
                 "(dp-required = true)") if policy.dp_required else None
@@ -60,6 +65,19 @@ def _shape_problem(request: RoundRequest, data: OwnerData, *, training: bool) ->
         return (f"this owner's data has label {int(held.labels.max())}; the model {spec.name!r} has "
                 f"{spec.num_classes} classes (labels 0..{spec.num_classes - 1})")
     return None
+
+
+def owner_plan(policy: OwnerPolicy, request: RoundRequest, records: int,
+               spent_elsewhere: Sequence[DpEvent]) -> TrainingPlan:
+    """The request's plan with this owner's own noise, when the coordinator sent a target (privacy/planning.py)."""
+    plan = request.plan
+    if not plan.owner_planned:
+        return plan
+    noise = plan_noise(accountant=policy.accountant, target_epsilon=plan.target_epsilon, delta=policy.delta,
+                       records=records, batch_size=plan.batch_size, local_epochs=plan.local_epochs,
+                       rounds=max(plan.num_rounds, request.server_round), spent=spent_elsewhere,
+                       budget=policy.epsilon_budget)
+    return replace(plan, noise_multiplier=noise.noise_multiplier)
 
 
 def decide_release(policy: OwnerPolicy, spent: Sequence[DpEvent], planned: DpEvent) -> BudgetDecision:

@@ -23,18 +23,20 @@ second noisy update under one charge.
 from __future__ import annotations
 
 import hashlib
+from dataclasses import replace
 from typing import Any
 
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 
 from privfl import protocol
 from privfl.client.data import OwnerDataError
-from privfl.client.guard import decide_release, review_request
+from privfl.client.guard import decide_release, owner_plan, plan_problem, review_request
 from privfl.client.owner import Owner, OwnerSetupError, node_owner
 from privfl.client.release_store import ReleaseStore
 from privfl.client.training import LocalUpdate, train_locally
 from privfl.devices import resolve_device
 from privfl.logs import get_logger
+from privfl.privacy.ledger import UnsupportedEvent
 from privfl.protocol import ProtocolError, RoundRequest
 
 log = get_logger("client")
@@ -67,13 +69,21 @@ def run_train_round(msg: Message, context: Context) -> RecordDict:
     reason = review_request(owner.policy, request, data, training=True) or anchor_problem(owner.ledger, request)
     if reason:
         return round_.refuse(reason, request=request)
-    if not request.plan.dp:  # the owner's policy allows non-private training (dp-required = false)
+    try:  # the owner's own noise, when the coordinator sent a privacy target
+        plan = owner_plan(owner.policy, request, len(data.train), owner.ledger.events_outside(experiment_id))
+    except (ValueError, UnsupportedEvent) as err:
+        return round_.refuse(f"this owner cannot plan its noise for the target: {err}", request=request)
+    reason = plan_problem(owner.policy, plan, data)
+    if reason:
+        return round_.refuse(reason, request=request)
+    request = replace(request, plan=plan)
+    if not plan.dp:  # the owner's policy allows non-private training (dp-required = false)
         return _release(_train(owner, request, msg), protocol.non_private_receipt(owner.owner_id))
 
     charged = owner.ledger.charge_for(experiment_id, server_round)
     if charged is not None:
         return round_.resend(charged)
-    planned = request.plan.privacy_event(len(data.train))
+    planned = plan.privacy_event(len(data.train))
     decision = decide_release(owner.policy, owner.ledger.events(), planned)
     if not decision.allowed:
         return round_.refuse(decision.reason, request=request, planned=planned)

@@ -82,7 +82,7 @@ class OwnerPolicy:
         None, "delta of the (epsilon, delta) guarantee; must be well below 1/n of the records", probability_delta,
         kind=float, required="no delta set: add delta = <well below 1/n of your records, e.g. 1e-6> to the owner "
                              "policy; the owner refuses every round until it has one")
-    accountant: str = setting("rdp", "the accountant the budget is enforced with: rdp | prv | pld",
+    accountant: str = setting("pld", "the accountant the budget is enforced with: pld (tightest) | rdp | prv",
                               one_of(ACCOUNTANT_NAMES))
     dp_required: bool = setting(True, "refuse any request to train without differential privacy")
     min_noise_multiplier: float = setting(

@@ -85,7 +85,11 @@ class ExperimentConfig:
     momentum: float = setting(0.0, "local SGD momentum", non_negative)
     dp: bool = setting(True, "ask the owners for DP-SGD (Opacus); an owner whose policy requires DP refuses "
                              "non-private requests")
-    noise_multiplier: float = setting(2.3, "DP-SGD noise std / clipping norm", non_negative)
+    noise_multiplier: float = setting(2.3, "DP-SGD noise std / clipping norm (ignored with target-epsilon)",
+                                      non_negative)
+    target_epsilon: float = setting(
+        0.0, "> 0: each owner plans its own noise so this experiment costs it this epsilon over num-rounds rounds "
+        "(or what its remaining budget allows, if less); 0: every owner uses noise-multiplier", non_negative)
     max_grad_norm: float = setting(1.0, "DP-SGD per-sample gradient clipping norm", positive)
     grad_sample_mode: str = setting(
         "hooks", "Opacus per-sample gradient mode: hooks | functorch | ghost", one_of(GRAD_SAMPLE_MODES))
@@ -106,7 +110,8 @@ class ExperimentConfig:
     epsilon_budget: float = setting(8.0, "simulated owners: lifetime epsilon budget of each owner", positive)
     delta: float = setting(1e-5, "simulated owners: delta of each owner's (epsilon, delta) guarantee",
                            probability_delta)
-    accountant: str = setting("rdp", "simulated owners: accountant that composes their releases: rdp | prv | pld",
+    accountant: str = setting("pld", "simulated owners: accountant that plans and enforces their budgets: "
+                              "pld (tightest) | rdp | prv",
                               one_of(ACCOUNTANT_NAMES))
     device: str = setting("auto", "simulated owners and the server: auto (cuda when available) | cpu | cuda",
                           one_of(DEVICES))
@@ -123,7 +128,7 @@ class ExperimentConfig:
 
     def __post_init__(self) -> None:
         settings.validate(self)
-        if self.dp and self.noise_multiplier == 0:
+        if self.dp and self.noise_multiplier == 0 and not self.target_epsilon:
             raise ConfigError("noise-multiplier = 0 with dp = true gives no privacy guarantee; set it > 0")
         if self.partitioning == "natural" and self.dataset not in ("heart-disease", "folder"):
             raise ConfigError(

@@ -85,10 +85,18 @@ class TrainingPlan:
     noise_multiplier: float
     max_grad_norm: float
     grad_sample_mode: str
+    # > 0: each owner plans its own noise multiplier for this experiment (privacy/planning.py)
+    # to cost it target_epsilon over num_rounds rounds; noise_multiplier is then ignored.
+    target_epsilon: float = 0.0
+    num_rounds: int = 0
 
     @classmethod
     def from_config(cls, config: Any) -> TrainingPlan:
         return cls(**{f.name: getattr(config, f.name) for f in fields(cls)})
+
+    @property
+    def owner_planned(self) -> bool:
+        return self.dp and self.target_epsilon > 0
 
     def batches_per_epoch(self, num_examples: int) -> int:
         return max(1, math.ceil(num_examples / self.batch_size))
@@ -108,7 +116,8 @@ class TrainingPlan:
 
 
 _PLAN_TYPES = {"local_epochs": int, "batch_size": int, "learning_rate": float, "momentum": float, "dp": bool,
-               "noise_multiplier": float, "max_grad_norm": float, "grad_sample_mode": str}
+               "noise_multiplier": float, "max_grad_norm": float, "grad_sample_mode": str, "target_epsilon": float,
+               "num_rounds": int}
 
 
 @dataclass(frozen=True)

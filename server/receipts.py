@@ -14,6 +14,7 @@ the registry, each file in one transaction (:meth:`ReceiptCheck.commit`).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,7 @@ from flwr.app import Message
 
 from privfl import protocol
 from privfl.logs import get_logger
+from privfl.privacy.accountants import get_accountant
 from privfl.privacy.keys import KeyFileError, load_public_key, owner_key_paths
 from privfl.privacy.ledger import Entry, FederationLedger, LedgerError, ReceiptRejected
 from privfl.privacy.ledger.federation import AnchorMismatch, Checked
@@ -163,10 +165,17 @@ class ReceiptCheck:
         plan = self.plan
         if event is None or entry.mechanism != "poisson_subsampled_gaussian":
             raise ReceiptRejected(f"{where} charges {entry.mechanism or 'no mechanism'}, not DP-SGD")
-        if event.noise_multiplier != plan.noise_multiplier or entry.clipping_norm != plan.max_grad_norm:
-            raise ReceiptRejected(
-                f"{where} ran noise {event.noise_multiplier} / clipping {entry.clipping_norm}; the server asked for "
-                f"noise {plan.noise_multiplier} / clipping {plan.max_grad_norm}")
+        if plan.owner_planned:  # each owner planned its own noise for the target; it must not be below it
+            allowed = get_accountant(entry.accountant).epsilon([dataclasses.replace(event, steps=event.steps
+                                                                                    * plan.num_rounds)], entry.delta)
+            if not event.noise_multiplier > 0 or allowed > plan.target_epsilon * (1 + 1e-3):
+                raise ReceiptRejected(f"{where} ran noise {event.noise_multiplier}: its {plan.num_rounds} rounds "
+                                      f"would cost epsilon {allowed:.4g}, more than the target {plan.target_epsilon:g}")
+        elif event.noise_multiplier != plan.noise_multiplier:
+            raise ReceiptRejected(f"{where} ran noise {event.noise_multiplier}; the server asked for noise "
+                                  f"{plan.noise_multiplier}")
+        if entry.clipping_norm != plan.max_grad_norm:
+            raise ReceiptRejected(f"{where} clipped at {entry.clipping_norm}; the server asked for {plan.max_grad_norm}")
         if not math.isclose(event.steps * event.sample_rate, plan.local_epochs, rel_tol=1e-9):
             raise ReceiptRejected(
                 f"{where} took {event.steps} steps at rate {event.sample_rate}: not {plan.local_epochs} local epochs")

@@ -34,7 +34,7 @@ def test_simulate_help_lists_experiments_and_keys():
         (["--set", "noise-multipler=1"], "unknown key 'noise-multipler' (did you mean 'noise-multiplier'?)"),
         (["--set", "noise-multiplier=-1"], "noise-multiplier = -1.0: must be >= 0"),
         (["--set", "delta=1"], "delta = 1.0: must be in (0, 1)"),
-        (["--set", "delta=0.01"], "is not below 1/n for owner owner-0"),
+        (["--set", "delta=0.01"], "owner owner-0: delta 0.01 is not below 1/n"),
         (["--set", "model='tests.test_models:batchnorm_model'"], "Opacus cannot make Sequential private"),
         (["--set", "model='no.such:thing'"], "cannot load model factory"),
         (["--set", "dataset='heart-disease'", "--set", "partitioning='natural'"], "natural owners"),
@@ -54,12 +54,12 @@ def test_unknown_experiment():
 def test_accountant_epsilon_and_plan_agree_with_the_library():
     done = _privfl("accountant", "epsilon", "--noise-multiplier", "2.3", "--sample-rate", "0.5",
                    "--steps", "40", "--delta", "1e-5")
-    expected = get_accountant("rdp").epsilon([PoissonSubsampledGaussian(2.3, 0.5, 40)], 1e-5)
+    expected = get_accountant("pld").epsilon([PoissonSubsampledGaussian(2.3, 0.5, 40)], 1e-5)
     assert done.returncode == 0 and float(done.stdout) == pytest.approx(expected, rel=1e-5)
     plan = _privfl("accountant", "plan", "--epsilon", "3", "--sample-rate", "0.1", "--steps", "100",
                    "--delta", "1e-5")
     sigma = float(plan.stdout)
-    assert get_accountant("rdp").epsilon([PoissonSubsampledGaussian(sigma, 0.1, 100)], 1e-5) <= 3 + 1e-4
+    assert get_accountant("pld").epsilon([PoissonSubsampledGaussian(sigma, 0.1, 100)], 1e-5) <= 3 + 1e-4
 
 
 @pytest.mark.parametrize("args", [["--delta", "1"], ["--sample-rate", "0"], ["--steps", "-3"]])

@@ -74,7 +74,7 @@ def test_a_trained_round_returns_update_and_signed_entry_with_cumulative_epsilon
     assert _entry(first).kind == entry.kind == CHARGE and entry.owner_id == "owner-1"
     event = TrainingPlan.from_config(config).privacy_event(N)
     assert entry.event == event and entry.run_id == config.experiment_id and entry.round == 2
-    assert entry.cumulative_epsilon == pytest.approx(get_accountant("rdp").epsilon([event, event], config.delta))
+    assert entry.cumulative_epsilon == pytest.approx(get_accountant("pld").epsilon([event, event], config.delta))
     assert entry.update_hash == protocol.update_digest(second[protocol.ARRAYS].to_torch_state_dict())
     ledger_file = where.owner_dir("owner-1") / "ledger.db"
     with _ledger(ledger_file) as ledger:
@@ -84,7 +84,7 @@ def test_a_trained_round_returns_update_and_signed_entry_with_cumulative_epsilon
 
 
 def test_the_owner_refuses_when_the_next_round_would_cross_its_budget_even_after_a_restart(tmp_path):
-    one_round = get_accountant("rdp").epsilon([TrainingPlan.from_config(CONFIG).privacy_event(300)], 1e-5)
+    one_round = get_accountant("pld").epsilon([TrainingPlan.from_config(CONFIG).privacy_event(300)], 1e-5)
     policy = deployed_owner(tmp_path / "st-mary", epsilon_budget=one_round * 1.01)  # room for one round, not two
     assert _entry(_deployed_round(policy, 1)).kind == CHARGE
     for _ in range(2):  # a restarted node reads the same ledger and refuses again
@@ -98,12 +98,12 @@ def test_the_owner_refuses_when_the_next_round_would_cross_its_budget_even_after
 
 def test_a_hostile_run_config_changes_nothing_for_a_deployed_owner(tmp_path):
     """The run config is the coordinator's: a budget of 1000 and dp = false in it are ignored."""
-    one_round = get_accountant("rdp").epsilon([TrainingPlan.from_config(CONFIG).privacy_event(300)], 1e-5)
+    one_round = get_accountant("pld").epsilon([TrainingPlan.from_config(CONFIG).privacy_event(300)], 1e-5)
     policy = deployed_owner(tmp_path / "st-mary", epsilon_budget=one_round * 1.01)
     hostile = {**CONFIG.to_mapping(), "epsilon-budget": 1000.0, "dp": False, "accountant": "prv", "device": "cuda"}
     assert _entry(_deployed_round(policy, 1, run_config=hostile)).kind == CHARGE
     entry = _refusal(_deployed_round(policy, 2, run_config=hostile))
-    assert entry.epsilon_budget == pytest.approx(one_round * 1.01) and entry.accountant == "rdp"
+    assert entry.epsilon_budget == pytest.approx(one_round * 1.01) and entry.accountant == "pld"
 
 
 def test_a_retried_round_resends_the_charged_update_and_charges_once(world):

@@ -241,11 +241,11 @@ def test_two_experiments_on_one_federation_folder_compose_the_lifetime_spend(tmp
         events = ledger.events()
     assert [e.sequence for e in entries] == [1, 2, 3, 4]
     assert {e.run_id for e in entries[:2]} != {e.run_id for e in entries[2:]}
-    lifetime = get_accountant("rdp").epsilon(events, 1e-5)
+    lifetime = get_accountant("pld").epsilon(events, 1e-5)
     assert entries[-1].cumulative_epsilon == pytest.approx(lifetime, rel=1e-9)
     spend = audit.epsilon["owner-1"]
     assert spend["lifetime"] == pytest.approx(lifetime, rel=1e-9)
-    assert spend["experiment"] == pytest.approx(get_accountant("rdp").epsilon(events[2:], 1e-5), rel=1e-9)
+    assert spend["experiment"] == pytest.approx(get_accountant("pld").epsilon(events[2:], 1e-5), rel=1e-9)
     assert spend["experiment"] < spend["lifetime"]
     assert audit_run(first).ok
     # The registry links both experiments' heads per owner, contiguously.

@@ -102,7 +102,7 @@ def test_a_tampered_receipt_is_rejected(world):
     ("changes", "message"),
     [
         (dict(event=PLAN.privacy_event(144).__class__(9.0, EVENT.sample_rate, EVENT.steps)), "noise 9.0"),
-        (dict(clipping=5.0), "clipping 5.0"),
+        (dict(clipping=5.0), "clipped at 5.0"),
         (dict(event=EVENT.__class__(EVENT.noise_multiplier, EVENT.sample_rate, EVENT.steps * 3)), "local epochs"),
         (dict(round_=2), "round 2"),
         (dict(run_id="8"), "experiment 8"),

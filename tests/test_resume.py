@@ -85,7 +85,7 @@ def test_a_resumed_experiment_charges_each_round_once_and_finishes(tmp_path, mon
         charges = Counter((e.run_id, e.round) for e in entries if e.kind == CHARGE)
         assert sorted(charges) == [(config.experiment_id, r) for r in range(1, ROUNDS + 1)]
         assert set(charges.values()) == {1}  # round 3 was released before the crash and re-sent, not re-charged
-        assert entries[-1].cumulative_epsilon == pytest.approx(get_accountant("rdp").epsilon(events, config.delta))
+        assert entries[-1].cumulative_epsilon == pytest.approx(get_accountant("pld").epsilon(events, config.delta))
     audit = audit_run(tmp_path / "run")
     assert audit.ok, audit.summary()
     assert audit.unaggregated == []  # the re-sent round 3 updates were aggregated after the resume
@@ -105,7 +105,7 @@ def test_charged_but_never_aggregated_rounds_are_reported_and_still_count(tmp_pa
     assert all("round 3" in note and "never aggregated" in note for note in audit.unaggregated)
     entries, events = _ledger_entries(config)
     assert len(events) == 3  # round 3 counts in the owner's epsilon
-    assert audit.epsilon["owner-1"]["lifetime"] == pytest.approx(get_accountant("rdp").epsilon(events, config.delta))
+    assert audit.epsilon["owner-1"]["lifetime"] == pytest.approx(get_accountant("pld").epsilon(events, config.delta))
 
 
 def test_a_resume_refuses_changed_settings_and_a_missing_checkpoint(tmp_path, monkeypatch):

@@ -16,12 +16,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from privfl.app_bundle import export_app
 from privfl.cli.simulate import load_config
-from privfl.client.training import TrainingPlan
 from privfl.models import build_model
 from privfl.privacy.accountants import get_accountant
 from privfl.privacy.ledger import CHARGE, REFUSAL, OwnerLedger
-from privfl.simulations.launcher import project_root, run_simulation
+from privfl.protocol import TrainingPlan
+from privfl.simulations.launcher import run_simulation
 from tests.conftest import processes_mentioning
 
 pytestmark = pytest.mark.e2e
@@ -56,9 +57,10 @@ def test_quickstart_trains_beyond_chance_and_reports_every_owners_epsilon(tmp_pa
     model = build_model(config.model, 64, 10)
     model.load_state_dict(torch.load(result.run_dir / "model.pt"))
     assert json.loads((result.run_dir / "config.json").read_text())["num-rounds"] == 3
-    ledgers = sorted(Path(r.path).name for r in result.ledgers)
-    assert ledgers == ["federation.db"] + [f"owner-{i}.db" for i in range(OWNERS)]
-    assert all(r.ok for r in result.ledgers), [r.summary() for r in result.ledgers if not r.ok]
+    assert sorted(result.audit.owner_ledgers) == [f"owner-{i}" for i in range(OWNERS)]
+    assert result.audit.ok, result.audit.summary()
+    assert {Path(r.path).name for r in result.ledgers} == {"federation.db", "registry.db", "ledger.db"}
+    assert not any(result.run_dir.rglob("*.key"))  # no private key in the folder a report is built from
     assert processes_mentioning(str(result.run_dir)) == []  # SuperLink, simulation and Ray are gone
 
 
@@ -78,7 +80,7 @@ def test_owners_refuse_once_their_budget_is_spent_and_the_server_carries_on(tmp_
     for owner in history["owners"].values():
         assert owner["epsilon"] <= budget
         assert owner["rounds_trained"] == 2 and owner["rounds_refused"] == 1
-    with OwnerLedger.open_readonly(result.run_dir / "ledgers" / "owner-0.db") as ledger:
+    with OwnerLedger.open_readonly(result.audit.owner_ledgers["owner-0"]) as ledger:
         assert [e.kind for e in ledger.entries()] == [CHARGE, CHARGE, REFUSAL]
     assert all(r.ok for r in result.ledgers)
 
@@ -89,8 +91,8 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def test_flwr_run_dot_runs_the_app(tmp_path):
-    """The package is a Flower app: plain `flwr run .` works (with the documented environment)."""
+def test_plain_flwr_run_runs_the_exported_app(tmp_path):
+    """privfl's Flower app (`privfl app export`) runs under plain `flwr run` (with the documented environment)."""
     port, control = _free_port(), _free_port()
     ray_tmp = tempfile.mkdtemp(prefix="privfl-ray-")  # Ray's socket paths must stay short (< 108 bytes)
     env = {**os.environ, "FLWR_HOME": str(tmp_path / "flwr"), "RAY_TMPDIR": ray_tmp,
@@ -98,10 +100,11 @@ def test_flwr_run_dot_runs_the_app(tmp_path):
            "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     run_dir = tmp_path / "run"
-    command = ["flwr", "run", ".", "--stream", "--federation-config", "num-supernodes=2",
+    app = export_app(tmp_path / "app")
+    command = ["flwr", "run", str(app), "--stream", "--federation-config", "num-supernodes=2",
                "--run-config", f"num-rounds=1 run-dir='{run_dir}'"]
     try:
-        done = subprocess.run(command, cwd=project_root(), env=env, capture_output=True, text=True, timeout=240)
+        done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
         # `flwr run --stream` may return before the run ends: wait for the ServerApp's mark.
         history_file, deadline = run_dir / "history.json", time.monotonic() + 180

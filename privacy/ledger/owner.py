@@ -36,7 +36,7 @@ from privfl.privacy.events import DpEvent, PoissonSubsampledGaussian, is_event
 from privfl.privacy.keys import check_owner_id, fingerprint, public_key_bytes, public_key_from_bytes
 from privfl.privacy.ledger.chain import HASH_SIZE, expected_previous_hash
 from privfl.privacy.ledger.entry import (
-    CHARGE, KIND_TO_PROTO, OWNER, RECORD, REFUSAL, Entry, decode_entry, encode_entry,
+    CHARGE, KIND_TO_PROTO, OWNER, RECORD, REFUSAL, Entry, decode_entry, encode_entry, unit_of,
 )
 from privfl.privacy.ledger.errors import (
     BudgetExceeded, ChargeConflict, LedgerError, LedgerKeyMismatch, UnsupportedEvent,
@@ -131,6 +131,10 @@ class OwnerLedger(LedgerFile):
         each is composed from its own unit's charges and stated on its own.
         """
         return _of_unit(self._charge_events(self._store.head(self.owner_id)), unit)
+
+    def events_outside(self, run_id: str, unit: str = RECORD) -> list[DpEvent]:
+        """The charge events of ``unit`` made for other experiments (what this one's plan starts from)."""
+        return [e.event for e in self.entries() if e.is_charge and e.run_id != run_id and unit_of(e) == unit]
 
     def entry(self, sequence: int) -> Entry | None:
         """The entry at ``sequence`` (None past the head)."""
