@@ -12,11 +12,12 @@ from flwr.clientapp import ClientApp
 
 from privfl.client.evaluation import run_evaluate_round, run_query
 from privfl.client.round import run_train_round
+from privfl.client.secure_aggregation import privfl_secagg_mod
 
 app = ClientApp()
 
 
-@app.train()
+@app.train(mods=[privfl_secagg_mod])  # SecAgg+ stages of owner-level rounds; other messages pass untouched
 def train(msg: Message, context: Context) -> Message:
     return Message(content=run_train_round(msg, context), reply_to=msg)
 

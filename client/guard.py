@@ -17,7 +17,7 @@ from privfl.privacy.accountants import get_accountant
 from privfl.privacy.budget import BudgetDecision, decide_next_release, delta_problem
 from privfl.privacy.events import DpEvent
 from privfl.privacy.planning import plan_noise
-from privfl.privacy.policy import OwnerPolicy
+from privfl.privacy.policy import OWNER, RECORD, OwnerPolicy
 from privfl.protocol import RoundRequest, TrainingPlan
 
 
@@ -41,9 +41,16 @@ def review_request(policy: OwnerPolicy, request: RoundRequest, data: OwnerData, 
     return _shape_problem(request, data, training=training)
 
 
-def plan_problem(policy: OwnerPolicy, plan: TrainingPlan, data: OwnerData) -> str | None:
-    """Why the owner refuses to train under ``plan`` (its noise already planned, if it plans its own)."""
+def plan_problem(policy: OwnerPolicy, plan: TrainingPlan, data: OwnerData, unit: str = RECORD) -> str | None:
+    """Why the owner refuses to train under ``plan`` (its noise already planned, if it plans its own).
+
+    Without DP-SGD, an owner-level round's release is covered by its owner-level charge
+    (the coordinator noises the sum); any other release without DP needs a policy that
+    does not require DP.
+    """
     if not plan.dp:
+        if unit == OWNER:
+            return None
         return ("the request asks for training without differential privacy; this owner's policy requires DP "
                 "(dp-required = true)") if policy.dp_required else None
     if not plan.noise_multiplier > 0:
@@ -80,7 +87,8 @@ def owner_plan(policy: OwnerPolicy, request: RoundRequest, records: int,
     return replace(plan, noise_multiplier=noise.noise_multiplier)
 
 
-def decide_release(policy: OwnerPolicy, spent: Sequence[DpEvent], planned: DpEvent) -> BudgetDecision:
-    """The budget decision for the next release, with the owner's accountant and per-round cap."""
-    return decide_next_release(spent, planned, policy.budget, get_accountant(policy.accountant),
+def decide_release(policy: OwnerPolicy, spent: Sequence[DpEvent], planned: DpEvent,
+                   unit: str = RECORD) -> BudgetDecision:
+    """The budget decision for the next release of one unit, with the owner's accountant and per-round cap."""
+    return decide_next_release(spent, planned, policy.budget_of(unit), get_accountant(policy.accountant),
                                max_round_epsilon=policy.max_round_epsilon)

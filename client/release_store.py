@@ -23,7 +23,7 @@ class ReleaseStore:
         self.folder = ledger_path.with_name(ledger_path.name + ".releases")
 
     def _path(self, run_id: str, server_round: int) -> Path:
-        return self.folder / f"{run_id}-{server_round}.pt"
+        return self.folder / f"{run_id.replace('/', '--')}-{server_round}.pt"
 
     def save(self, run_id: str, server_round: int, update: LocalUpdate) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -31,7 +31,7 @@ class ReleaseStore:
         tmp = final.with_suffix(".tmp")
         with open(tmp, "wb") as handle:
             torch.save({"state_dict": update.state_dict, "num_examples": update.num_examples,
-                        "mean_loss": update.mean_loss}, handle)
+                        "mean_loss": update.mean_loss, "metrics": update.metrics}, handle)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, final)
@@ -41,12 +41,13 @@ class ReleaseStore:
             if older != final:
                 older.unlink(missing_ok=True)
 
-    def load(self, run_id: str, server_round: int, expected_hash: bytes) -> LocalUpdate | None:
-        """The saved update, if it is there and is the one whose hash the ledger holds."""
+    def load(self, run_id: str, server_round: int, expected_hash: bytes | None = None) -> LocalUpdate | None:
+        """The saved update, if it is there (and is the one whose hash the ledger holds, when it names one)."""
         path = self._path(run_id, server_round)
         if not path.exists():
             return None
         saved = torch.load(path, weights_only=True)
-        if update_digest(saved["state_dict"]) != expected_hash:
+        if expected_hash is not None and update_digest(saved["state_dict"]) != expected_hash:
             return None
-        return LocalUpdate(saved["state_dict"], saved["num_examples"], saved["mean_loss"], privacy_event=None)
+        return LocalUpdate(saved["state_dict"], saved["num_examples"], saved["mean_loss"], privacy_event=None,
+                           metrics=saved.get("metrics"))

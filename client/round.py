@@ -14,6 +14,12 @@
 5. return the update with the signed ledger entry as its receipt, and the entries
    written since the anchored head (the bridge the coordinator checks it against).
 
+Owner-level (DP-FedAvg) rounds come in two steps (:mod:`privfl.client.owner_level`):
+every owner that could be drawn is first charged the round's owner-level event
+(``stage = owner-charge``), then the drawn owners train and release their update
+clipped to the owner-level norm, as a difference from the global model.  With DP-SGD
+as well (both units), that release is also charged at the record level.
+
 A charge is keyed by privfl's experiment id and round (not Flower's run id, which a
 resumed experiment changes).  A retried or resumed round finds its charge and re-sends
 the very update it charged for, so it is never charged twice and never releases a
@@ -31,13 +37,15 @@ from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from privfl import protocol
 from privfl.client.data import OwnerDataError
 from privfl.client.guard import decide_release, owner_plan, plan_problem, review_request
+from privfl.client.owner_level import as_released, owner_charge, owner_release_problem
 from privfl.client.owner import Owner, OwnerSetupError, node_owner
 from privfl.client.release_store import ReleaseStore
 from privfl.client.training import LocalUpdate, train_locally
 from privfl.devices import resolve_device
 from privfl.logs import get_logger
 from privfl.privacy.ledger import UnsupportedEvent
-from privfl.protocol import ProtocolError, RoundRequest
+from privfl.privacy.policy import OWNER, RECORD
+from privfl.protocol import OwnerRound, ProtocolError, RoundRequest
 
 log = get_logger("client")
 
@@ -69,15 +77,24 @@ def run_train_round(msg: Message, context: Context) -> RecordDict:
     reason = review_request(owner.policy, request, data, training=True) or anchor_problem(owner.ledger, request)
     if reason:
         return round_.refuse(reason, request=request)
+    if request.privacy_unit == OWNER:
+        if request.stage == protocol.OWNER_CHARGE_STAGE:
+            return owner_charge(round_, request)
+        reason = owner_release_problem(owner, request)
+        if reason:
+            return round_.refuse(reason, request=request)
     try:  # the owner's own noise, when the coordinator sent a privacy target
         plan = owner_plan(owner.policy, request, len(data.train), owner.ledger.events_outside(experiment_id))
     except (ValueError, UnsupportedEvent) as err:
         return round_.refuse(f"this owner cannot plan its noise for the target: {err}", request=request)
-    reason = plan_problem(owner.policy, plan, data)
+    reason = plan_problem(owner.policy, plan, data, request.privacy_unit)
     if reason:
         return round_.refuse(reason, request=request)
     request = replace(request, plan=plan)
-    if not plan.dp:  # the owner's policy allows non-private training (dp-required = false)
+    if not plan.dp:
+        if request.privacy_unit == OWNER:  # released under its owner-level charge alone
+            return round_.release_owner_level(request, msg)
+        # the owner's policy allows non-private training (dp-required = false)
         return _release(_train(owner, request, msg), protocol.non_private_receipt(owner.owner_id))
 
     charged = owner.ledger.charge_for(experiment_id, server_round)
@@ -86,17 +103,17 @@ def run_train_round(msg: Message, context: Context) -> RecordDict:
     planned = plan.privacy_event(len(data.train))
     decision = decide_release(owner.policy, owner.ledger.events(), planned)
     if not decision.allowed:
-        return round_.refuse(decision.reason, request=request, planned=planned)
+        return round_.refuse(decision.reason, request=request, planned=planned, unit=RECORD)
     try:
         update = _train(owner, request, msg)
     except _GlobalModelMismatch as err:
-        return round_.refuse(str(err), request=request, planned=planned)
+        return round_.refuse(str(err), request=request, planned=planned, unit=RECORD)
     if update.privacy_event != planned:
         raise RuntimeError(
             f"Opacus recorded {update.privacy_event}, not the planned {planned}; "
             "refusing to release an update whose privacy cost was not checked"
         )
-    return round_.charge_and_release(update, request)
+    return round_.charge_and_release(as_released(update, request, msg), request)
 
 
 class _Round:
@@ -112,27 +129,45 @@ class _Round:
         bridge = [e.signed_bytes() for e in self.owner.ledger.entries_between(self.anchored, entry.sequence)]
         return protocol.signed_receipt(entry.signed_bytes(), bridge)
 
-    def _terms(self, request: RoundRequest | None) -> dict[str, Any]:
+    def _terms(self, request: RoundRequest | None, unit: str | None) -> dict[str, Any]:
         policy = self.owner.policy
-        unit = request.privacy_unit if request is not None and request.privacy_unit in ("record", "owner") else None
-        return dict(delta=policy.delta, epsilon_budget=policy.epsilon_budget, accountant=policy.accountant,
+        if unit is None and request is not None and request.privacy_unit in (RECORD, OWNER):
+            unit = request.privacy_unit
+        budget = policy.owner_epsilon_budget if unit == OWNER and policy.owner_epsilon_budget else policy.epsilon_budget
+        return dict(delta=policy.delta, epsilon_budget=budget, accountant=policy.accountant,
                     purpose=request.purpose if request is not None else "", privacy_unit=unit)
 
-    def refuse(self, reason: str, *, request: RoundRequest | None = None, planned: Any = None) -> RecordDict:
+    def refuse(self, reason: str, *, request: RoundRequest | None = None, planned: Any = None,
+               unit: str | None = None, run_id: str | None = None) -> RecordDict:
         log.warning("%s refuses round %s of %s: %s", self.owner.owner_id, self.server_round, self.experiment_id,
                     reason)
         clipping = request.plan.max_grad_norm if request is not None else 0.0
-        entry = self.owner.ledger.refuse(self.experiment_id, self.server_round, reason, event=planned,
-                                         clipping_norm=clipping, **self._terms(request))
+        entry = self.owner.ledger.refuse(run_id or self.experiment_id, self.server_round, reason, event=planned,
+                                         clipping_norm=clipping, **self._terms(request, unit))
         return RecordDict({protocol.PRIVACY: self._receipt(entry)})
 
+    def charge(self, run_id: str, event: Any, request: RoundRequest, *, clipping_norm: float, unit: str,
+               update_hash: bytes = b"") -> Any:
+        return self.owner.ledger.charge(run_id, self.server_round, event, clipping_norm=clipping_norm,
+                                        update_hash=update_hash, **self._terms(request, unit))
+
     def charge_and_release(self, update: LocalUpdate, request: RoundRequest) -> RecordDict:
+        """A DP-SGD release (record-level), charged before it leaves."""
         digest = protocol.update_digest(update.state_dict)
         self.releases.save(self.experiment_id, self.server_round, update)  # before the charge
-        entry = self.owner.ledger.charge(self.experiment_id, self.server_round, update.privacy_event,
-                                         clipping_norm=request.plan.max_grad_norm, update_hash=digest,
-                                         **self._terms(request))
+        entry = self.charge(self.experiment_id, update.privacy_event, request, clipping_norm=request.plan.max_grad_norm,
+                            unit=RECORD, update_hash=digest)
         return _release(update, self._receipt(entry))
+
+    def release_owner_level(self, request: RoundRequest, msg: Message) -> RecordDict:
+        """An owner-level round without DP-SGD: the clipped update leaves under its owner-level charge."""
+        key = OwnerRound.charge_key(self.experiment_id)
+        charge = self.owner.ledger.charge_for(key, self.server_round)
+        saved = self.releases.load(key, self.server_round)
+        if saved is None:
+            saved = as_released(_train(self.owner, request, msg), request, msg)
+            self.releases.save(key, self.server_round, saved)  # a retry re-sends this very update
+        return _release(saved, self._receipt(charge))
 
     def resend(self, charged: Any) -> RecordDict:
         update = self.releases.load(self.experiment_id, self.server_round, charged.update_hash)
@@ -181,9 +216,11 @@ def _train(owner: Owner, request: RoundRequest, msg: Message) -> LocalUpdate:
 
 
 def _release(update: LocalUpdate, receipt: Any) -> RecordDict:
+    metrics = update.metrics if update.metrics is not None else {"num-examples": update.num_examples,
+                                                                  "train-loss": update.mean_loss}
     return RecordDict({
         protocol.ARRAYS: ArrayRecord(update.state_dict),
-        protocol.METRICS: MetricRecord({"num-examples": update.num_examples, "train-loss": update.mean_loss}),
+        protocol.METRICS: MetricRecord(metrics),
         protocol.PRIVACY: receipt,
     })
 

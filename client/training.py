@@ -29,6 +29,7 @@ class LocalUpdate:
     num_examples: int
     mean_loss: float  # over non-empty batches; NaN if every batch was empty
     privacy_event: PoissonSubsampledGaussian | None  # as recorded by Opacus's accountant
+    metrics: dict[str, Any] | None = None  # what the reply's metrics say (default: examples and train loss)
 
 
 # Opacus warns on every PrivacyEngine that secure_mode is off (it needs torchcsprng,

@@ -125,7 +125,7 @@ def audit_run(run_dir: str | Path, *, owner_ledgers: dict[str, Path] | None = No
         audit.problems.append("the coordinator's registry is missing: owner heads cannot be checked")
     if files.federation_ledger.exists():
         audit.reports.append(verify(files.federation_ledger, keys, coordinator_key=coordinator))
-    elif files.config.get("dp", True):
+    elif files.config.get("dp", True) or files.config.get("owner-dp", False):
         audit.problems.append(f"{files.federation_ledger} is missing")
 
     federation_anchors = _anchors(files.federation_ledger) if files.federation_ledger.exists() else []
@@ -146,7 +146,7 @@ def audit_run(run_dir: str | Path, *, owner_ledgers: dict[str, Path] | None = No
         audit.reports.append(report)
         if report.ok:
             owner_entries[owner_id] = {e.sequence: e for e in read_ledger(path)[1]}
-    if files.config.get("dp", True):
+    if files.config.get("dp", True) or files.config.get("owner-dp", False):
         _cross_check_history(audit, files.history, federation_entries, owner_entries)
     _find_unaggregated(audit, owner_entries, federation_anchors)
     audit.epsilon = {owner: _spend(entries.values(), audit.experiment_id) for owner, entries in owner_entries.items()}
@@ -154,18 +154,29 @@ def audit_run(run_dir: str | Path, *, owner_ledgers: dict[str, Path] | None = No
 
 
 def _spend(entries, experiment_id: str) -> dict[str, Any]:
-    """Lifetime and this experiment's record-level epsilon, with the accountant and delta the owner enforces."""
-    from privfl.privacy.ledger import compute_epsilon
-    from privfl.privacy.ledger.entry import RECORD, unit_of
+    """Lifetime and this experiment's epsilon per privacy unit, with the accountant and delta the owner enforces.
 
-    charges = [e for e in entries if e.is_charge and unit_of(e) == RECORD]
-    if not charges:
-        return {"lifetime": 0.0, "experiment": 0.0, "accountant": "", "delta": 0.0, "budget": 0.0}
-    last = charges[-1]
-    mine = [e.event for e in charges if e.run_id == experiment_id]
-    return {"lifetime": compute_epsilon(last.accountant, [e.event for e in charges], last.delta),
-            "experiment": compute_epsilon(last.accountant, mine, last.delta), "accountant": last.accountant,
-            "delta": last.delta, "budget": last.epsilon_budget}
+    Keys ``lifetime``/``experiment``/``budget`` are the record level (DP-SGD); ``owner_lifetime``,
+    ``owner_experiment`` and ``owner_budget`` the owner level, present when the owner has such charges.
+    """
+    from privfl.privacy.ledger import compute_epsilon
+    from privfl.privacy.ledger.entry import OWNER, RECORD, unit_of
+    from privfl.protocol import OwnerRound
+
+    entries = list(entries)
+    spend: dict[str, Any] = {"accountant": "", "delta": 0.0}
+    for unit, prefix, key in ((RECORD, "", experiment_id), (OWNER, "owner_", OwnerRound.charge_key(experiment_id))):
+        charges = [e for e in entries if e.is_charge and unit_of(e) == unit]
+        if not charges:
+            continue
+        last = charges[-1]
+        mine = [e.event for e in charges if e.run_id == key]
+        spend[f"{prefix}lifetime"] = compute_epsilon(last.accountant, [e.event for e in charges], last.delta)
+        spend[f"{prefix}experiment"] = compute_epsilon(last.accountant, mine, last.delta)
+        spend[f"{prefix}budget"] = last.epsilon_budget
+        if not spend["accountant"]:
+            spend.update(accountant=last.accountant, delta=last.delta)
+    return spend
 
 
 def _owner_keys(folder: Path | None) -> dict[str, Ed25519PublicKey]:

@@ -82,6 +82,9 @@ class OwnerPolicy:
         None, "delta of the (epsilon, delta) guarantee; must be well below 1/n of the records", probability_delta,
         kind=float, required="no delta set: add delta = <well below 1/n of your records, e.g. 1e-6> to the owner "
                              "policy; the owner refuses every round until it has one")
+    owner_epsilon_budget: float = setting(
+        None, "lifetime epsilon budget for owner-level releases (privacy unit 'owner'); needed to accept them",
+        _positive_finite, kind=float)
     accountant: str = setting("pld", "the accountant the budget is enforced with: pld (tightest) | rdp | prv",
                               one_of(ACCOUNTANT_NAMES))
     dp_required: bool = setting(True, "refuse any request to train without differential privacy")
@@ -99,6 +102,9 @@ class OwnerPolicy:
         ("mlp", "cnn", "logreg"), "models the coordinator may ask this node to build and train: built-in names and "
         "'package.module:factory' paths installed here ('*': any); an import path runs code at this node",
         kind=tuple)
+    require_secure_aggregation: bool = setting(
+        False, "accept owner-level rounds only when updates are summed by secure aggregation (the coordinator "
+        "never sees this owner's update in the clear)")
     answer_evaluation: bool = setting(
         False, "evaluate the global model on evaluation-data when the coordinator asks; the metrics are a "
         "release that the DP-SGD epsilon does not cover")
@@ -116,6 +122,14 @@ class OwnerPolicy:
     @property
     def budget(self) -> PrivacyBudget:
         return PrivacyBudget(epsilon=self.epsilon_budget, delta=self.delta)
+
+    def budget_of(self, unit: str) -> PrivacyBudget:
+        """The lifetime budget of one privacy unit (record-level DP-SGD, or owner-level DP)."""
+        if unit == OWNER:
+            if self.owner_epsilon_budget is None:
+                raise PolicyError(f"owner {self.owner_id}: no owner-level epsilon budget set (owner-epsilon-budget)")
+            return PrivacyBudget(epsilon=self.owner_epsilon_budget, delta=self.delta)
+        return self.budget
 
     def require_deployed(self) -> OwnerPolicy:
         """A deployed owner names its own files; a simulated one is given them."""
@@ -182,7 +196,8 @@ def write_policy_file(policy: OwnerPolicy, path: str | Path, *, header: str = ""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     lines = [f"# {line}".rstrip() for line in header.splitlines()] if header else []
-    lines += [f"{key} = {settings.toml_value(value)}" for key, value in policy.to_mapping().items()]
+    lines += [f"{key} = {settings.toml_value(value)}" for key, value in policy.to_mapping().items()
+              if value is not None]  # an unset optional key is left out (TOML has no null)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as handle:
         handle.write("\n".join(lines) + "\n")
@@ -203,8 +218,9 @@ def simulated_owner_policy(config: ExperimentConfig, owner_id: str, owner_dir: P
     """
     return OwnerPolicy(
         owner_id=owner_id, epsilon_budget=config.epsilon_budget, delta=config.delta,
-        accountant=config.accountant, dp_required=config.dp, allowed_purposes=(), privacy_units=(RECORD,),
-        allowed_models=("*",),
+        accountant=config.accountant, dp_required=config.dp, allowed_purposes=(),
+        privacy_units=(RECORD, OWNER) if config.owner_dp else (RECORD,), allowed_models=("*",),
+        owner_epsilon_budget=config.owner_epsilon_budget if config.owner_dp else None,
         answer_evaluation=True, ledger=str(owner_dir / LEDGER_FILE),
         signing_key=str(owner_dir / SIGNING_KEY_FILE), device=config.device,
     )

@@ -93,6 +93,32 @@ class ExperimentConfig:
     max_grad_norm: float = setting(1.0, "DP-SGD per-sample gradient clipping norm", positive)
     grad_sample_mode: str = setting(
         "hooks", "Opacus per-sample gradient mode: hooks | functorch | ghost", one_of(GRAD_SAMPLE_MODES))
+    # -- owner-level DP (DP-FedAvg at the coordinator; the privacy unit is the owner) -----------------
+    owner_dp: bool = setting(
+        False, "owner-level DP: sample owners, clip each owner's update, add Gaussian noise to their sum; every "
+        "owner that could be drawn is charged each round (with dp = true as well: both units, each accounted)")
+    owner_sampling: str = setting("poisson", "how owners are drawn each round: poisson (each with owner-sample-rate) "
+                                  "| fixed (owners-per-round of them)", one_of(("poisson", "fixed")))
+    owner_sample_rate: float = setting(0.1, "owner-sampling = poisson: each owner's chance to be drawn", fraction)
+    owners_per_round: int = setting(0, "owner-sampling = fixed: owners drawn per round (without replacement)",
+                                    non_negative)
+    owner_noise_multiplier: float = setting(1.0, "owner-level noise std / clipping norm (the accounted one)",
+                                            positive)
+    owner_clipping_norm: float = setting(1.0, "L2 clip of each owner's update (initial value when adaptive)",
+                                         positive)
+    adaptive_clipping: bool = setting(False, "move the clip towards target-quantile of the update norms (Andrew "
+                                      "et al. 2021); its noisy count is folded into the accounted noise")
+    target_quantile: float = setting(0.5, "adaptive clipping: the update-norm quantile the clip tracks", fraction)
+    clip_learning_rate: float = setting(0.2, "adaptive clipping: geometric step of the clip", positive)
+    clipped_count_stddev: float = setting(
+        0.0, "adaptive clipping: noise on the count of unclipped updates (0: expected cohort / 20)", non_negative)
+    secure_aggregation: bool = setting(
+        False, "owner-level rounds: sum the clipped updates with SecAgg+ (Flower's), so the coordinator never sees "
+        "one in the clear; owners clip their own updates")
+    secagg_shares: int = setting(0, "SecAgg+: shares of each owner's key (0: the cohort size)", non_negative)
+    secagg_threshold: int = setting(0, "SecAgg+: shares needed to reconstruct a dropped owner's key (0: just over "
+                                    "half of the shares)", non_negative)
+    owner_epsilon_budget: float = setting(10.0, "simulated owners: lifetime owner-level epsilon budget", positive)
     purpose: str = setting(
         "privfl simulation", "why the owners' data is processed; an owner refuses a purpose its policy does not "
         "allow; recorded in every ledger entry")
@@ -144,6 +170,12 @@ class ExperimentConfig:
         if self.dataset == "none" and not (self.num_features and self.num_classes):
             raise ConfigError("dataset = 'none' (the owners bring their data): set num-features and num-classes, "
                               "the model's inputs and classes")
+        if self.owner_dp and self.owner_sampling == "fixed" and self.owners_per_round < 1:
+            raise ConfigError("owner-sampling = 'fixed' needs owners-per-round >= 1")
+        if self.owner_dp and self.target_quantile >= 1:
+            raise ConfigError("target-quantile must be in (0, 1)")
+        if self.secure_aggregation and not self.owner_dp:
+            raise ConfigError("secure-aggregation sums owner-level updates: set owner-dp = true")
         if self.dataset == "digits" and self.scheme == "natural":
             raise ConfigError("digits has no natural owners")
 

@@ -120,6 +120,46 @@ _PLAN_TYPES = {"local_epochs": int, "batch_size": int, "learning_rate": float, "
                "num_rounds": int}
 
 
+TRAIN_STAGE = "train"
+OWNER_CHARGE_STAGE = "owner-charge"  # an owner-level round's first step: every owner charges before the draw
+
+
+@dataclass(frozen=True)
+class OwnerRound:
+    """An owner-level (DP-FedAvg) round as the owners are told it, before anyone is sampled.
+
+    The mechanism: the coordinator samples owners (Poisson at ``sample_rate``, or
+    ``sample_size`` of ``population`` without replacement), clips each sampled owner's
+    update to ``clipping_norm`` and adds Gaussian noise with the accounted multiplier
+    ``noise_multiplier`` to their sum.  Its DP event is the same for every owner in the
+    population, sampled or not: amplification by sampling is only sound if every round
+    is charged to every owner that could have been drawn.
+    """
+
+    noise_multiplier: float
+    sampling: str  # "poisson" | "fixed"
+    sample_rate: float
+    sample_size: int
+    population: int
+    clipping_norm: float
+    secure: bool  # updates are summed by SecAgg+: the coordinator never sees one in the clear
+
+    def event(self) -> Any:
+        from privfl.server.owner_dp import OwnerSampling
+
+        return OwnerSampling(self.sampling, self.sample_rate, self.sample_size).event(self.noise_multiplier,
+                                                                                     self.population)
+
+    @staticmethod
+    def charge_key(experiment_id: str) -> str:
+        """Owner-level charges are keyed apart from the same round's record-level (DP-SGD) charge."""
+        return f"{experiment_id}/owner"
+
+
+_OWNER_TYPES = {"noise_multiplier": float, "sampling": str, "sample_rate": float, "sample_size": int,
+                "population": int, "clipping_norm": float, "secure": bool}
+
+
 @dataclass(frozen=True)
 class RoundRequest:
     """What the coordinator asks of an owner in one round, as the owner reads it."""
@@ -137,6 +177,8 @@ class RoundRequest:
     # the owner shows it still holds it and sends the entries written since.
     anchor_sequence: int = 0
     anchor_hash: str = ""
+    stage: str = TRAIN_STAGE
+    owner_round: OwnerRound | None = None  # owner-level DP rounds only
 
     def to_record(self) -> ConfigRecord:
         values: dict[str, Any] = {
@@ -144,9 +186,12 @@ class RoundRequest:
             "experiment-id": self.experiment_id, "server-round": self.server_round, "purpose": self.purpose,
             "privacy-unit": self.privacy_unit, "owners-dir": self.owners_dir,
             "anchor-sequence": self.anchor_sequence, "anchor-hash": self.anchor_hash,
+            "stage": self.stage,
             **self.model.to_record_values(),
             **{key_of(f.name): getattr(self.plan, f.name) for f in fields(TrainingPlan)},
         }
+        if self.owner_round is not None:
+            values.update({f"owner-{key_of(name)}": getattr(self.owner_round, name) for name in _OWNER_TYPES})
         return ConfigRecord(values)
 
     @classmethod
@@ -166,6 +211,10 @@ class RoundRequest:
             model=model, plan=plan, protocol_version=version,
             privfl_version=_typed(record, "privfl-version", str), owners_dir=str(record.get("owners-dir", "")),
             anchor_sequence=_typed(record, "anchor-sequence", int), anchor_hash=_typed(record, "anchor-hash", str),
+            stage=_typed(record, "stage", str),
+            owner_round=OwnerRound(**{name: _typed(record, f"owner-{key_of(name)}", kind)
+                                      for name, kind in _OWNER_TYPES.items()})
+            if "owner-sampling" in record else None,
         )
 
     def for_owner(self, anchored: tuple[int, bytes] | None) -> RoundRequest:
@@ -236,6 +285,7 @@ class PrivacyReceipt:
     reason: str = ""
     signed: bool = True  # False: an unsigned refusal (the owner had no valid policy or key)
     sequence: int = 0  # the owner's ledger head after this entry
+    privacy_unit: str = "record"  # the unit the entry's epsilon is for
 
     @classmethod
     def from_entry(cls, entry: Any) -> PrivacyReceipt:
@@ -247,6 +297,7 @@ class PrivacyReceipt:
             noise_multiplier=getattr(event, "noise_multiplier", 0.0),
             sample_rate=getattr(event, "sample_rate", 0.0), steps=getattr(event, "steps", 0),
             reason=entry.refusal_reason, sequence=entry.sequence,
+            privacy_unit=entry.privacy_unit if entry.privacy_unit in ("record", "owner") else "record",
         )
 
     @classmethod

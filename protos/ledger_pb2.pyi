@@ -25,6 +25,7 @@ class AnchorOutcome(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ANCHOR_OUTCOME_AGGREGATED: _ClassVar[AnchorOutcome]
     ANCHOR_OUTCOME_REFUSED: _ClassVar[AnchorOutcome]
     ANCHOR_OUTCOME_UPDATE_DROPPED: _ClassVar[AnchorOutcome]
+    ANCHOR_OUTCOME_CHARGED: _ClassVar[AnchorOutcome]
 ENTRY_KIND_UNSPECIFIED: EntryKind
 ENTRY_KIND_CHARGE: EntryKind
 ENTRY_KIND_REFUSAL: EntryKind
@@ -35,6 +36,7 @@ ANCHOR_OUTCOME_UNSPECIFIED: AnchorOutcome
 ANCHOR_OUTCOME_AGGREGATED: AnchorOutcome
 ANCHOR_OUTCOME_REFUSED: AnchorOutcome
 ANCHOR_OUTCOME_UPDATE_DROPPED: AnchorOutcome
+ANCHOR_OUTCOME_CHARGED: AnchorOutcome
 
 class PoissonSubsampledGaussian(_message.Message):
     __slots__ = ("noise_multiplier", "sample_rate", "steps")

@@ -6,6 +6,7 @@ checkpoints each live in their own module; this one wires them for one run.
 
 from __future__ import annotations
 
+import dataclasses
 from contextlib import ExitStack
 
 import torch
@@ -24,6 +25,7 @@ from privfl.server.evaluation import make_evaluate_fn
 from privfl.server.history import RunHistory
 from privfl.server.receipts import ReceiptCheck
 from privfl.server.resume import Start, fresh_start, resumed_start
+from privfl.server.owner_level import OwnerLevelFedAvg
 from privfl.server.strategy import BudgetAwareFedAvg
 from privfl.server.task import federation_task
 from privfl.task import check_model
@@ -55,8 +57,9 @@ def main(grid: Grid, context: Context) -> None:
                                           experiment_id=config.experiment_id)
     plan = TrainingPlan.from_config(config)
     stack = ExitStack()
-    # A non-private run releases no DP events, so it keeps no federation ledger and anchors nothing.
-    ledgers = open_coordinator_ledgers(config, where, stack) if config.dp else None
+    # A run without DP releases no DP events, so it keeps no federation ledger and anchors nothing.
+    private = config.dp or config.owner_dp
+    ledgers = open_coordinator_ledgers(config, where, stack) if private else None
     receipts = ReceiptCheck(ledgers and ledgers.federation, ledgers and ledgers.registry, where.owner_keys_dir,
                             plan, experiment_id=config.experiment_id, coordinator_key=ledgers and ledgers.key)
 
@@ -71,15 +74,17 @@ def main(grid: Grid, context: Context) -> None:
 
     def on_round_end(server_round: int, arrays: ArrayRecord) -> None:
         """The round's receipts are committed: checkpoint it, so the experiment can resume after it."""
-        anchors, head = federation_position(where.federation_ledger) if config.dp else (0, "")
+        anchors, head = federation_position(where.federation_ledger) if private else (0, "")
         write_checkpoint(where.run_dir, Checkpoint(config.experiment_id, server_round, "", anchors=anchors,
                                                    anchor_head=head, **strategy.state()),
                          arrays.to_torch_state_dict())
         history.round(server_round)
         history.save(where.history)
 
-    strategy = BudgetAwareFedAvg(
-        request=request, fraction_train=config.fraction_train, history=history, receipts=receipts,
+    kind = OwnerLevelFedAvg if config.owner_dp else BudgetAwareFedAvg
+    extra = {"config": config} if config.owner_dp else {}
+    strategy = kind(
+        **extra, request=request, fraction_train=config.fraction_train, history=history, receipts=receipts,
         # A simulation registers all its nodes at once; in a deployment, owners that
         # connect later join later rounds.
         min_owners=config.min_owners if config.deployment else min(config.min_owners, len(task.owner_ids) or 1),
@@ -89,7 +94,7 @@ def main(grid: Grid, context: Context) -> None:
     )
     strategy.timeout = config.round_timeout
     if start.checkpoint is not None:
-        strategy.restore(start.completed, start.checkpoint.rng_state, start.checkpoint.refused_owners)
+        strategy.restore(start.completed, dataclasses.asdict(start.checkpoint))
     evaluate_fn = make_evaluate_fn(spec, task.test, resolve_device(config.device), on_evaluation) \
         if task.test is not None else None
     with stack:

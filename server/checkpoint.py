@@ -46,6 +46,7 @@ class Checkpoint:
     rng_state: list = field(default_factory=list)
     refused_owners: dict[str, str] = field(default_factory=dict)  # owner -> why it will not train again
     not_evaluating: dict[str, str] = field(default_factory=dict)
+    owner_dp: dict = field(default_factory=dict)  # owner-level DP's state (the adaptive clip)
     anchors: int = 0  # the federation ledger's anchor count when the round was settled
     anchor_head: str = ""  # sha256 hex of its last anchor
 

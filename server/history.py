@@ -34,6 +34,8 @@ class RoundRecord:
     # Evaluation at the owners: {"loss", "accuracy", "num_examples", "owners": {owner: {...}}}
     federated_evaluation: dict[str, Any] | None = None
     evaluation_refused: dict[str, str] = field(default_factory=dict)  # owner -> reason
+    # Owner-level DP: {"population", "charged", "sampled", "aggregated", "clipping_norm", "noise_stddev", "secure"}
+    owner_level: dict[str, Any] | None = None
 
 
 @dataclass
@@ -86,6 +88,14 @@ class RunHistory:
         owner = self.owners.setdefault(
             receipt.owner_id, {"rounds_trained": 0, "rounds_refused": 0, "epsilon": 0.0}
         )
+        if receipt.privacy_unit == "owner":  # owner-level: its own epsilon, never mixed with DP-SGD's
+            if receipt.signed:
+                owner["owner_epsilon"] = receipt.epsilon
+            key = "owner_rounds_charged" if receipt.status == "trained" else "owner_rounds_refused"
+            owner[key] = owner.get(key, 0) + 1
+            if receipt.status != "trained":
+                rec.refused[receipt.owner_id] = receipt.reason
+            return
         if receipt.signed:  # an unsigned refusal says nothing about the owner's spend
             owner.update(delta=receipt.delta, accountant=receipt.accountant)
             owner["epsilon"] = receipt.epsilon
@@ -168,23 +178,38 @@ def epsilon_table(history: dict[str, Any], spend: dict[str, dict[str, Any]] | No
 
     With ``spend`` (per owner: lifetime and this experiment's epsilon, recomputed from
     its ledger) the table shows both: an owner's budget is for its data's lifetime.
+    Owner-level epsilon (DP-FedAvg) gets columns of its own: it is another guarantee.
     """
     owners = history["owners"]
-    lines = [f"{'owner':<14} {'lifetime eps':>12} {'this exp.':>9} {'budget':>7} {'delta':>9} {'accountant':>10} "
-             f"{'trained':>7} {'refused':>7}"]
+    owner_level = any("owner_epsilon" in o for o in owners.values())
+    header = f"{'owner':<14} {'lifetime eps':>12} {'this exp.':>9} {'budget':>7} "
+    if owner_level:
+        header += f"{'owner-level':>11} {'this exp.':>9} {'budget':>7} "
+    lines = [header + f"{'delta':>9} {'accountant':>10} {'trained':>7} {'refused':>7}"]
     for owner_id in sorted(owners):
         o = owners[owner_id]
-        eps = o.get("epsilon")
         known = spend.get(owner_id) if spend else None
+        eps = o.get("epsilon")
         if eps == "inf":
-            eps_text, share, budget, delta_text, accountant = "non-DP", "-", "-", "-", "-"
-        elif known is not None:
-            eps_text, share = f"{known['lifetime']:.3f}", f"{known['experiment']:.3f}"
-            budget, delta_text, accountant = f"{known['budget']:g}", f"{known['delta']:.1e}", known["accountant"]
-        elif isinstance(eps, (int, float)) and "delta" in o:
-            eps_text, share, budget, delta_text, accountant = f"{eps:.3f}", "?", "?", f"{o['delta']:.1e}", o["accountant"]
+            cells = ["non-DP", "-", "-"]
+        elif known is not None and "lifetime" in known:
+            cells = [f"{known['lifetime']:.3f}", f"{known['experiment']:.3f}", f"{known['budget']:g}"]
+        elif isinstance(eps, (int, float)) and o.get("rounds_trained"):
+            cells = [f"{eps:.3f}", "?", "?"]
         else:
-            eps_text, share, budget, delta_text, accountant = "?", "?", "?", "-", "-"
-        lines.append(f"{owner_id:<14} {eps_text:>12} {share:>9} {budget:>7} {delta_text:>9} {accountant:>10} "
-                     f"{o['rounds_trained']:>7} {o['rounds_refused']:>7}")
+            cells = ["-", "-", "-"]
+        if owner_level:
+            if known is not None and "owner_lifetime" in known:
+                cells += [f"{known['owner_lifetime']:.3f}", f"{known['owner_experiment']:.3f}",
+                          f"{known['owner_budget']:g}"]
+            elif isinstance(o.get("owner_epsilon"), (int, float)):
+                cells += [f"{o['owner_epsilon']:.3f}", "?", "?"]
+            else:
+                cells += ["-", "-", "-"]
+        delta = (known or {}).get("delta") or o.get("delta")
+        accountant = (known or {}).get("accountant") or o.get("accountant") or "-"
+        widths = [12, 9, 7, 11, 9, 7] if owner_level else [12, 9, 7]
+        lines.append(f"{owner_id:<14} " + " ".join(f"{c:>{w}}" for c, w in zip(cells, widths))
+                     + f" {f'{delta:.1e}' if delta else '-':>9} {accountant:>10} {o['rounds_trained']:>7} "
+                       f"{o['rounds_refused'] + o.get('owner_rounds_refused', 0):>7}")
     return "\n".join(lines)

@@ -29,7 +29,7 @@ from privfl.privacy.keys import KeyFileError, load_public_key, owner_key_paths
 from privfl.privacy.ledger import Entry, FederationLedger, LedgerError, ReceiptRejected
 from privfl.privacy.ledger.federation import AnchorMismatch, Checked
 from privfl.privacy.ledger.registry import CoordinatorRegistry
-from privfl.protocol import PrivacyReceipt, TrainingPlan
+from privfl.protocol import OWNER_CHARGE_STAGE, TRAIN_STAGE, OwnerRound, PrivacyReceipt, TrainingPlan
 
 log = get_logger("server")
 
@@ -77,8 +77,15 @@ class ReceiptCheck:
 
     # -- one reply ---------------------------------------------------------------------
 
-    def accept(self, reply: Message, server_round: int) -> Accepted:
-        """The owner's receipt for this round, verified; raises ReceiptRejected otherwise."""
+    def accept(self, reply: Message, server_round: int, *, owner_round: OwnerRound | None = None,
+               stage: str = TRAIN_STAGE) -> Accepted:
+        """The owner's receipt for this round, verified; raises ReceiptRejected otherwise.
+
+        ``owner_round``: the owner-level mechanism of this round (owner-level rounds):
+        at ``stage`` owner-charge the receipt must charge its event; at the train stage it
+        is either the owner-level charge (no DP-SGD) or a DP-SGD charge of the clipped
+        update (both units).  Under secure aggregation no update is seen, so none is hashed.
+        """
         content = reply.content
         node = reply.metadata.src_node_id
         if protocol.PRIVACY not in content.config_records:
@@ -119,10 +126,34 @@ class ReceiptCheck:
             return Accepted(PrivacyReceipt.from_entry(claimed))
         accepted = Accepted(PrivacyReceipt.from_entry(checked.entry), checked)
         try:
-            self._check_release(checked.entry, server_round, content)
+            owner_key = OwnerRound.charge_key(self.experiment_id)
+            refusal_here = not checked.entry.is_charge and checked.entry.run_id in (owner_key, self.experiment_id)
+            if owner_round is not None and (checked.entry.run_id == owner_key or refusal_here):
+                self._check_owner_charge(checked.entry, server_round, content, owner_round, stage)
+            elif stage == OWNER_CHARGE_STAGE:
+                raise ReceiptRejected(f"owner {checked.entry.owner_id}, entry {checked.entry.sequence} is not an "
+                                      "owner-level charge")
+            else:
+                self._check_release(checked.entry, server_round, content,
+                                    secure=owner_round is not None and owner_round.secure)
         except ReceiptRejected as err:
             raise ReleaseMismatch(str(err), accepted) from None
         return accepted
+
+    def _check_owner_charge(self, entry: Entry, server_round: int, content: object, terms: OwnerRound,
+                            stage: str) -> None:
+        where = f"owner {entry.owner_id}, entry {entry.sequence}"
+        if entry.round != server_round:
+            raise ReceiptRejected(f"{where} is for owner-level round {entry.round}, not {server_round}")
+        if not entry.is_charge:
+            if protocol.ARRAYS in content.array_records:  # type: ignore[attr-defined]
+                raise ReceiptRejected(f"{where} is a refusal, yet an update came with it")
+            return
+        if entry.privacy_unit != "owner" or entry.event != terms.event() or entry.clipping_norm != terms.clipping_norm:
+            raise ReceiptRejected(f"{where} charges {entry.event} ({entry.privacy_unit}, clip {entry.clipping_norm}), "
+                                  f"not the round's owner-level {terms.event()} (clip {terms.clipping_norm})")
+        if stage == OWNER_CHARGE_STAGE and protocol.ARRAYS in content.array_records:  # type: ignore[attr-defined]
+            raise ReceiptRejected(f"{where}: an update came with an owner-level charge, before the draw")
 
     def commit(self, server_round: int, accepted: list[tuple[Accepted, str]]) -> None:
         """Keep a round's verified receipts and anchor each: federation ledger, then registry."""
@@ -151,7 +182,7 @@ class ReceiptCheck:
         self.ledger.register_owner(owner_id, key)
         log.info("registered owner %s's public key from %s", owner_id, public_path)
 
-    def _check_release(self, entry: Entry, server_round: int, content: object) -> None:
+    def _check_release(self, entry: Entry, server_round: int, content: object, *, secure: bool = False) -> None:
         where = f"owner {entry.owner_id}, entry {entry.sequence}"
         if entry.run_id != self.experiment_id or entry.round != server_round:
             raise ReceiptRejected(
@@ -179,6 +210,8 @@ class ReceiptCheck:
         if not math.isclose(event.steps * event.sample_rate, plan.local_epochs, rel_tol=1e-9):
             raise ReceiptRejected(
                 f"{where} took {event.steps} steps at rate {event.sample_rate}: not {plan.local_epochs} local epochs")
+        if secure:  # summed by SecAgg+: the coordinator never sees the update it could hash
+            return
         arrays = content.array_records.get(protocol.ARRAYS)  # type: ignore[attr-defined]
         if arrays is None or protocol.update_digest(arrays.to_torch_state_dict()) != entry.update_hash:
             raise ReceiptRejected(f"{where}: the update that arrived is not the one the owner charged for")

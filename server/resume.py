@@ -62,7 +62,7 @@ def resumed_start(asked: ExperimentConfig) -> Start:
         raise ConfigError(f"the checkpoint is of experiment {checkpoint.experiment_id}, not {config.experiment_id}")
     if config.num_rounds < checkpoint.round:
         raise ConfigError(f"num-rounds = {config.num_rounds}, but {checkpoint.round} rounds are already done")
-    if config.dp:
+    if config.dp or config.owner_dp:
         check_federation_position(where.federation_ledger, checkpoint)
     history = RunHistory.load(where.history, up_to_round=checkpoint.round)
     history.config = config.to_mapping()

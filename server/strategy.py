@@ -18,6 +18,7 @@ Flower's FedAvg averages whatever comes back and samples any connected node.  He
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 import time
@@ -69,10 +70,11 @@ class BudgetAwareFedAvg(FedAvg):
     def state(self) -> dict:
         return {"rng_state": _jsonable(self._rng.getstate()), "refused_owners": dict(self.refused_owners)}
 
-    def restore(self, completed_rounds: int, rng_state: list, refused_owners: dict[str, str]) -> None:
+    def restore(self, completed_rounds: int, state: dict) -> None:
+        """Go on after ``completed_rounds`` with the state :meth:`state` gave at that point."""
         self.round_offset = completed_rounds
-        self._rng.setstate(_tupled(rng_state))
-        self.refused_owners = dict(refused_owners)
+        self._rng.setstate(_tupled(state["rng_state"]))
+        self.refused_owners = dict(state["refused_owners"])
 
     def _refuse(self, node: int, reason: str) -> None:
         self.refusing[node] = reason
@@ -99,8 +101,12 @@ class BudgetAwareFedAvg(FedAvg):
         log.info("round %d: sampled %d of %d owners that can train", server_round, size, len(eligible))
         return self._messages(server_round, arrays, sampled, MessageType.TRAIN)
 
-    def _messages(self, server_round: int, arrays: ArrayRecord, nodes: list[int], kind: str) -> list[Message]:
+    def _messages(self, server_round: int, arrays: ArrayRecord, nodes: list[int], kind: str,
+                  **changes: Any) -> list[Message]:
+        """One message per node: the round's request (with ``changes``), naming the node's owner's anchored head."""
         request = self.request(server_round)
+        if changes:
+            request = dataclasses.replace(request, **changes)
         messages = []
         for node in nodes:
             owner = self.receipts.owner_of(node)

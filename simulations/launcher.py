@@ -200,7 +200,7 @@ def run_simulation(config: ExperimentConfig, *, log_to: Path | None = None, stre
     log_path = log_to or run_dir / "simulation.log"
     verb = "resuming" if config.resume else "running"
     print(f"privfl: {verb} '{config.experiment}' ({config.num_owners or 'all'} owners, {config.num_rounds} rounds, "
-          f"{'DP-SGD' if config.dp else 'non-private'}) in {run_dir}", flush=True)
+          f"{_guarantee(config)}) in {run_dir}", flush=True)
     try:
         with _superlink(env, state_dir, port) as superlink:
             run_id = _submit(env, app, run_config, _num_owners(config))
@@ -217,9 +217,15 @@ def run_simulation(config: ExperimentConfig, *, log_to: Path | None = None, stre
 
     history = json.loads(where.history.read_text(encoding="utf-8"))
     checkpoint_ledgers(where, history)
-    audit = audit_run(run_dir) if config.dp else None
+    audit = audit_run(run_dir) if config.dp or config.owner_dp else None
     reports = write_run_report(run_dir, cross_checks=audit.problems) if audit is not None else []
     return SimulationResult(run_dir=run_dir, history=history, audit=audit, reports=reports)
+
+
+def _guarantee(config: ExperimentConfig) -> str:
+    units = [*(["DP-SGD (record-level)"] if config.dp else []),
+             *([f"DP-FedAvg (owner-level{', SecAgg+' if config.secure_aggregation else ''})"] if config.owner_dp else [])]
+    return " + ".join(units) or "non-private"
 
 
 def resumable(config: ExperimentConfig) -> ExperimentConfig:

@@ -34,8 +34,9 @@ ANCHOR_SIGNING_CONTEXT = b"privfl.ledger.v1.AnchorEntry\x00"
 AGGREGATED = "aggregated"
 REFUSED = "refused"
 UPDATE_DROPPED = "update-dropped"
+CHARGED = "charged"  # an owner-level round's charge before the draw
 OUTCOME_TO_PROTO = {AGGREGATED: ledger_pb2.ANCHOR_OUTCOME_AGGREGATED, REFUSED: ledger_pb2.ANCHOR_OUTCOME_REFUSED,
-                    UPDATE_DROPPED: ledger_pb2.ANCHOR_OUTCOME_UPDATE_DROPPED}
+                    UPDATE_DROPPED: ledger_pb2.ANCHOR_OUTCOME_UPDATE_DROPPED, CHARGED: ledger_pb2.ANCHOR_OUTCOME_CHARGED}
 OUTCOME_FROM_PROTO = {v: k for k, v in OUTCOME_TO_PROTO.items()}
 
 COORDINATOR = "@coordinator"  # the keys-table name of the coordinator's key (no owner id starts with '@')
