@@ -16,6 +16,7 @@ import json
 import os
 import random
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -112,7 +113,7 @@ class Deployment:
     started: list[Started] = field(default_factory=list)
     nodes: dict[str, Started] = field(default_factory=dict)  # the institutions' SuperNodes, by owner
     strangers: dict[str, Started] = field(default_factory=dict)  # SuperNodes that must be refused
-    seen: set[int] = field(default_factory=set)  # every PID ever seen below a started process
+    seen: dict[int, int | None] = field(default_factory=dict)  # PID -> start time, of every process seen below
 
     # -- folders -----------------------------------------------------------------------
 
@@ -159,12 +160,9 @@ class Deployment:
 
     def start(self, name: str, script: Path, *args: str) -> Started:
         log = self.logs / f"{name}.log"
-        handle = open(log, "ab")
-        try:
+        with open(log, "ab") as handle:  # the child keeps its own copy of the descriptor
             process = subprocess.Popen(["bash", str(script), *args], env=self.env, stdout=handle,
                                        stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        finally:
-            handle.close()
         started = Started(name, process, log)
         self.started.append(started)
         return started
@@ -173,7 +171,7 @@ class Deployment:
             env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
         """A short command (register, submit, report); its output is kept in logs/<name>.log."""
         result = subprocess.run(command, env=env or self.env, capture_output=True, text=True, timeout=timeout,
-                                stdin=subprocess.DEVNULL)
+                                stdin=subprocess.DEVNULL, check=False)
         (self.logs / f"{name}.log").write_text(f"$ {' '.join(command)}\n[exit {result.returncode}]\n"
                                                 f"{result.stdout}\n{result.stderr}", encoding="utf-8")
         if check and result.returncode != 0:
@@ -182,9 +180,11 @@ class Deployment:
         return result
 
     def _watch(self) -> None:
+        """Remember every process below the started ones, with its start time (so a reused PID is never hit)."""
         for started in self.started:
             if started.process.poll() is None:
-                self.seen.update(descendants(started.process.pid))
+                for pid in descendants(started.process.pid):
+                    self.seen.setdefault(pid, _start_time(pid))
 
     def wait_listening(self, started: Started, port: int, timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout
@@ -227,20 +227,22 @@ class Deployment:
         for started in reversed(self.started):
             try:
                 _stop_tree(started.process)
-            except Exception:  # noqa: BLE001 - keep stopping the others
-                pass
-        for pid in sorted(self.seen):
-            try:
-                os.kill(pid, 9)
-            except (ProcessLookupError, PermissionError):
-                pass
+            except Exception as err:  # noqa: BLE001 - keep stopping the others
+                print(f"deployment harness: stopping {started.name} failed: {err!r}")
+        for pid, started_at in sorted(self.seen.items()):
+            if started_at is not None and _start_time(pid) == started_at:  # still the process seen, not a reused PID
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    pass
         if self.ray_tmp is not None:
             shutil.rmtree(self.ray_tmp, ignore_errors=True)
 
     def alive(self) -> list[int]:
         """PIDs of everything started here that still runs (empty after :meth:`stop`)."""
         pids = [s.process.pid for s in self.started if s.process.poll() is None]
-        return pids + [pid for pid in self.seen if Path(f"/proc/{pid}").exists() and _not_zombie(pid)]
+        return pids + [pid for pid, started_at in self.seen.items()
+                       if started_at is not None and _start_time(pid) == started_at and _not_zombie(pid)]
 
     # -- the coordinator ---------------------------------------------------------------
 
@@ -327,6 +329,14 @@ def _read_json(path: Path) -> dict:
         return json.loads(path.read_text(encoding="utf-8"))
     except (FileNotFoundError, json.JSONDecodeError):
         return {}
+
+
+def _start_time(pid: int) -> int | None:
+    """The process's start time in clock ticks since boot (/proc/PID/stat field 22); None once it is gone."""
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
 
 
 def _not_zombie(pid: int) -> bool:

@@ -17,8 +17,8 @@ and reused across the module to keep it short (about 4 minutes on 2 cores):
 
 from __future__ import annotations
 
-import json
 import tomllib
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -119,7 +119,7 @@ def test_the_run_finishes_with_every_round_aggregated(main_run):
 
 
 def test_every_owner_ledger_verifies_against_its_key_and_the_registry(deployment, main_run):
-    run_dir, history = main_run
+    run_dir, _ = main_run
     _verify_owner_ledgers(deployment)
     for owner in OWNERS:
         assert _registry_anchors(deployment, owner), f"the registry anchored nothing for {owner}"
@@ -146,16 +146,17 @@ def test_the_signed_app_came_from_the_app_registry(deployment, main_run):
 
 
 def test_each_institution_and_the_coordinator_write_their_reports(deployment, main_run):
+    """institutions/<owner>/report.sh (its own ledger, its own key) and coordinator/report.sh RUN_DIR."""
     run_dir, _ = main_run
-    for owner in OWNERS:
-        folder = deployment.institution(owner)
-        out = folder.path / "report.html"
-        deployment.run(f"report-{owner}", ["bash", str(folder.script(names.REPORT)), str(out)], timeout=180)
+    jobs = {f"report-{owner}": (deployment.institution(owner).script(names.REPORT),
+                                deployment.institution(owner).path / "report.html") for owner in OWNERS}
+    jobs["report-coordinator"] = (deployment.coordinator.script(names.REPORT), run_dir / "report.html")
+    with ThreadPoolExecutor(max_workers=len(jobs)) as pool:
+        list(pool.map(lambda item: deployment.run(item[0], ["bash", str(item[1][0]),
+                                                            *([str(run_dir)] if "coordinator" in item[0] else []),
+                                                            str(item[1][1])], timeout=180), jobs.items()))
+    for _, out in jobs.values():
         assert out.is_file() and out.stat().st_size > 0
-    out = run_dir / "report.html"
-    deployment.run("report-coordinator", ["bash", str(deployment.coordinator.script(names.REPORT)), str(run_dir),
-                                          str(out)], timeout=180)
-    assert out.is_file() and out.stat().st_size > 0
 
 
 # -- 2. refused by Flower ----------------------------------------------------------------
@@ -233,10 +234,7 @@ def refusal_runs(deployment, main_run, unsigned_run):
 
 
 @pytest.mark.parametrize("name", [
-    pytest.param("no-dp", marks=pytest.mark.xfail(
-        strict=True, reason="server/receipts.py rejects signed refusals in a non-private run ('a signed DP receipt "
-        "in a non-private run'): they land in failures, not refused (see docs/deployment.md, known issues)")),
-    "low-noise", "purpose"])
+    "no-dp", "low-noise", "purpose"])
 def test_each_owner_refuses_a_request_below_its_policy_with_a_signed_refusal(refusal_runs, name):
     history = refusal_runs[name]
     reason = REFUSALS[name][1]
