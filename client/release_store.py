@@ -3,8 +3,13 @@
 A charge is committed before its update leaves (charge before release).  If the
 client dies between the two, the round is retried; training again would release a
 *second* noisy update under one charge, leaking more than the ledger says.  So the
-update is saved (durably) before the charge, and a retried round re-sends exactly
-the update the ledger entry names by hash.  Only the latest round is kept.
+update is saved before the charge, and a retried round re-sends exactly the update
+the ledger entry names by hash.  Only the latest round is kept.
+
+The save is not fsynced: the round's one durable write is the ledger's commit.  If a
+crash loses the saved update while its charge survives, the retried round finds the
+charge, not the update, and refuses to release a second one (safe: the charge
+counts, nothing more leaves); only that owner's round is lost.
 """
 
 from __future__ import annotations
@@ -32,8 +37,6 @@ class ReleaseStore:
         with open(tmp, "wb") as handle:
             torch.save({"state_dict": update.state_dict, "num_examples": update.num_examples,
                         "mean_loss": update.mean_loss, "metrics": update.metrics}, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
         os.replace(tmp, final)
         # Only the latest charged round can still be retried: earlier ones were released
         # (the server moved on), so their copies are no longer needed.

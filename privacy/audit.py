@@ -38,6 +38,7 @@ from privfl.privacy.ledger.export import read_ledger
 from privfl.privacy.ledger.registry import decode_stored
 from privfl.privacy.ledger.store import LedgerStore
 from privfl.privacy.policy import LEDGER_FILE
+from privfl.server.history import load_history
 
 HISTORY, CONFIG, FEDERATION = "history.json", "config.json", "ledgers/federation.db"
 
@@ -89,7 +90,7 @@ def run_files(run_dir: str | Path) -> RunFiles:
     for required in (history_file, config_file):
         if not required.is_file():
             raise FileNotFoundError(f"{required} is missing: is {run_dir} a privfl run folder?")
-    history = json.loads(history_file.read_text(encoding="utf-8"))
+    history = load_history(history_file)
     config = json.loads(config_file.read_text(encoding="utf-8"))
     coordinator = Path(config["coordinator-dir"]) if config.get("coordinator-dir") else None
     federation = Path(config["federation-dir"]) if config.get("federation-dir") else None
@@ -134,7 +135,7 @@ def audit_run(run_dir: str | Path, *, owner_ledgers: dict[str, Path] | None = No
 
     ledgers = dict(owner_ledgers or {})
     if files.owners_dir is not None:
-        for owner_id in files.history.get("owners", {}):
+        for owner_id in _owners_of(files):
             path = files.owners_dir / owner_id / LEDGER_FILE
             if path.exists():
                 ledgers.setdefault(owner_id, path)
@@ -177,6 +178,16 @@ def _spend(entries, experiment_id: str) -> dict[str, Any]:
         if not spend["accountant"]:
             spend.update(accountant=last.accountant, delta=last.delta)
     return spend
+
+
+def _owners_of(files: RunFiles) -> list[str]:
+    """The run's owners: as the history knows them (its summary, or the receipts of the rounds it logged),
+    else every owner of the simulation's owners folder (a run that crashed before its first round)."""
+    owners = set(files.history.get("owners", {}))
+    owners |= {r["owner_id"] for rnd in files.history.get("rounds", []) for r in rnd.get("receipts", [])}
+    if not owners and files.owners_dir is not None:
+        owners = {p.name for p in files.owners_dir.iterdir() if p.is_dir()}
+    return sorted(owners)
 
 
 def _owner_keys(folder: Path | None) -> dict[str, Ed25519PublicKey]:

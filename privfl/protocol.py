@@ -101,6 +101,21 @@ class TrainingPlan:
     def batches_per_epoch(self, num_examples: int) -> int:
         return max(1, math.ceil(num_examples / self.batch_size))
 
+    def max_update_norm(self, num_examples: int, num_parameters: int) -> float:
+        """A norm no DP-SGD update of this plan exceeds, except with probability below 1e-12.
+
+        Each step moves the model by the learning rate times (the clipped per-example
+        gradients, at most ``num_examples`` of them of norm ``max_grad_norm``, plus
+        Gaussian noise of norm at most sigma C (sqrt(d) + 7.5) with that probability),
+        divided by the expected batch size; momentum at most multiplies a step by
+        1 / (1 - momentum).  An update beyond it was not produced by this plan.
+        """
+        steps = self.local_epochs * self.batches_per_epoch(num_examples)
+        expected_batch = num_examples / self.batches_per_epoch(num_examples)
+        noise = self.noise_multiplier * self.max_grad_norm * (math.sqrt(num_parameters) + 7.5) if self.dp else 0.0
+        per_step = self.learning_rate * (num_examples * self.max_grad_norm + noise) / max(expected_batch, 1e-12)
+        return steps * per_step / max(1.0 - self.momentum, 1e-12)
+
     def privacy_event(self, num_examples: int) -> PoissonSubsampledGaussian:
         """The DP event one round of this plan is, for an owner with ``num_examples`` records.
 

@@ -55,10 +55,12 @@ def main(grid: Grid, context: Context) -> None:
 
     history = start.history or RunHistory(experiment=config.experiment, config=config.to_mapping(),
                                           experiment_id=config.experiment_id)
+    history.save(where.history)  # status "running"; rounds go to history.jsonl as they settle
     plan = TrainingPlan.from_config(config)
     stack = ExitStack()
-    # A run without DP releases no DP events, so it keeps no federation ledger and anchors nothing.
-    private = config.dp or config.owner_dp
+    # A simulation without DP releases no DP events, so it keeps no federation ledger and anchors nothing;
+    # deployed owners sign whatever they answer (a refusal of a non-private request too), so a deployment always does.
+    private = config.dp or config.owner_dp or config.deployment
     ledgers = open_coordinator_ledgers(config, where, stack) if private else None
     receipts = ReceiptCheck(ledgers and ledgers.federation, ledgers and ledgers.registry, where.owner_keys_dir,
                             plan, experiment_id=config.experiment_id, coordinator_key=ledgers and ledgers.key)
@@ -68,9 +70,10 @@ def main(grid: Grid, context: Context) -> None:
                             privacy_unit="record", model=spec, plan=plan, owners_dir=str(where.owners_dir))
 
     def on_evaluation(server_round: int, loss: float, accuracy: float) -> None:
-        record = history.round(server_round + strategy.round_offset)
+        number = server_round + strategy.round_offset
+        record = history.round(number)
         record.test_loss, record.test_accuracy = loss, accuracy
-        history.save(where.history)  # evaluation closes a round: persist it now
+        history.log_round(where.history, number)  # evaluation closes a round: log it now
 
     def on_round_end(server_round: int, arrays: ArrayRecord) -> None:
         """The round's receipts are committed: checkpoint it, so the experiment can resume after it."""
@@ -78,8 +81,7 @@ def main(grid: Grid, context: Context) -> None:
         write_checkpoint(where.run_dir, Checkpoint(config.experiment_id, server_round, "", anchors=anchors,
                                                    anchor_head=head, **strategy.state()),
                          arrays.to_torch_state_dict())
-        history.round(server_round)
-        history.save(where.history)
+        history.log_round(where.history, server_round)
 
     kind = OwnerLevelFedAvg if config.owner_dp else BudgetAwareFedAvg
     extra = {"config": config} if config.owner_dp else {}
@@ -89,6 +91,7 @@ def main(grid: Grid, context: Context) -> None:
         # connect later join later rounds.
         min_owners=config.min_owners if config.deployment else min(config.min_owners, len(task.owner_ids) or 1),
         seed=config.seed, on_round_end=on_round_end,
+        on_evaluated=lambda number: history.log_round(where.history, number),
         evaluate_rounds=lambda r: config.federated_evaluation == "every" or
         (config.federated_evaluation == "last" and r == config.num_rounds),
     )

@@ -1,9 +1,17 @@
 """The run history: what happened each round, written to disk as it happens.
 
-The file is rewritten atomically after every round (temp file + rename), so a crash
-leaves the last complete round on disk, never a half-written file.  Per-owner
-privacy facts come from the owners' receipts and are kept per owner: they are never
-averaged with other owners'.
+Two files, so that a round's cost does not grow with the rounds before it:
+
+- ``history.jsonl``, appended as the run goes: one line per round each time the round's
+  record is settled (after training, after evaluation); a later line of the same round
+  supersedes an earlier one.  A crash loses at most the round in flight.
+- ``history.json``, the whole history as one document, written when the run starts
+  (``status = "running"``) and when it ends (``status = "finished"``), atomically
+  (temp file + rename).  Reports and audits read it; :func:`load_history` replays the
+  round log over it for a run that did not finish.
+
+Per-owner privacy facts come from the owners' receipts and are kept per owner: they
+are never averaged with other owners'.
 """
 
 from __future__ import annotations
@@ -50,7 +58,7 @@ class RunHistory:
     @classmethod
     def load(cls, path: Path, *, up_to_round: int | None = None) -> RunHistory:
         """A saved history (to resume it), keeping the rounds up to ``up_to_round``."""
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = load_history(path)
         known = {f.name for f in dataclasses.fields(RoundRecord)}
         rounds = [RoundRecord(**{k: v for k, v in r.items() if k in known}) for r in data.get("rounds", [])
                   if up_to_round is None or r["round"] <= up_to_round]
@@ -155,9 +163,51 @@ class RunHistory:
         })
 
     def save(self, path: Path) -> None:
+        """The whole history as one document (at the start and the end of a run), atomically."""
         tmp = path.with_suffix(path.suffix + ".tmp")
         tmp.write_text(json.dumps(self.to_json(), indent=2) + "\n", encoding="utf-8")
         os.replace(tmp, path)
+
+    def log_round(self, path: Path, number: int) -> None:
+        """Append round ``number``'s record as it stands to the round log (``history.jsonl``)."""
+        line = json.dumps(_finite(asdict(self.round(number))), separators=(",", ":"))
+        with open(round_log(path), "a", encoding="utf-8") as handle:
+            handle.write(line + "\n")
+
+
+def round_log(history_file: Path) -> Path:
+    """``history.jsonl`` beside ``history.json``."""
+    return history_file.with_suffix(".jsonl")
+
+
+def read_round_log(history_file: Path, offset: int = 0) -> tuple[dict[int, dict[str, Any]], int]:
+    """The round records in the log from byte ``offset`` on (the last line of a round wins), and the new offset."""
+    try:
+        with open(round_log(history_file), encoding="utf-8") as handle:
+            handle.seek(offset)
+            text = handle.read()
+    except FileNotFoundError:
+        return {}, offset
+    complete = text[: text.rfind("\n") + 1]  # a line being written is read next time
+    rounds = {}
+    for line in complete.splitlines():
+        if line.strip():
+            record = json.loads(line)
+            rounds[record["round"]] = record
+    return rounds, offset + len(complete.encode("utf-8"))
+
+
+def load_history(history_file: Path) -> dict[str, Any]:
+    """The run's history: ``history.json``, with the round log replayed over it if the run did not finish."""
+    data = json.loads(Path(history_file).read_text(encoding="utf-8"))
+    if data.get("status") == "finished":
+        return data
+    logged, _ = read_round_log(Path(history_file))
+    if logged:
+        rounds = {r["round"]: r for r in data.get("rounds", [])}
+        rounds.update(logged)
+        data["rounds"] = [rounds[k] for k in sorted(rounds)]
+    return data
 
 
 def _finite(value: Any) -> Any:

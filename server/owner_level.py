@@ -227,3 +227,6 @@ class OwnerLevelFedAvg(BudgetAwareFedAvg):
                                                                                    dtype=global_arrays[k].dtype)))
                                          for k in global_arrays))
         return arrays, MetricRecord({"owners-aggregated": aggregated})
+
+    def _norm_problem(self, update: ArrayRecord, reference: ArrayRecord | None, examples: int) -> str | None:
+        return None  # an owner-level update is a difference clipped to C, and is clipped again when summed

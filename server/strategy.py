@@ -46,6 +46,7 @@ class BudgetAwareFedAvg(FedAvg):
         self, *, request: Callable[[int], RoundRequest], fraction_train: float, min_owners: int,
         history: RunHistory, receipts: ReceiptCheck, seed: int, evaluate_rounds: Callable[[int], bool],
         on_round_end: Callable[[int, ArrayRecord], None] = lambda *_: None,
+        on_evaluated: Callable[[int], None] = lambda _: None,
     ) -> None:
         """``request(round)``: what to ask the owners; ``min_owners``: owners connected before round 1."""
         super().__init__(
@@ -58,6 +59,7 @@ class BudgetAwareFedAvg(FedAvg):
         self.receipts = receipts
         self.evaluate_rounds = evaluate_rounds
         self.on_round_end = on_round_end
+        self.on_evaluated = on_evaluated  # the owners' evaluation of a round is in
         self.refusing: dict[int, str] = {}  # node id -> why its owner will not train again
         self.not_evaluating: dict[int, str] = {}  # node id -> why its owner does not evaluate
         self.refused_owners: dict[str, str] = {}  # the same by owner: node ids change when a run is resumed
@@ -231,6 +233,19 @@ class BudgetAwareFedAvg(FedAvg):
         for name in update.keys():
             if not np.isfinite(update[name].numpy()).all():
                 return f"tensor {name} holds NaN or Inf values"
+        return self._norm_problem(update, reference, int(examples))
+
+    def _norm_problem(self, update: ArrayRecord, reference: ArrayRecord | None, examples: int) -> str | None:
+        """A DP-SGD update far beyond what its plan can produce was not trained as charged."""
+        plan = self.request(0).plan
+        if reference is None or not plan.dp or plan.owner_planned:
+            return None
+        delta = [update[k].numpy().astype(np.float64) - reference[k].numpy() for k in reference.keys()]
+        norm = math.sqrt(sum(float((d * d).sum()) for d in delta))
+        bound = plan.max_update_norm(examples, sum(d.size for d in delta))
+        if norm > bound:
+            return f"its distance from the global model, {norm:.4g}, exceeds {bound:.4g}, the most DP-SGD with " \
+                   f"this plan can move it"
         return None
 
     # -- federated evaluation ----------------------------------------------------------
@@ -283,6 +298,7 @@ class BudgetAwareFedAvg(FedAvg):
         if aggregated is not None:
             self.history.record_federated_evaluation(server_round, float(aggregated["loss"]),
                                                      float(aggregated["accuracy"]))
+        self.on_evaluated(server_round)
         return aggregated
 
 

@@ -26,8 +26,6 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from sklearn import datasets as _sk_datasets
-from sklearn.model_selection import train_test_split
 from torch.utils.data import TensorDataset
 
 if TYPE_CHECKING:
@@ -155,7 +153,10 @@ def load_digits(test_fraction: float = 0.2, seed: int = 0) -> tuple[ArrayDataset
     """
     if not 0.0 < float(test_fraction) < 1.0:
         raise ValueError(f"test_fraction must be strictly between 0 and 1, got {test_fraction}.")
-    bunch = _sk_datasets.load_digits()
+    from sklearn import datasets as sk_datasets  # imported on use: a node process that serves one message pays
+    from sklearn.model_selection import train_test_split  # for it only when it needs the bundled data
+
+    bunch = sk_datasets.load_digits()
     x = (np.asarray(bunch.data, dtype=np.float64) / 16.0).astype(np.float32)
     y = np.asarray(bunch.target, dtype=np.int64)
     x_train, x_test, y_train, y_test = train_test_split(
@@ -249,6 +250,8 @@ def _split_hospital(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     almost no negatives, so its split is plain random). Indices are sorted so
     each part keeps the file order, as FLamby's train/test flags do.
     """
+    from sklearn.model_selection import train_test_split
+
     levels, counts = np.unique(labels, return_counts=True)
     stratify = labels if len(levels) > 1 and bool(np.all(counts > 2)) else None
     train, test = train_test_split(

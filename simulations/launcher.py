@@ -33,6 +33,7 @@ from privfl.privacy.ledger.store import checkpoint
 from privfl.privacy.policy import LEDGER_FILE
 from privfl.privacy.report import write_run_report
 from privfl.server import run_dir as artefacts
+from privfl.server.history import load_history, read_round_log
 from privfl.simulations.processes import command_line, descendants
 
 CONNECTION = "privfl-simulation"
@@ -126,27 +127,29 @@ def _stop_tree(process: subprocess.Popen) -> None:
 
 
 class RoundProgress:
-    """Prints one line per finished round, read from the history the ServerApp writes."""
+    """Prints one line per finished round, read from the round log the ServerApp appends (history.jsonl)."""
 
     def __init__(self, history_file: Path, num_rounds: int, *, quiet: bool) -> None:
         self.history_file, self.num_rounds, self.quiet = history_file, num_rounds, quiet
         self.shown = 0
+        self._offset = 0
+        self._rounds: dict[int, dict] = {}
+        self._central: bool | None = None
 
     def poll(self) -> None:
-        try:
-            history = json.loads(self.history_file.read_text(encoding="utf-8"))
-            rounds = history["rounds"]
-        except (FileNotFoundError, json.JSONDecodeError, KeyError):
+        logged, self._offset = read_round_log(self.history_file, self._offset)
+        self._rounds.update(logged)
+        if not self._rounds:
             return
-        finished = history.get("status") == "finished"
-        central = history.get("config", {}).get("dataset") != "none" and any(
-            r.get("test_accuracy") is not None for r in rounds)
-        for record in rounds:
-            number = record["round"]
+        if self._central is None and 0 in self._rounds:  # the initial evaluation says whether there is a test set
+            self._central = self._rounds[0].get("test_accuracy") is not None
+        finished = _status(self.history_file) == "finished"
+        for number in sorted(self._rounds):
+            record = self._rounds[number]
             if number <= self.shown:
                 continue
-            settled = record.get("test_accuracy") is not None if central else (
-                finished or any(r["round"] > number for r in rounds))
+            settled = record.get("test_accuracy") is not None if self._central else (
+                finished or any(r > number for r in self._rounds))
             if not settled:
                 break
             self.shown = number
@@ -205,21 +208,31 @@ def run_simulation(config: ExperimentConfig, *, log_to: Path | None = None, stre
         with _superlink(env, state_dir, port) as superlink:
             run_id = _submit(env, app, run_config, _num_owners(config))
             streamer = _flwr(env, "log", str(run_id), CONNECTION, "--stream") if stream else None
+            log_fetch = None
             try:
                 _wait_for_run(superlink, where.history,
                               RoundProgress(where.history, config.num_rounds, quiet=stream), log_path)
             finally:
                 if streamer is not None:
                     streamer.terminate()
-                _save_log(env, run_id, log_path)
+                # The SuperLink serves the run's log while the ledgers are audited and the report written.
+                log_fetch = _flwr(env, "log", str(run_id), CONNECTION, "--show", capture=True)
+            try:
+                result = _settle_run(config, where)
+            finally:
+                _save_log(log_fetch, log_path)
     finally:
         shutil.rmtree(ray_tmp, ignore_errors=True)
+    return result
 
-    history = json.loads(where.history.read_text(encoding="utf-8"))
+
+def _settle_run(config: ExperimentConfig, where: artefacts.Layout) -> SimulationResult:
+    """After the run: each ledger one file again, every ledger audited once, the report from that audit."""
+    history = load_history(where.history)
     checkpoint_ledgers(where, history)
-    audit = audit_run(run_dir) if config.dp or config.owner_dp else None
-    reports = write_run_report(run_dir, cross_checks=audit.problems) if audit is not None else []
-    return SimulationResult(run_dir=run_dir, history=history, audit=audit, reports=reports)
+    audit = audit_run(where.run_dir) if config.dp or config.owner_dp else None
+    reports = write_run_report(where.run_dir, cross_checks=audit.problems) if audit is not None else []
+    return SimulationResult(run_dir=where.run_dir, history=history, audit=audit, reports=reports)
 
 
 def _guarantee(config: ExperimentConfig) -> str:
@@ -294,9 +307,8 @@ def _submit(env: dict[str, str], app: Path, run_config: Path, num_owners: int) -
         raise SimulationError(f"flwr run did not start the run ({err}):\n{output[-2000:]}") from None
 
 
-def _save_log(env: dict[str, str], run_id: int, log_path: Path) -> None:
-    """The run's whole Flower log (ServerApp and ClientApps), as the SuperLink kept it."""
-    process = _flwr(env, "log", str(run_id), CONNECTION, "--show", capture=True)
+def _save_log(process: subprocess.Popen, log_path: Path) -> None:
+    """The run's whole Flower log (ServerApp and ClientApps), as the SuperLink kept it (``flwr log --show``)."""
     try:
         output, _ = process.communicate(timeout=60)
     except subprocess.TimeoutExpired:

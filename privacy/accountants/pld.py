@@ -136,37 +136,38 @@ class PldAccountant(Accountant):
 
 
 class _PldComposition(Composition):
-    """Keeps the running PLD, so each further event costs one convolution.
+    """The epsilon of every prefix of a ledger, computed as cheaply as its events allow.
 
-    Composing event by event instead of merged settings changes only the floating-
-    point rounding of the convolutions (measured: 1e-9 relative); the grid rule is the
-    same as :meth:`PldAccountant.epsilon` (the fine PLD is kept while epsilon is small).
+    A ledger of few distinct settings (one plan per experiment) is answered from the
+    merged events through the process-wide cache of :func:`_merged_epsilon`, so owners
+    with the same settings, and the same owner's entries in its own ledger and in the
+    federation ledger, share one computation per prefix.  Past ``MAX_CACHED_SETTINGS``
+    distinct settings it keeps a running PLD instead, so each further event costs one
+    convolution; composing event by event changes only the floating-point rounding
+    (measured: 1e-9 relative) and the grid rule is :meth:`PldAccountant.epsilon`'s.
     """
+
+    MAX_CACHED_SETTINGS = 8
 
     def __init__(self, accountant: Accountant) -> None:
         super().__init__(accountant)
         self._coarse = None
         self._fine = None
         self._fine_valid = True  # fine PLD holds every event added so far
-        self._no_noise = False
+        self._composed = 0  # events already in the running PLDs
+        self._settings: set[tuple[type, float, float]] = set()
 
     def add(self, event: DpEvent) -> None:
         super().add(event)  # refuses (NotComposable) before anything changes
-        if event.steps == 0 or self._no_noise:
-            return
-        if event.noise_multiplier == 0:
-            self._no_noise = True
-            return
-        rate = 1.0 if isinstance(event, Gaussian) else event.sample_rate  # Gaussian: Poisson at rate 1
-        args = (event.noise_multiplier, rate, event.steps)
-        part = _event_pld(*args, COARSE_INTERVAL)
-        self._coarse = part if self._coarse is None else self._coarse.compose(part)
-        if self._fine_valid:
-            part = _event_pld(*args, FINE_INTERVAL)
-            self._fine = part if self._fine is None else self._fine.compose(part)
+        self._settings.add((type(event), event.noise_multiplier, getattr(event, "sample_rate", 1.0)))
 
     def epsilon(self, delta: float) -> float:
-        if self._no_noise:
+        if len(self._settings) <= self.MAX_CACHED_SETTINGS:
+            return self.accountant.epsilon(self._events, delta)
+        for event in self._events[self._composed:]:
+            self._compose(event)
+        self._composed = len(self._events)
+        if any(e.noise_multiplier == 0 and e.steps for e in self._events):
             return math.inf
         if self._coarse is None:
             return 0.0
@@ -177,3 +178,14 @@ class _PldComposition(Composition):
         if not self._fine_valid:  # only after rounding noise; fall back to the exact rule
             return self.accountant.epsilon(self._events, delta)
         return float(self._fine.get_epsilon_for_delta(delta))
+
+    def _compose(self, event: DpEvent) -> None:
+        if event.steps == 0 or event.noise_multiplier == 0:
+            return
+        rate = 1.0 if isinstance(event, Gaussian) else event.sample_rate  # Gaussian: Poisson at rate 1
+        args = (event.noise_multiplier, rate, event.steps)
+        part = _event_pld(*args, COARSE_INTERVAL)
+        self._coarse = part if self._coarse is None else self._coarse.compose(part)
+        if self._fine_valid:
+            part = _event_pld(*args, FINE_INTERVAL)
+            self._fine = part if self._fine is None else self._fine.compose(part)

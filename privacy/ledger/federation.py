@@ -39,9 +39,19 @@ from privfl.privacy.ledger.signing import signature_problem
 from privfl.privacy.ledger.store import FEDERATION_LEDGER, LedgerFile, LedgerStore, StoredRow
 from privfl.protos import ledger_pb2
 
+@dataclass
+class _Held:
+    """What this ledger holds of one owner's chain, kept in memory so a receipt's check does not
+    re-read and re-decode the owner's whole history."""
+
+    sequences: set[int]
+    charges: dict[str, list]  # privacy unit -> charge events, in chain order
+
+
 class FederationLedger(LedgerFile):
     def __init__(self, store: LedgerStore) -> None:
         self._store = store
+        self._held: dict[str, _Held] = {}
 
     @classmethod
     def open(cls, path: str | Path, coordinator_key: Ed25519PublicKey | None = None) -> FederationLedger:
@@ -148,6 +158,14 @@ class FederationLedger(LedgerFile):
                      experiment_id: str, server_round: int) -> list[AnchorRecord]:
         """Store a round's checked receipts (and bridges) and anchor each, in one transaction."""
         records = []
+        try:
+            self._record_round(accepted, coordinator_key, experiment_id, server_round, records)
+        except BaseException:
+            self._held.clear()  # the transaction rolled back: what is held is read again
+            raise
+        return records
+
+    def _record_round(self, accepted, coordinator_key, experiment_id, server_round, records) -> None:
         with self._store.write():
             for checked, outcome in accepted:
                 for entry in (*checked.bridge, checked.entry):
@@ -156,7 +174,6 @@ class FederationLedger(LedgerFile):
                 records.append(AnchorRecord(experiment_id, server_round, checked.entry.owner_id,
                                             checked.entry.sequence, checked.entry.hash, outcome))
             append_anchors(self._store, coordinator_key, records)
-        return records
 
     def append_received(
         self,
@@ -200,6 +217,22 @@ class FederationLedger(LedgerFile):
             raise ReceiptRejected(
                 f"receipt rejected: owner {entry.owner_id}, run {entry.run_id!r}, round {entry.round}: "
                 f"a {entry.kind} for this release is already recorded ({err})") from None
+        held = self._held.get(entry.owner_id)
+        if held is not None:
+            held.sequences.add(entry.sequence)
+            if entry.is_charge:
+                held.charges.setdefault(unit_of(entry), []).append(entry.event)
+
+    def _held_of(self, owner_id: str) -> _Held:
+        if owner_id not in self._held:
+            held = _Held(set(), {})
+            for row in self._store.rows(owner_id):
+                held.sequences.add(row.sequence)
+                if row.kind == KIND_TO_PROTO[CHARGE]:
+                    entry = decode_entry(row.entry)
+                    held.charges.setdefault(unit_of(entry), []).append(entry.event)
+            self._held[owner_id] = held
+        return self._held[owner_id]
 
     def _check_extends_chain(self, entry: Entry) -> None:
         head = self._store.head(entry.owner_id)
@@ -215,15 +248,16 @@ class FederationLedger(LedgerFile):
                 f"{head.sequence} (previous hash differs: the owner's chain forked)")
 
     def _check_epsilon(self, entry: Entry, bridge: Sequence[Entry] = ()) -> None:
-        rows = list(self._store.rows(entry.owner_id))
-        held = [decode_entry(r.entry) for r in rows if r.kind == KIND_TO_PROTO[CHARGE]]
-        held += [e for e in bridge if e.is_charge and self._store.at_sequence(e.owner_id, e.sequence) is None]
-        events = [e.event for e in held if unit_of(e) == unit_of(entry)]
+        held = self._held_of(entry.owner_id)
+        new = [e for e in bridge if e.sequence not in held.sequences]
+        events = [*held.charges.get(unit_of(entry), []),
+                  *(e.event for e in new if e.is_charge and unit_of(e) == unit_of(entry))]
         try:
             recomputed = compute_epsilon(entry.accountant, [*events, entry.event], entry.delta)
         except (UnsupportedEvent, ValueError) as err:
             raise ReceiptRejected(f"receipt rejected: owner {entry.owner_id}, entry {entry.sequence}: {err}") from None
-        complete = _holds_whole_chain(rows, [*bridge, entry])
+        sequences = held.sequences | {e.sequence for e in new} | {entry.sequence}
+        complete = sequences == set(range(1, max(sequences) + 1))
         stored = entry.cumulative_epsilon
         if complete and not epsilon_matches(stored, recomputed):
             raise ReceiptRejected(
@@ -260,11 +294,6 @@ def _parse(signed_entry: ledger_pb2.SignedEntry | bytes) -> ledger_pb2.SignedEnt
 
 def _decode(row: StoredRow) -> Entry:
     return decode_entry(row.entry, row.signature, row.key_fingerprint)
-
-
-def _holds_whole_chain(rows: list[StoredRow], entries: Sequence[Entry]) -> bool:
-    sequences = sorted({r.sequence for r in rows} | {e.sequence for e in entries})
-    return sequences == list(range(1, len(sequences) + 1))
 
 
 @dataclass(frozen=True)
