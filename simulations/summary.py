@@ -30,10 +30,11 @@ def print_summary(runs: Sequence[SimulationResult], *, max_failed_updates: int =
     for result in runs:
         history = result.history
         config = history["config"]
-        guarantee = (
-            f"DP-SGD, record-level (epsilon, delta) per owner, {config['accountant']} accountant"
-            if config["dp"] else "no differential privacy"
-        )
+        units = [*(["DP-SGD, record-level"] if config["dp"] else []),
+                 *([f"DP-FedAvg, owner-level{' with SecAgg+' if config.get('secure-aggregation') else ''}"]
+                   if config.get("owner-dp") else [])]
+        guarantee = (f"{' + '.join(units)} (epsilon, delta) per owner, {config['accountant']} accountant"
+                     if units else "no differential privacy")
         print()
         print(f"== {history['experiment']}: {guarantee}")
         print(f"experiment id:       {history.get('experiment_id', '')}")
