@@ -109,9 +109,13 @@ def test_digits_shapes_ranges_and_stratification() -> None:
     for ds in (train, test):
         assert ds.features.shape[1] == 64
         assert ds.features.dtype == np.float32 and ds.labels.dtype == np.int64
-        assert ds.features.min() >= 0.0 and ds.features.max() <= 1.0
+        assert ds.features.min() >= -1.0 and ds.features.max() <= 1.0
         assert ds.num_classes == 10
-    assert train.features.max() == 1.0
+    # Centred on the training split's mean image (public preprocessing): the
+    # training features average to zero per pixel, the test set is shifted by
+    # the same mean, not its own.
+    np.testing.assert_allclose(train.features.mean(axis=0), 0.0, atol=1e-5)
+    assert np.abs(test.features.mean(axis=0)).max() > 1e-3
     # Stratified: every class has the same share of train and test (up to rounding).
     train_counts = np.bincount(train.labels, minlength=10)
     test_counts = np.bincount(test.labels, minlength=10)
