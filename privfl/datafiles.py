@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import csv
 import difflib
-import math
 import re
 from collections import Counter
 from collections.abc import Iterable, Sequence

@@ -57,9 +57,7 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
-import os
 import re
-import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import NamedTuple
@@ -69,6 +67,8 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from privfl.privacy.files import write_file_atomically
 
 __all__ = [
     "CURVES", "CertifiedKey", "PkiError", "URI_SCHEME",
@@ -346,32 +346,7 @@ def _passphrase(passphrase: str | bytes | None) -> bytes | None:
 
 
 def _write(path: str | Path, data: bytes, mode: int, overwrite: bool, what: str) -> Path:
-    """Write ``data`` with ``mode`` (exact, whatever the umask) via a temporary file linked into place."""
-    path = Path(path)
-    if not overwrite and (path.exists() or path.is_symlink()):
-        raise FileExistsError(f"{path} already exists; refusing to overwrite {what} (move it away first)")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, mode)  # before any byte of a key lands on disk
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        if overwrite:
-            os.replace(tmp, path)
-        else:
-            try:
-                os.link(tmp, path)  # atomic and exclusive: fails if the path appeared meanwhile
-            except FileExistsError:
-                raise FileExistsError(f"{path} already exists; refusing to overwrite {what} "
-                                      "(move it away first)") from None
-            os.unlink(tmp)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    return write_file_atomically(path, data, mode, overwrite=overwrite, what=what)
 
 
 def write_private_key(key: ec.EllipticCurvePrivateKey, path: str | Path,

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord
 from flwr.serverapp import Grid
 
 from privfl import protocol
@@ -81,10 +81,7 @@ class OwnerLevelFedAvg(BudgetAwareFedAvg):
     ) -> Iterable[Message]:
         server_round += self.round_offset
         self._global = arrays
-        nodes = self._wait_for_nodes(grid)
-        self._identify(grid, server_round, [n for n in nodes if self.receipts.owner_of(n) is None
-                                             and n not in self.refusing])
-        population = sorted(n for n in nodes if n not in self.refusing and self.receipts.owner_of(n) is not None)
+        population = self._eligible_nodes(grid, server_round)
         record = self.history.round(server_round)
         terms = self._terms(len(population))
         self._round = {"terms": terms, "population": len(population), "nodes": population, "secure_sum": None}

@@ -91,10 +91,7 @@ class BudgetAwareFedAvg(FedAvg):
     ) -> Iterable[Message]:
         server_round += self.round_offset
         self._global = arrays
-        nodes = self._wait_for_nodes(grid)
-        self._identify(grid, server_round, [n for n in nodes if self.receipts.owner_of(n) is None
-                                             and n not in self.refusing])
-        eligible = sorted(n for n in nodes if n not in self.refusing and self.receipts.owner_of(n) is not None)
+        eligible = self._eligible_nodes(grid, server_round)
         if not eligible:
             log.warning("round %d: no owner can train (every one refused or has spent its budget)", server_round)
             return []
@@ -116,6 +113,16 @@ class BudgetAwareFedAvg(FedAvg):
             content = RecordDict({protocol.ARRAYS: arrays, protocol.TRAIN_CONFIG: asked.to_record()})
             messages.append(Message(content=content, message_type=kind, dst_node_id=node))
         return messages
+
+    def _eligible_nodes(self, grid: Grid, server_round: int) -> list[int]:
+        """The connected nodes that may be asked to train: bound to an owner, not refusing.
+
+        Nodes not yet bound to an owner are asked who they are first (one query each).
+        """
+        nodes = self._wait_for_nodes(grid)
+        self._identify(grid, server_round, [n for n in nodes if self.receipts.owner_of(n) is None
+                                             and n not in self.refusing])
+        return sorted(n for n in nodes if n not in self.refusing and self.receipts.owner_of(n) is not None)
 
     def _identify(self, grid: Grid, server_round: int, nodes: list[int]) -> None:
         """Ask nodes not yet known which owner each serves, so its request can name its anchored head."""

@@ -25,7 +25,6 @@ from privfl.client.owner_ledger import close_owner_ledgers
 from privfl.config import ExperimentConfig
 from privfl.privacy.keys import generate_key, load_private_key, save_private_key
 from privfl.privacy.ledger import OwnerLedger
-from privfl.privacy.ledger.chain import entry_hash
 from privfl.server.app import app as server_app
 from privfl.server.run_dir import settle
 

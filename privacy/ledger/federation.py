@@ -68,10 +68,7 @@ class FederationLedger(LedgerFile):
 
     @classmethod
     def open_readonly(cls, path: str | Path) -> FederationLedger:
-        store = LedgerStore.open_readonly(path)
-        if store.meta().get("ledger_kind") != FEDERATION_LEDGER:
-            store.close()
-            raise LedgerError(f"{path} is not a federation ledger")
+        store = LedgerStore.open_readonly_kind(path, FEDERATION_LEDGER, "a federation ledger")
         return cls(store)
 
     # -- owners and keys -------------------------------------------------------

@@ -99,10 +99,7 @@ class CoordinatorRegistry(LedgerFile):
 
     @classmethod
     def open_readonly(cls, path: str | Path) -> CoordinatorRegistry:
-        store = LedgerStore.open_readonly(path)
-        if store.meta().get("ledger_kind") != REGISTRY:
-            store.close()
-            raise LedgerError(f"{path} is not a coordinator registry")
+        store = LedgerStore.open_readonly_kind(path, REGISTRY, "a coordinator registry")
         return cls(store, None)
 
     # -- owners ------------------------------------------------------------------------

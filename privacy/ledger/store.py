@@ -223,6 +223,16 @@ class LedgerStore:
             raise
         return store
 
+    @classmethod
+    def open_readonly_kind(cls, path: str | Path, kind: str, what: str) -> LedgerStore:
+        """Open read-only and insist on the ledger kind (``what`` names it in the error), so a
+        registry is never read as a federation ledger or the other way round."""
+        store = cls.open_readonly(path)
+        if store.meta().get("ledger_kind") != kind:
+            store.close()
+            raise LedgerError(f"{path} is not {what}")
+        return store
+
     def _has_schema(self) -> bool:
         names = {r[0] for r in self._db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         if not names:

@@ -6,6 +6,8 @@ import argparse
 import textwrap
 from pathlib import Path
 
+from privfl.cli import argtypes
+
 _EPILOG = """\
 examples:
   privfl data check st-mary.csv
@@ -21,26 +23,6 @@ exit status: 0 the file is usable, 1 it is not (every problem is listed),
 2 usage error (no such file, unknown file type, bad option).
 See docs/data.md.
 """
-
-
-def _delta(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0 < value < 1:
-        raise argparse.ArgumentTypeError(f"must be in (0, 1), got {text}")
-    return value
-
-
-def _num_classes(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {text}")
-    return value
 
 
 def _label_column(text: str) -> str:
@@ -66,9 +48,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     check.add_argument("path", type=Path, metavar="PATH", help="the data file: .csv, .parquet or .npz")
     check.add_argument("--label-column", type=_label_column, default="label", metavar="NAME",
                        help="the column (or .npz array) holding the class ids (default: label)")
-    check.add_argument("--delta", type=_delta, metavar="D",
+    check.add_argument("--delta", type=argtypes.open_fraction, metavar="D",
                        help="the owner's delta: the file fails when delta is not below 1/rows")
-    check.add_argument("--num-classes", type=_num_classes, metavar="K",
+    check.add_argument("--num-classes", type=argtypes.positive_int, metavar="K",
                        help="the task's number of classes: labels must be below K (default: largest label + 1)")
     check.add_argument("--json", action="store_true", help="print the summary as JSON")
     check.set_defaults(handler=run_check)

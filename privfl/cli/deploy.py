@@ -7,6 +7,8 @@ import sys
 import textwrap
 from pathlib import Path
 
+from privfl.cli import argtypes
+
 _INIT_EPILOG = """\
 example (every part on one disk, for a demonstration or a test):
   privfl deploy init federation/ --owners st-mary,st-john,city-lab --purpose "sepsis risk model"
@@ -53,55 +55,15 @@ def _fill(text: str) -> str:
     return textwrap.fill(text, width=88)
 
 
-def _port(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
-    if not 1 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"{value} is not a TCP port (1-65535)")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-    return value
-
-
-def _non_negative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {text}")
-    return value
-
-
 def _policy_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("the institutions' policy files (each institution edits its own)")
     group.add_argument("--purpose", default=None, help="the purpose the owners allow (allowed-purposes) and the run "
                        "declares (default: 'federated model training')")
-    group.add_argument("--epsilon-budget", type=_positive_float, default=8.0,
+    group.add_argument("--epsilon-budget", type=argtypes.positive_float, default=8.0,
                        help="lifetime epsilon budget of each owner's data (default: 8.0)")
-    group.add_argument("--delta", type=_positive_float, default=1e-5,
+    group.add_argument("--delta", type=argtypes.positive_float, default=1e-5,
                        help="delta of each owner's guarantee; well below 1/records (default: 1e-5)")
-    group.add_argument("--min-noise-multiplier", type=_non_negative_float, default=1.0,
+    group.add_argument("--min-noise-multiplier", type=argtypes.non_negative_float, default=1.0,
                        help="the least DP-SGD noise multiplier each owner accepts (default: 1.0)")
 
 
@@ -127,23 +89,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     init.add_argument("--host", default="127.0.0.1",
                       help="the SuperLink's host name or IP as the institutions dial it; its certificate names it "
                       "(a loopback host adds localhost, 127.0.0.1 and ::1) (default: 127.0.0.1)")
-    init.add_argument("--port", type=_port, default=9092, help="the SuperLink's port, the only one the institutions "
+    init.add_argument("--port", type=argtypes.tcp_port, default=9092, help="the SuperLink's port, the only one the institutions "
                       "must reach (default: 9092)")
     init.add_argument("--bind", help="the address the SuperLink listens on (default: --host)")
-    init.add_argument("--registry-port", type=_port, help="the app registry's loopback port (default: --port + 1)")
-    init.add_argument("--supernode-ports-from", type=_port, default=9101, metavar="PORT",
+    init.add_argument("--registry-port", type=argtypes.tcp_port, help="the app registry's loopback port (default: --port + 1)")
+    init.add_argument("--supernode-ports-from", type=argtypes.tcp_port, default=9101, metavar="PORT",
                       help="the SuperNodes' local ports, one per institution from PORT (default: 9101)")
     init.add_argument("--unsigned-apps", action="store_true",
                       help="no app signing: the SuperNodes run any app the SuperLink hands them (not recommended)")
     exp = init.add_argument_group("the experiment (coordinator/experiment.toml)")
     exp.add_argument("--experiment", default="deployment", help="the experiment's name (default: deployment)")
-    exp.add_argument("--num-features", type=_positive_int, default=64,
+    exp.add_argument("--num-features", type=argtypes.positive_int, default=64,
                      help="model inputs: the institutions' feature columns (default: 64, the digits template)")
-    exp.add_argument("--num-classes", type=_positive_int, default=10,
+    exp.add_argument("--num-classes", type=argtypes.positive_int, default=10,
                      help="classes of the label column (default: 10, the digits template)")
     exp.add_argument("--model", default="logreg", help="mlp | cnn | logreg (default: logreg)")
-    exp.add_argument("--num-rounds", type=_positive_int, default=3, help="federated rounds (default: 3)")
-    exp.add_argument("--noise-multiplier", type=_positive_float, default=2.3, help="DP-SGD noise (default: 2.3)")
+    exp.add_argument("--num-rounds", type=argtypes.positive_int, default=3, help="federated rounds (default: 3)")
+    exp.add_argument("--noise-multiplier", type=argtypes.positive_float, default=2.3, help="DP-SGD noise (default: 2.3)")
     _policy_options(init)
     init.set_defaults(handler=run_init)
 
@@ -155,7 +117,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     inst.add_argument("folder", type=Path, metavar="DIR", help="the institution's folder (new, or empty)")
     inst.add_argument("--owner", required=True, help="this institution's owner id")
     inst.add_argument("--superlink", required=True, metavar="HOST:PORT", help="the coordinator's SuperLink")
-    inst.add_argument("--supernode-port", type=_port, default=9094,
+    inst.add_argument("--supernode-port", type=argtypes.tcp_port, default=9094,
                       help="this SuperNode's local port (Flower's Runtime API on 127.0.0.1; default: 9094)")
     inst.add_argument("--ca-cert", type=Path, help="the federation CA certificate the coordinator sent (copied to "
                       "ca.pem; or copy it there later)")
@@ -185,7 +147,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     reg.add_argument("app", type=Path, metavar="APP_DIR", help="the folder `privfl app export` wrote")
     reg.add_argument("--signing-key", type=Path, required=True, help="the app-signing key (OpenSSH Ed25519)")
     reg.add_argument("--host", default="127.0.0.1", help="loopback address to listen on (default: 127.0.0.1)")
-    reg.add_argument("--port", type=_port, default=9093, help="port to listen on (default: 9093)")
+    reg.add_argument("--port", type=argtypes.tcp_port, default=9093, help="port to listen on (default: 9093)")
     reg.set_defaults(handler=run_app_registry)
 
 

@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 
 from cryptography.exceptions import UnsupportedAlgorithm
@@ -28,38 +26,14 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
 from privfl.deploy.errors import DeployError
+from privfl.privacy.files import write_file_atomically
 
 NIST_CURVES = ("secp256r1", "secp384r1", "secp521r1")
 APP_KEY_ID_PREFIX = "privfl-app-"
 
 
 def write_file(path: str | Path, data: bytes, mode: int, *, overwrite: bool = False) -> Path:
-    """Write ``data`` with exactly ``mode`` via a temporary file linked into place; refuse to clobber unless asked."""
-    path = Path(path)
-    if not overwrite and (path.exists() or path.is_symlink()):
-        raise FileExistsError(f"{path} already exists; refusing to overwrite it (move it away first)")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, mode)  # before any byte lands on disk
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        if overwrite:
-            os.replace(tmp, path)
-        else:
-            try:
-                os.link(tmp, path)  # exclusive: fails if the path appeared meanwhile
-            except FileExistsError:
-                raise FileExistsError(f"{path} already exists; refusing to overwrite it (move it away first)") \
-                    from None
-            os.unlink(tmp)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    return write_file_atomically(path, data, mode, overwrite=overwrite)
 
 
 def write_secret(path: str | Path, data: bytes) -> Path:
