@@ -114,6 +114,18 @@ class RunHistory:
             rec.refused[receipt.owner_id] = receipt.reason
             owner["rounds_refused"] += 1
 
+    def record_participant(self, number: int, owner_id: str) -> None:
+        """An owner whose update went into round ``number``'s aggregate (counted once per round).
+
+        Record-level receipts count their owner already; an owner-level round without
+        DP-SGD has no such receipt, and its owners trained all the same.
+        """
+        rec = self.round(number)
+        if owner_id not in rec.participants:
+            rec.participants.append(owner_id)
+            self.owners.setdefault(owner_id, {"rounds_trained": 0, "rounds_refused": 0, "epsilon": 0.0})[
+                "rounds_trained"] += 1
+
     def record_evaluation(self, number: int, owner_id: str, loss: float, accuracy: float, examples: int) -> None:
         evaluation = self._evaluation(number)
         evaluation["owners"][owner_id] = {"loss": loss, "accuracy": accuracy, "num_examples": examples}

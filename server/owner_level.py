@@ -205,8 +205,7 @@ class OwnerLevelFedAvg(BudgetAwareFedAvg):
                 updates.append(reply.content[protocol.ARRAYS])
             if receipt.privacy_unit == "record":
                 kept.append((accepted, AGGREGATED))
-            if receipt.owner_id not in record.participants:
-                record.participants.append(receipt.owner_id)
+            self.history.record_participant(server_round, receipt.owner_id)
         self.receipts.commit(server_round, kept)
         global_arrays = {k: v.numpy() for k, v in self._global.items()}
         if secure is not None:

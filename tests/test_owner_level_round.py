@@ -57,6 +57,11 @@ def test_poisson_owner_sampling_charges_every_owner_every_round_as_dp_accounting
     for owner in history["owners"].values():
         assert owner["owner_epsilon"] == pytest.approx(expected, rel=0.01)
         assert owner["owner_rounds_charged"] == ROUNDS
+    # "trained" counts the rounds an owner's update went into the aggregate: drawn ones only.
+    for owner_id, owner in history["owners"].items():
+        assert owner["rounds_trained"] == sum(owner_id in r["participants"] for r in rounds)
+    assert sum(o["rounds_trained"] for o in history["owners"].values()) == sum(r["owner_level"]["sampled"]
+                                                                             for r in rounds)
     assert audit_run(tmp_path / "run").ok
 
 
