@@ -2,6 +2,7 @@
 
     python -m bench.report_bench            # federation ledger alone and the whole run folder, 3 repeats
     python -m bench.report_bench --quick    # the run folder, html and json, once
+    python -m bench.report_bench --owner-level fixed   # every owner also charged owner-level DP-FedAvg rounds
 
 Builds a synthetic federation with the real ledger APIs
 (:func:`privfl.privacy.report.synthetic.build_synthetic_federation`: owners of different
@@ -17,6 +18,12 @@ measures, with every accountant cache cleared first:
 Inputs: ``federation`` (the federation ledger alone, with the owners' keys) and, in full
 mode, ``run-folder`` (the federation ledger plus all 100 owner ledgers, each verified and
 checked against the federation's copies).
+
+Every owner's spent epsilon is also composed under PLD and RDP side by side (one
+composition per owner and privacy unit, shared by owners with the same charges);
+``--owner-level poisson|fixed`` adds owner-level (DP-FedAvg) charges to every owner's
+ledger, so each owner has two privacy units (twice the entries; ``fixed``: m of N
+owners drawn each round, which PLD does not compose).
 """
 
 from __future__ import annotations
@@ -104,6 +111,8 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=50)
     p.add_argument("--repeats", type=int, default=None, help="default: 1 with --quick, else 3")
     p.add_argument("--keep", type=Path, help="copy the built ledgers here (to look at the reports)")
+    p.add_argument("--owner-level", choices=("poisson", "fixed"),
+                   help="also charge every owner owner-level DP-FedAvg rounds (Poisson or fixed-size owner sampling)")
     args = p.parse_args()
     repeats = args.repeats or (1 if args.quick else 3)
     folder = scratch_dir()
@@ -111,9 +120,11 @@ def main() -> None:
         from privfl.privacy.report.synthetic import build_synthetic_federation
 
         start = time.perf_counter()
-        federation = build_synthetic_federation(folder / "run", args.owners, args.rounds)
+        federation = build_synthetic_federation(folder / "run", args.owners, args.rounds,
+                                                owner_level=args.owner_level)
         build_s = time.perf_counter() - start
-        print(f"built {args.owners} owners x {args.rounds} rounds: {federation.charges} charges, "
+        units = f", record-level and owner-level ({args.owner_level} owner sampling)" if args.owner_level else ""
+        print(f"built {args.owners} owners x {args.rounds} rounds{units}: {federation.charges} charges, "
               f"{federation.refusals} refusals, in {build_s:.1f} s (not part of the report's time)")
         inputs = [("run-folder", sorted(federation.ledgers.glob("*.db")))]
         if not args.quick:
@@ -149,6 +160,7 @@ def main() -> None:
             shutil.copytree(folder, args.keep, dirs_exist_ok=True)
         write_results(args.out, NAME, quick=args.quick,
                       settings={"owners": args.owners, "rounds": args.rounds, "repeats": repeats,
+                                "owner_level": args.owner_level,
                                 "formats": formats, "scratch": str(folder.parent),
                                 "load_average": os.getloadavg()},
                       results=rows + cli_rows, ledger_build_s=build_s, charges=federation.charges,

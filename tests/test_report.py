@@ -290,7 +290,7 @@ def test_json_report_matches_its_published_schema(full_report, small_run):
     validator.validate(json.loads(render_json(full_report)))
     federation_only = build_report(small_run["ledgers"] / "federation.db")
     validator.validate(json.loads(render_json(federation_only)))
-    assert full_report.document["schema_version"] == SCHEMA_VERSION == "1.1"
+    assert full_report.document["schema_version"] == SCHEMA_VERSION == "1.2"
 
 
 # --------------------------------------------------------------------------- what is proved, what is declared

@@ -38,8 +38,11 @@ from privfl.privacy.report.accounting import (
     OwnerAccounting,
     OwnerInput,
     account_owners,
+    compose_deferred,
+    deferred_jobs,
     event_params,
     settings_key,
+    settle_deferred,
 )
 from privfl.privacy.report.gdpr import article_25, article_30, article_32, limitations
 from privfl.privacy.report.history import experiment_id, history_section, load_history, owner_evaluations
@@ -52,6 +55,7 @@ from privfl.privacy.report.ledgers import (
     start_verification,
 )
 from privfl.privacy.report.model import (
+    COMPARED_ACCOUNTANTS,
     REPORT_TYPE,
     SCHEMA_VERSION,
     LedgerIntegrity,
@@ -59,8 +63,10 @@ from privfl.privacy.report.model import (
     OwnerStatement,
     Report,
     Scope,
+    most_used,
+    worst_status,
 )
-from privfl.privacy.report.parallel import HelperPool, fork_available, run_forked
+from privfl.privacy.report.parallel import HelperPool, fork_available, run_forked, start_staged
 from privfl.privacy.report.processing_record import (
     ProcessingRecord,
     ProcessingRecordError,
@@ -125,24 +131,34 @@ def build_report(
     """
     if isinstance(ledger_paths, (str, Path)):
         ledger_paths = [ledger_paths]
-    paths = resolve_ledger_paths(ledger_paths)
-    if not paths:
-        raise ValueError("no ledger given")
-    history_data, history_source = load_history(history)
-    records = _load_records(processing_record)
-    files = [read_ledger(p) for p in paths]
-    owner_files = [f for f in files if f.kind == OWNER_LEDGER]
-    supplied = load_keys(keys, [f.owner_id for f in owner_files])
-    exp_id = experiment_id(history_data)
+    # With helpers, the accounting helper is forked first: its imports (dp-accounting, then Opacus and torch: the
+    # longest step of a report) need none of the input, so they overlap reading the ledgers (see .parallel).
+    staged = start_staged(_prepare_accounting, _account_in_helpers) if workers > 1 and fork_available() else None
+    try:
+        paths = resolve_ledger_paths(ledger_paths)
+        if not paths:
+            raise ValueError("no ledger given")
+        history_data, history_source = load_history(history)
+        records = _load_records(processing_record)
+        files = [read_ledger(p) for p in paths]
+        owner_files = [f for f in files if f.kind == OWNER_LEDGER]
+        supplied = load_keys(keys, [f.owner_id for f in owner_files])
+        exp_id = experiment_id(history_data)
 
-    inputs, sources, federation_only = _owner_inputs(files, records, exp_id)
-    if owner is not None and owner not in sources:
-        raise ValueError(f"owner {owner!r} is not in the ledgers given (owners: "
-                         f"{', '.join(sorted(sources)[:20]) or 'none'})")
-    if workers > 1 and fork_available() and len(inputs) >= 2:
-        # The accounting (which imports the accountants: Opacus, torch) in forked helpers, while this process
-        # verifies the files and prepares the renderers (see .parallel).
-        accounting = run_forked(_account_in_helpers, inputs, workers)
+        inputs, sources, federation_only = _owner_inputs(files, records, exp_id)
+        if owner is not None and owner not in sources:
+            raise ValueError(f"owner {owner!r} is not in the ledgers given (owners: "
+                             f"{', '.join(sorted(sources)[:20]) or 'none'})")
+        if staged is not None and len(inputs) < 2:
+            staged.cancel()
+            staged = None
+    except BaseException:
+        if staged is not None:
+            staged.cancel()
+        raise
+    if staged is not None:
+        # The accounting in forked helpers, while this process verifies the files and prepares the renderers.
+        accounting = staged.send(inputs, workers, DEFERRED)
         with HelperPool(workers - 2) as verifiers:
             start_verification(files, supplied, verifiers if verifiers.workers else None).finish()
         if warm_up is not None:
@@ -202,8 +218,25 @@ def _owner_inputs(files: list[LedgerFile], records: list[ProcessingRecord], exp_
     return inputs, sources, federation_only
 
 
-def _account_in_helpers(inputs: list[OwnerInput], parts: int) -> list[OwnerAccounting]:
-    """Every owner's accounting, split into ``parts`` processes by DP settings (each curve computed once)."""
+# Side-by-side figures composed apart from the owners' accounting: PLD needs dp-accounting but no Opacus, so its
+# figures are composed in a helper forked before Opacus (torch) is imported, while the accounting helper imports it.
+DEFERRED = ("pld",)
+
+
+def _account_in_helpers(inputs: list[OwnerInput], parts: int, deferred: tuple[str, ...] = ()
+                        ) -> list[OwnerAccounting]:
+    """Every owner's accounting, split into ``parts`` processes by DP settings (each curve computed once).
+
+    The side-by-side figures of the ``deferred`` accountants (one per owner and privacy unit,
+    :func:`~.accounting.deferred_jobs`) are composed in one more helper, forked once
+    dp-accounting is imported and before Opacus is: its work overlaps the import of torch,
+    the longest single step of a report, and nothing is imported twice.
+    """
+    composing = None
+    if deferred:
+        jobs = [job for name in deferred for job in deferred_jobs(inputs, name)]
+        _import_deferred(deferred)
+        composing = run_forked(compose_deferred, jobs)
     _import_accountants(inputs)  # before forking: the helpers inherit the imported accountants
     groups: dict[tuple, list[int]] = {}
     for index, given in enumerate(inputs):
@@ -214,11 +247,16 @@ def _account_in_helpers(inputs: list[OwnerInput], parts: int) -> list[OwnerAccou
         lightest = loads.index(min(loads))
         bins[lightest].extend(groups[key])
         loads[lightest] += _cost(key, groups[key], inputs)
-    others = [(part, run_forked(account_owners, [inputs[i] for i in part])) for part in bins[1:] if part]
-    results: dict[int, OwnerAccounting] = dict(zip(bins[0], account_owners([inputs[i] for i in bins[0]])))
+    others = [(part, run_forked(account_owners, [inputs[i] for i in part], EpsilonCache(deferred)))
+              for part in bins[1:] if part]
+    results: dict[int, OwnerAccounting] = dict(zip(bins[0], account_owners([inputs[i] for i in bins[0]],
+                                                                           EpsilonCache(deferred))))
     for part, job in others:
         results.update(zip(part, job.result()))
-    return [results[i] for i in range(len(inputs))]
+    accounts = [results[i] for i in range(len(inputs))]
+    if composing is not None:
+        settle_deferred(accounts, composing.result())
+    return accounts
 
 
 def _cost(key: tuple, members: list[int], inputs: list[OwnerInput]) -> float:
@@ -226,10 +264,33 @@ def _cost(key: tuple, members: list[int], inputs: list[OwnerInput]) -> float:
     return 500.0 * len(key) + sum(len(inputs[i].entries) for i in members)
 
 
+def _prepare_accounting() -> None:
+    """What the accounting helper imports before it has the input: dp-accounting (the deferred PLD figures)."""
+    _import_deferred(DEFERRED)
+
+
+def _import_deferred(names: tuple[str, ...]) -> None:
+    """Import what composing the deferred accountants' figures needs (PLD: dp-accounting), before forking."""
+    from privfl.privacy.accountants import get_accountant
+
+    for name in names:
+        try:
+            get_accountant(name)
+        except ValueError:
+            continue
+        if name == "pld":
+            try:
+                from dp_accounting import privacy_accountant  # noqa: F401
+                from dp_accounting.pld import privacy_loss_distribution  # noqa: F401
+            except ImportError:
+                pass
+
+
 def _import_accountants(inputs: list[OwnerInput]) -> None:
     from privfl.privacy.accountants import get_accountant
 
-    for name in sorted({e.accountant for given in inputs for e in given.entries}):
+    for name in sorted({e.accountant for given in inputs for e in given.entries}
+                       | (set(COMPARED_ACCOUNTANTS) - set(DEFERRED))):
         try:
             get_accountant(name)
         except ValueError:
@@ -304,6 +365,10 @@ def _assemble(context: _Context, owners: list[OwnerStatement], files: list[Ledge
     evaluations = owner_evaluations(context.history) if context.history else {}
     for owner in owners:
         owner.federated_evaluation = evaluations.get(owner.owner_id)
+        top = most_used(owner)  # over every privacy unit, from what each statement says
+        owner.budget_used_fraction_max = top.budget_used_fraction if top else None
+        owner.budget_used_fraction_max_unit = top.privacy_unit if top else None
+        owner.budget_status_all_units = worst_status(owner)
     ledgers = [_ledger_integrity(f, context.supplied, scope_owner) for f in files]
     federation_only = [o for o in context.federation_only if any(x.owner_id == o for x in owners)]
     cross_checks = context.cross_checks
@@ -400,18 +465,29 @@ def _generator() -> dict[str, Any]:
 
 def _recompute_note() -> dict[str, Any]:
     return {
-        "how": "For each owner, take the entries in sequence order. A charge's DP event (owners[].entries[].event) "
-               "is composed with every earlier charge by the accountant the entry names, at the entry's delta; "
-               "that is epsilon_cumulative. epsilon_release is the event alone under the same accountant and delta; "
-               "epsilon_increment is the change in epsilon_cumulative. Refusals never count. epsilon_remaining = "
-               "epsilon_budget - epsilon_cumulative. outlook.rounds_left: the largest k such that the owner's charges "
-               "plus k releases of the latest charge's event compose to at most the budget (one more does not). "
-               "experiment.epsilon: the charges whose run_id is the experiment id, composed alone. The signed entry "
+        "how": "For each owner, take the entries in sequence order and group them by privacy unit (record-level: "
+               "DP-SGD at the owner; owner-level: DP-FedAvg at the coordinator; an entry naming no unit is "
+               "record-level): each unit is a different guarantee with its own budget and is composed alone. A "
+               "charge's DP event (owners[].entries[].event) is composed with every earlier charge of the same unit "
+               "by the accountant the entry names, at the entry's delta; that is epsilon_cumulative. epsilon_release "
+               "is the event alone under the same accountant and delta; epsilon_increment is the change in "
+               "epsilon_cumulative. Refusals never count. epsilon_remaining = epsilon_budget - epsilon_cumulative. "
+               "owners[].units[]: per unit, epsilon_spent (the unit's charges composed), its budget (from the unit's "
+               "entries), epsilon_by_accountant (the same charges under PLD and RDP: n/a where an accountant does "
+               "not compose them, e.g. PLD and fixed-size sampling). outlook.rounds_left: the largest k such that "
+               "the unit's charges plus k releases of its latest charge's event compose to at most the unit's "
+               "budget (one more does not). experiment.epsilon: the unit's charges whose run_id is the experiment "
+               "id (record-level) or the experiment id + '/owner' (owner-level), composed alone. The signed entry "
                "bytes (entry_base64, signature) let anyone re-verify: `privfl ledger verify LEDGER --public-key "
                "OWNER.pub`.",
         "python": "from privfl.privacy.accountants import get_accountant\n"
-                  "from privfl.privacy.events import PoissonSubsampledGaussian as E\n"
-                  "events = [E(e['noise_multiplier'], e['sample_rate'], e['steps']) for e in charges_so_far]\n"
+                  "from privfl.privacy.events import PoissonSubsampledGaussian, SampledWithoutReplacementGaussian\n"
+                  "def event(e):\n"
+                  "    if e['type'] == 'sampled_without_replacement_gaussian':\n"
+                  "        return SampledWithoutReplacementGaussian(e['noise_multiplier'], e['sample_size'],\n"
+                  "                                                 e['population_size'], e['steps'])\n"
+                  "    return PoissonSubsampledGaussian(e['noise_multiplier'], e['sample_rate'], e['steps'])\n"
+                  "events = [event(r['event']) for r in charges_so_far_of_this_unit]\n"
                   "epsilon = get_accountant(accountant).epsilon(events, delta)",
         "epsilon_rel_tol": EPSILON_REL_TOL,
         "epsilon_abs_tol": EPSILON_ABS_TOL,
@@ -420,7 +496,8 @@ def _recompute_note() -> dict[str, Any]:
             "prv": "privacy random variables (Gopi et al. 2021) as implemented by Opacus",
             "pld": "privacy loss distributions (dp-accounting, pessimistic discretisation); the tightest",
         },
-        "neighbouring_relation": "add or remove one record (one privacy unit)",
+        "neighbouring_relation": "add or remove one privacy unit (Poisson sampling: a record, or an owner); replace "
+                                 "one (fixed-size sampling of m of N owners, N public)",
     }
 
 

@@ -4,6 +4,13 @@ The columns (:data:`COLUMNS`) are stable (new ones are only appended); numbers a
 written as Python writes floats (full precision), ``inf`` for an infinite epsilon,
 empty for a value that does not apply (e.g. the epsilon of a refusal's requested
 release).  The CSV always holds every entry, however many the HTML and PDF list.
+
+Each row also carries its privacy unit's totals for the owner (the ``unit_*``
+columns, schema 1.2): the unit's lifetime epsilon, the same charges under PLD and
+RDP side by side (empty where the accountant does not compose them, with the reason
+in ``unit_accountant_notes``, e.g. PLD and fixed-size sampling), its budget, share
+used, status, rounds left and this experiment's share.  So a spreadsheet filtered on
+``privacy_unit`` shows record-level and owner-level figures apart, never summed.
 """
 
 from __future__ import annotations
@@ -13,7 +20,7 @@ import io
 from pathlib import Path
 from typing import Any
 
-from privfl.privacy.report.model import Report
+from privfl.privacy.report.model import Report, UnitAccount
 
 COLUMNS = (
     "owner_id", "ledger", "ledger_intact", "key_fingerprint", "key_independently_supplied", "sequence", "kind",
@@ -21,6 +28,10 @@ COLUMNS = (
     "privacy_unit", "delta", "accountant", "epsilon_release", "epsilon_increment", "epsilon_cumulative",
     "epsilon_cumulative_stated", "epsilon_stated_matches", "epsilon_budget", "epsilon_remaining", "purpose",
     "refusal_reason", "update_hash", "entry_hash", "purpose_declared",
+    # 1.2: the totals of the entry's privacy unit for the owner
+    "unit_epsilon_spent", "unit_epsilon_spent_pld", "unit_epsilon_spent_rdp", "unit_enforced_accountant",
+    "unit_accountant_notes", "unit_epsilon_budget", "unit_epsilon_remaining", "unit_budget_used_fraction",
+    "unit_budget_status", "unit_rounds_left", "unit_epsilon_experiment", "sample_size", "population_size",
 )
 
 
@@ -32,21 +43,36 @@ def _cell(value: Any) -> Any:
     return value
 
 
+def _unit_cells(unit: UnitAccount | None) -> tuple:
+    if unit is None:
+        return ("",) * 11
+    figures = {a.accountant: a for a in unit.epsilon_by_accountant}
+    pld, rdp = figures.get("pld"), figures.get("rdp")
+    notes = "; ".join(f"{a.accountant}: {a.note}" for a in unit.epsilon_by_accountant if a.epsilon is None)
+    return tuple(_cell(v) for v in (
+        unit.epsilon_spent, pld.epsilon if pld else None, rdp.epsilon if rdp else None, unit.accountant, notes,
+        unit.epsilon_budget, unit.epsilon_remaining, unit.budget_used_fraction, unit.budget_status,
+        unit.outlook.rounds_left if unit.outlook else None, unit.experiment.epsilon if unit.experiment else None))
+
+
 def render_csv(report: Report) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(COLUMNS)
     for owner in report.owners:
         integrity = owner.integrity
+        units = {u.privacy_unit: _unit_cells(u) for u in owner.unit_views()}
         for r in owner.entries:
             e = r.event
+            unit = units.get(r.privacy_unit if r.privacy_unit in units else "record", _unit_cells(None))
             writer.writerow([_cell(v) for v in (
                 owner.owner_id, owner.source.ledger, integrity.intact, r.key_fingerprint,
                 integrity.key_independently_supplied, r.sequence, r.kind, r.run_id, r.round, r.timestamp,
                 r.mechanism, e.noise_multiplier, e.sample_rate, e.steps, r.clipping_norm, r.privacy_unit, r.delta,
                 r.accountant, r.epsilon_release, r.epsilon_increment, r.epsilon_cumulative,
                 r.epsilon_cumulative_stated, r.epsilon_stated_matches, r.epsilon_budget, r.epsilon_remaining,
-                r.purpose, r.refusal_reason, r.update_hash, r.entry_hash, r.purpose_declared)])
+                r.purpose, r.refusal_reason, r.update_hash, r.entry_hash, r.purpose_declared)] + list(unit)
+                + [_cell(e.sample_size), _cell(e.population_size)])
     return buffer.getvalue()
 
 

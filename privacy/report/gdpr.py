@@ -113,7 +113,9 @@ def article_25(owners: list[OwnerStatement], history: HistorySection | None) -> 
     over = sum(1 for w in within if w is False)
     unknown = sum(1 for w in within if w is None)
     refusals = sum(o.refusals for o in owners)
-    bound = sum(1 for r in charges if r.update_hash)
+    record_charges = [r for r in charges if r.privacy_unit != "owner"]
+    owner_charges = n - len(record_charges)
+    bound = sum(1 for r in record_charges if r.update_hash)
     named = sum(1 for o in owners for r in o.entries if r.privacy_unit in ("record", "owner"))
     entries = sum(len(o.entries) for o in owners)
     led = _ledger_evidence(owners)
@@ -139,9 +141,11 @@ def article_25(owners: list[OwnerStatement], history: HistorySection | None) -> 
                  "before training when the total would cross the budget (privfl design)."),
         _measure("charge_before_release", "Art. 25(1), Art. 5(2)",
                  "Each release charged in the owner's ledger before the update leaves, bound to the update",
-                 status(bound, n), led,
-                 f"{bound} of {n} charges hold the sha256 of the update released; the charge is committed "
-                 "(fsynced) before the update is sent (privfl design)"),
+                 status(bound, len(record_charges)) if record_charges or not owner_charges else "not evidenced", led,
+                 f"{bound} of {len(record_charges)} record-level charges hold the sha256 of the update released; the "
+                 "charge is committed (fsynced) before the update is sent (privfl design)"
+                 + (f"; {owner_charges} owner-level charge(s) are made before the coordinator draws, by every owner "
+                    "that could be drawn, so they bind no update" if owner_charges else "")),
         _measure("privacy_unit_named", "Art. 25(1)", "The privacy unit (what is protected) is stated for each entry",
                  status(named, entries), led, f"{named} of {entries} entries name the privacy unit (record or owner)"),
         _measure("data_stays_at_owner", "Art. 25(1), Art. 5(1)(c)",
@@ -268,6 +272,11 @@ def limitations(owners: list[OwnerStatement], supplied: Mapping[str, Any], histo
         if history.federated_evaluation is not None:
             notes.append("Federated evaluation metrics are a release of their own (each owner's loss and accuracy "
                          "on its data): the DP-SGD epsilon in this report does not cover them.")
+    if any("owner" in o.privacy_units for o in owners):
+        notes.append("Owner-level (DP-FedAvg) epsilons rest on the coordinator drawing owners as announced (Poisson at "
+                     "rate q, or m of N uniformly) and adding the noise it announced to the sum of clipped updates; "
+                     "each owner's ledger records the announced mechanism, which the owner checked against its own "
+                     "policy before it was charged, but cannot show the coordinator's draw or noise.")
     if any(not o.source.chain_complete for o in owners):
         notes.append("For owners whose chain is only partly held (federation ledger), the lifetime epsilon is the "
                      "owner's signed statement, checked against a lower bound recomputed from the entries held.")

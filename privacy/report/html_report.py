@@ -8,7 +8,9 @@ from an installed wheel).  Inline CSS, plots as base64 PNG data URIs, no script:
 nothing is fetched when the file opens, so it reads the same offline, archived, or
 attached to an e-mail.
 
-Readable at 1,000 owners: the summary tables come first and stay one row per owner;
+Readable at 1,000 owners: the summary tables come first and stay one row per owner
+and privacy unit (an owner with record-level and owner-level charges has a row for
+each, its id spanning both; PLD and RDP side by side in each row);
 per-owner detail is collapsed (``<details>``), and each owner's entry listing is
 capped (:func:`entry_limit`); the JSON and CSV always hold every entry.  Large
 tables are formatted here, in Python, into plain strings (one pass), and the template
@@ -26,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from privfl.privacy.report import evidence as ev
-from privfl.privacy.report.model import OwnerStatement, Release, Report
+from privfl.privacy.report.model import COMPARED_ACCOUNTANTS, OwnerStatement, Release, Report, UnitAccount, unit_label
 from privfl.privacy.report.words import odds_short, odds_text, percent
 
 HTML_ENTRY_ROWS = 2500  # entry rows listed in all (each owner gets at least MIN_ENTRIES_PER_OWNER)
@@ -34,7 +36,8 @@ MIN_ENTRIES_PER_OWNER = 10
 ALERTS_SHOWN = 50
 COLLAPSE_ABOVE = 20  # tables longer than this are collapsed
 PER_OWNER_FIELDS = {"epsilon", "epsilon_remaining", "epsilon_meaning", "time_period", "releases",
-                    "mechanism_parameters"}
+                    "mechanism_parameters", "epsilon_per_unit"}
+ENFORCED_MARK = "*"  # after the figure of the accountant an owner enforces its budget with
 
 
 # --------------------------------------------------------------------------- formatting
@@ -65,7 +68,9 @@ def event_text(event) -> str:
     if event is None or event.noise_multiplier is None:
         return getattr(event, "type", "-") or "-"
     text = f"\u03c3={event.noise_multiplier:g}"
-    if event.sample_rate is not None:
+    if getattr(event, "sample_size", None) is not None:
+        text += f" m={event.sample_size} of N={event.population_size} steps={event.steps}"
+    elif event.sample_rate is not None:
         text += f" q={event.sample_rate:.4g} steps={event.steps}"
     return text
 
@@ -76,7 +81,11 @@ def setting_text(setting: Any) -> str:
     if get("noise_multiplier") is None:
         return str(get("mechanism"))
     text = f"\u03c3={get('noise_multiplier'):g}"
-    if get("sample_rate") is not None:
+    size = setting.get("sample_size") if isinstance(setting, dict) else getattr(setting, "sample_size", None)
+    if size is not None:
+        population = setting.get("population_size") if isinstance(setting, dict) else setting.population_size
+        text += f" m={size} of N={population}"
+    elif get("sample_rate") is not None:
         text += f" q={get('sample_rate'):.4g}"
     text += f" C={get('clipping_norm'):g}: {get('steps_total')} steps in {get('releases')} release"
     return text + ("s" if get("releases") != 1 else "")
@@ -102,6 +111,25 @@ def entry_limit(owners: int) -> int:
 
 
 @dataclass
+class UnitRow:
+    """One privacy unit of one owner in the owners table."""
+
+    unit: str
+    spent: str
+    accountants: list[tuple[str, str, bool]]  # per compared accountant: (figure or n/a text, note, enforced)
+    experiment: str
+    budget: str
+    left: str
+    used: str
+    status: str
+    rounds_left: str
+    odds: str
+    strength: str
+    releases: str
+    css: str
+
+
+@dataclass
 class OwnerRow:
     anchor: str
     owner_id: str
@@ -121,28 +149,65 @@ class OwnerRow:
     intact: bool
     key_supplied: bool
     css: str
+    units: list[UnitRow]
 
 
-def _rounds_left(owner: OwnerStatement) -> str:
-    outlook = owner.outlook
+def rounds_left_text(unit: Any) -> str:
+    outlook = unit.outlook
     if outlook is None or outlook.rounds_left is None:
         return "n/a"
     return f"\u2265 {outlook.rounds_left:,}" if outlook.at_least else f"{outlook.rounds_left:,}"
 
 
+_rounds_left = rounds_left_text  # the name earlier versions used
+
+
+def compared(unit: UnitAccount, names: tuple[str, ...] = COMPARED_ACCOUNTANTS) -> list[tuple[str, str, bool]]:
+    """(figure, note, enforced) per accountant in ``names``: the figure, or 'n/a (why)'."""
+    out = []
+    for name in names:
+        figure = unit.epsilon_under(name)
+        if figure is None:
+            out.append(("-", "", False))
+        elif figure.epsilon is None:
+            out.append((figure.note, figure.note, figure.enforced))
+        else:
+            out.append((fmt_eps(figure.epsilon), figure.note, figure.enforced))
+    return out
+
+
+def _unit_css(unit: UnitAccount) -> str:
+    return "bad" if unit.budget_status == "over" else ("near" if unit.budget_status == "near" else "")
+
+
+def _unit_row(unit: UnitAccount) -> UnitRow:
+    exp = unit.experiment
+    return UnitRow(
+        unit=unit_label(unit.privacy_unit), spent=fmt_eps(unit.epsilon_spent), accountants=compared(unit),
+        experiment="-" if exp is None else fmt_eps(exp.epsilon), budget=fmt_eps(unit.epsilon_budget),
+        left=fmt_eps(unit.epsilon_remaining), used=percent(unit.budget_used_fraction), status=unit.budget_status,
+        rounds_left=rounds_left_text(unit), odds=odds_short(unit.epsilon_spent), strength=unit.strength or "-",
+        releases=f"{unit.charges} / {unit.refusals}", css=_unit_css(unit))
+
+
 def _owner_row(owner: OwnerStatement, anchor: str) -> OwnerRow:
     exp = owner.experiment
+    units = [_unit_row(u) for u in owner.unit_views()]
+    bad = not owner.integrity.intact or owner.purpose_check.status == "mismatch"
+    for row in units:
+        if bad:
+            row.css = "bad"
     return OwnerRow(
         anchor=anchor, owner_id=owner.owner_id, spent=fmt_eps(owner.epsilon_spent),
         experiment="-" if exp is None else fmt_eps(exp.epsilon), budget=fmt_eps(owner.epsilon_budget),
         left=fmt_eps(owner.epsilon_remaining), used=percent(owner.budget_used_fraction), status=owner.budget_status,
-        rounds_left=_rounds_left(owner), odds=odds_short(owner.epsilon_spent), strength=owner.strength or "-",
+        rounds_left=rounds_left_text(owner), odds=odds_short(owner.epsilon_spent), strength=owner.strength or "-",
         releases=f"{owner.charges} / {owner.refusals}", purposes="; ".join(owner.purposes),
         purpose_status=owner.purpose_check.status, verdict=owner.integrity.verdict, intact=owner.integrity.intact,
         key_supplied=owner.integrity.key_independently_supplied,
         css="bad" if (owner.budget_status == "over" or not owner.integrity.intact
                       or owner.purpose_check.status == "mismatch") else
-        ("near" if owner.budget_status == "near" else ""))
+        ("near" if owner.budget_status == "near" else ""), units=units)
 
 
 def _entry_row(r: Release) -> tuple[tuple[str, ...], str]:
@@ -151,7 +216,8 @@ def _entry_row(r: Release) -> tuple[tuple[str, ...], str]:
     purpose = r.refusal_reason or r.purpose
     if r.purpose_declared is False:
         purpose += " (undeclared purpose)"
-    cells = (str(r.sequence), r.kind, r.run_id, str(r.round), fmt_when(r.timestamp), event_text(r.event),
+    unit = r.privacy_unit if r.privacy_unit in ("record", "owner") else "record"
+    cells = (str(r.sequence), r.kind, unit, r.run_id, str(r.round), fmt_when(r.timestamp), event_text(r.event),
              fmt_eps(r.epsilon_release, 6), fmt_eps(r.epsilon_cumulative, 6), stated, fmt_eps(r.epsilon_remaining, 6),
              purpose, r.entry_hash[:12] + "\u2026")
     return cells, "bad" if (match is False or r.purpose_declared is False) else ""
@@ -164,6 +230,8 @@ class OwnerDetail:
     rows: list[tuple[tuple[str, ...], str]]
     hidden: int
     open: bool
+    units: list[UnitAccount]
+    compared: list[list[tuple[str, str, bool]]]  # per unit: PLD, RDP (and the enforced one, if another)
 
 
 def _registry_groups(owners: list[OwnerStatement]) -> list[dict[str, Any]]:
@@ -205,8 +273,10 @@ def _view(report: Report, figures: list | None) -> dict[str, Any]:
     details = []
     for owner in owners_ranked:
         shown = owner.entries[-limit:]
+        views = owner.unit_views()
         details.append(OwnerDetail(anchors[owner.owner_id], owner, [_entry_row(r) for r in shown],
-                                   len(owner.entries) - len(shown), len(report.owners) == 1))
+                                   len(owner.entries) - len(shown), len(report.owners) == 1, views,
+                                   [compared(u, tuple(a.accountant for a in u.epsilon_by_accountant)) for u in views]))
     images = {f.key: {"caption": f.caption, "uri": "data:image/png;base64," + base64.b64encode(f.png).decode("ascii")}
               for f in (figures or [])}
     history = report.history
@@ -233,6 +303,8 @@ def _view(report: Report, figures: list | None) -> dict[str, Any]:
         "sections": sections, "images": images, "anchors": anchors,
         "owner_rows": [_owner_row(o, anchors[o.owner_id]) for o in owners_ranked],
         "show_experiment": bool(report.summary.experiment_id),
+        "several_units": len(report.summary.units) > 1, "compared_names": [a.upper() for a in COMPARED_ACCOUNTANTS],
+        "enforced_mark": ENFORCED_MARK, "unit_label": unit_label,
         "alerts": status.budget_alerts[:ALERTS_SHOWN], "alerts_more": max(0, len(status.budget_alerts) - ALERTS_SHOWN),
         "details": details, "entry_limit": limit, "registry": _registry_groups(report.owners),
         "refusals": refusals, "latest_eval": latest_eval, "evaluation": evaluation,
@@ -252,7 +324,8 @@ def environment():
     env = Environment(loader=PackageLoader("privfl.privacy.report", "templates"), autoescape=True,
                       undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
     env.filters.update(eps=fmt_eps, when=fmt_when, pct=percent, num=fmt_num, odds=odds_text, odds_short=odds_short,
-                       event=event_text, setting=setting_text, value=value_text)
+                       event=event_text, setting=setting_text, value=value_text, unit_label=unit_label,
+                       rounds_left=rounds_left_text)
     env.globals.update(ev_short=ev.SHORT, ev_descriptions=ev.DESCRIPTIONS)
     return env
 
@@ -273,4 +346,5 @@ def write_html(report: Report, path: str | Path, figures: list | None = None) ->
     return path
 
 
-__all__ = ["HTML_ENTRY_ROWS", "entry_limit", "environment", "fmt_eps", "render_html", "setting_text", "write_html"]
+__all__ = ["ENFORCED_MARK", "HTML_ENTRY_ROWS", "compared", "entry_limit", "environment", "fmt_eps", "render_html",
+           "rounds_left_text", "setting_text", "write_html"]

@@ -14,7 +14,15 @@ Layout (one class per idea):
 - :class:`OwnerStatement` -- one owner: what it spent (lifetime and this
   experiment), what is left, what is next (:class:`Outlook`), whether its purposes
   were declared (:class:`PurposeCheck`), its federated evaluation, and every entry
-  (:class:`Release`) with the numbers each figure is computed from.
+  (:class:`Release`) with the numbers each figure is computed from;
+- :class:`UnitAccount` -- one privacy unit of one owner (DESIGN principle 4): an
+  owner's ledger may hold record-level charges (DP-SGD at the owner) and owner-level
+  charges (DP-FedAvg at the coordinator); each unit is a different guarantee with its
+  own budget, so each is composed, budgeted and judged on its own, and its spent
+  epsilon is shown under PLD and RDP side by side (:class:`AccountantEpsilon`).
+  ``OwnerStatement.units`` holds one block per unit present; the statement's own
+  budget fields describe its *primary* unit (record-level when present, else
+  owner-level), as they did before owners could hold two units.
 
 Epsilons are floats here (``math.inf`` for a release without noise); the document
 writes an infinite epsilon as the string ``"inf"`` because JSON has no infinity.
@@ -26,9 +34,18 @@ import math
 from dataclasses import dataclass, field, fields, is_dataclass, replace
 from typing import Any
 
-SCHEMA_VERSION = "1.1"
+SCHEMA_VERSION = "1.2"
 REPORT_TYPE = "privfl.privacy-budget-report"
 NEAR_BUDGET_FRACTION = 0.8  # an owner that has used this share of its budget or more is flagged
+RECORD_UNIT = "record"
+OWNER_UNIT = "owner"
+PRIVACY_UNITS = (RECORD_UNIT, OWNER_UNIT)  # the order units are shown in; the first present is the primary one
+UNIT_LABELS = {RECORD_UNIT: "record-level", OWNER_UNIT: "owner-level"}
+COMPARED_ACCOUNTANTS = ("pld", "rdp")  # every unit's spent epsilon is shown under both, side by side
+
+
+def unit_label(unit: str) -> str:
+    return UNIT_LABELS.get(unit, unit)
 
 
 # --------------------------------------------------------------------------- entries
@@ -36,12 +53,20 @@ NEAR_BUDGET_FRACTION = 0.8  # an owner that has used this share of its budget or
 
 @dataclass
 class EventParams:
-    """A DP event as stored: the mechanism and its parameters (never an epsilon)."""
+    """A DP event as stored: the mechanism and its parameters (never an epsilon).
+
+    Fixed-size sampling (``sampled_without_replacement_gaussian``) also has
+    ``sample_size`` (m) and ``population_size`` (N), and ``sample_rate`` = m / N; the
+    document writes those two fields only for that mechanism (the other mechanisms
+    have no such parameter).
+    """
 
     type: str
     noise_multiplier: float | None = None
     sample_rate: float | None = None
     steps: int | None = None
+    sample_size: int | None = None
+    population_size: int | None = None
 
 
 @dataclass
@@ -91,8 +116,9 @@ class Refusal:
     round: int
     timestamp: str
     reason: str
-    epsilon_spent_before: float | None
+    epsilon_spent_before: float | None  # of the refusal's privacy unit
     requested_event: EventParams
+    privacy_unit: str = RECORD_UNIT
 
 
 @dataclass
@@ -106,9 +132,10 @@ class RunSpend:
     last_round: int
     first_entry: str
     last_entry: str
-    epsilon_before: float | None
+    epsilon_before: float | None  # the lifetime epsilon of the run's privacy unit before the run
     epsilon_after: float | None
     purposes: list[str]
+    privacy_units: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -121,6 +148,8 @@ class MechanismSetting:
     releases: int
     steps_per_release: list[int]
     steps_total: int
+    sample_size: int | None = None  # fixed-size sampling: m of N
+    population_size: int | None = None
 
 
 @dataclass
@@ -165,11 +194,16 @@ class Outlook:
     epsilon_after_one_more: float | None
     evidence: str
     note: str
+    privacy_unit: str = RECORD_UNIT
 
 
 @dataclass
 class ExperimentShare:
-    """The charges of this experiment (entries whose run_id is the experiment id), composed alone."""
+    """The charges of this experiment of one privacy unit, composed alone.
+
+    Record-level: the entries whose run_id is the experiment id; owner-level: those whose
+    run_id is the experiment id + ``/owner`` (the coordinator's DP-FedAvg charges).
+    """
 
     experiment_id: str
     charges: int
@@ -178,6 +212,8 @@ class ExperimentShare:
     accountant: str
     delta: float | None
     note: str
+    run_id: str = ""
+    privacy_unit: str = RECORD_UNIT
 
 
 @dataclass
@@ -214,6 +250,78 @@ class OwnerEvaluation:
 
     latest: EvaluationPoint | None
     rounds: list[EvaluationPoint]
+
+
+@dataclass
+class AccountantEpsilon:
+    """A unit's spent epsilon under one accountant (PLD, RDP, ...): every charge of the unit composed."""
+
+    accountant: str
+    epsilon: float | None  # None: this accountant does not compose these events (see note)
+    enforced: bool  # the accountant the owner's entries name: the one its budget is enforced with
+    supported: bool
+    note: str
+    # (accountant, merged events, delta) while the figure is composed elsewhere (see accounting.settle_deferred)
+    _key: tuple | None = field(default=None, repr=False, compare=False)
+
+
+@dataclass
+class UnitAccount:
+    """One privacy unit of one owner: its charges composed alone, against that unit's own budget.
+
+    ``privacy_unit`` is ``record`` (DP-SGD at the owner: one record of its data) or
+    ``owner`` (DP-FedAvg at the coordinator: whether the owner took part at all and
+    everything it contributed).  The budget is the one the unit's entries state; the
+    epsilons are recomputed from the unit's DP events alone (``ledger.owner`` states
+    each entry's cumulative epsilon over its own unit's charges the same way).
+    """
+
+    privacy_unit: str
+    label: str = ""
+    protects: str = ""
+    mechanisms: list[str] = field(default_factory=list)
+    mechanism_settings: list[MechanismSetting] = field(default_factory=list)
+    accountant: str = ""
+    accountants: list[str] = field(default_factory=list)
+    delta: float | None = None
+    epsilon_spent: float | None = None
+    epsilon_spent_basis: str = ""
+    epsilon_spent_stated: float | None = None
+    epsilon_spent_recomputed_lower_bound: float | None = None
+    epsilon_by_accountant: list[AccountantEpsilon] = field(default_factory=list)
+    epsilon_budget: float | None = None
+    epsilon_budgets_stated: list[float] = field(default_factory=list)
+    epsilon_remaining: float | None = None
+    budget_used_fraction: float | None = None
+    over_budget: bool = False
+    budget_status: str = "unknown"
+    odds_bound: float | None = None
+    strength: str | None = None
+    charges: int = 0
+    refusals: int = 0
+    first_entry: str | None = None
+    last_entry: str | None = None
+    stated_epsilons_matching: int = 0
+    stated_epsilons_not_matching: list[int] = field(default_factory=list)
+    unsupported_event: str | None = None
+    outlook: Outlook | None = None
+    experiment: ExperimentShare | None = None
+
+    @property
+    def rounds_left(self) -> int | None:
+        return self.outlook.rounds_left if self.outlook else None
+
+    def epsilon_under(self, accountant: str) -> AccountantEpsilon | None:
+        return next((a for a in self.epsilon_by_accountant if a.accountant == accountant), None)
+
+
+# The statement's own fields that describe its primary unit (the rest of its fields are about all its entries).
+PRIMARY_UNIT_FIELDS = (
+    "accountant", "delta", "epsilon_spent", "epsilon_spent_basis", "epsilon_spent_stated",
+    "epsilon_spent_recomputed_lower_bound", "epsilon_budget", "epsilon_budgets_stated", "epsilon_remaining",
+    "budget_used_fraction", "over_budget", "budget_status", "odds_bound", "strength", "unsupported_event", "outlook",
+    "experiment",
+)
 
 
 @dataclass
@@ -259,6 +367,10 @@ class OwnerStatement:
     entries: list[Release]
     processing_record: str | None = None
     epsilon_registry: list[dict[str, Any]] = field(default_factory=list)
+    units: list[UnitAccount] = field(default_factory=list)  # one per privacy unit present, record-level first
+    budget_used_fraction_max: float | None = None  # the highest share of a budget used, over every unit
+    budget_used_fraction_max_unit: str | None = None  # ... and its unit
+    budget_status_all_units: str = "unknown"  # the worst budget status over every unit
 
     @property
     def intact(self) -> bool:
@@ -267,6 +379,50 @@ class OwnerStatement:
     @property
     def charge_entries(self) -> list[Release]:
         return [r for r in self.entries if r.kind == "charge"]
+
+    def unit(self, privacy_unit: str) -> UnitAccount:
+        for block in self.units:
+            if block.privacy_unit == privacy_unit:
+                return block
+        raise KeyError(privacy_unit)
+
+    def unit_views(self) -> list[UnitAccount]:
+        """Every unit's block; the primary unit's budget figures as the statement itself states them."""
+        return unit_views(self)
+
+
+_STATUS_RANK = {"over": 0, "near": 1, "within": 2, "unknown": 3}
+
+
+def unit_views(owner: Any) -> list[UnitAccount]:
+    """An owner's units as blocks, the primary one (``owner.privacy_unit``) read from the statement's own fields.
+
+    The statement's budget fields are the primary unit's home in the model (what 1.1 readers
+    read); reading them here means a statement edited as a whole (``dataclasses.replace``)
+    is judged by what it says.  Also accepts any object with those fields and no ``units``.
+    """
+    primary = getattr(owner, "privacy_unit", RECORD_UNIT)
+    blocks = list(getattr(owner, "units", None) or ())
+    shared = {name: getattr(owner, name, None) for name in PRIMARY_UNIT_FIELDS}
+    shared["over_budget"] = bool(shared["over_budget"])
+    shared["budget_status"] = shared["budget_status"] or "unknown"
+    shared["epsilon_budgets_stated"] = shared["epsilon_budgets_stated"] or []
+    shared["epsilon_spent_basis"] = shared["epsilon_spent_basis"] or ""
+    shared["accountant"] = shared["accountant"] or ""
+    if not blocks:
+        return [UnitAccount(privacy_unit=primary, label=unit_label(primary), **shared)]
+    return [replace(block, **shared) if block.privacy_unit == primary else block for block in blocks]
+
+
+def most_used(owner: Any) -> UnitAccount | None:
+    """The owner's unit with the highest share of its budget used (None when no unit has a figure)."""
+    views = [v for v in unit_views(owner) if v.budget_used_fraction is not None]
+    return max(views, key=lambda v: v.budget_used_fraction) if views else None
+
+
+def worst_status(owner: Any) -> str:
+    views = unit_views(owner)
+    return min((v.budget_status for v in views), key=lambda s: _STATUS_RANK.get(s, 3), default="unknown")
 
 
 # --------------------------------------------------------------------------- the files
@@ -300,7 +456,7 @@ class LedgerIntegrity:
 
 @dataclass
 class BudgetAlert:
-    """An owner over its budget or near it (from NEAR_BUDGET_FRACTION of it used)."""
+    """An owner over one of its budgets or near it (from NEAR_BUDGET_FRACTION of it used), per privacy unit."""
 
     owner_id: str
     level: str  # "over" | "near"
@@ -308,6 +464,7 @@ class BudgetAlert:
     epsilon_spent: float | None
     epsilon_budget: float | None
     rounds_left: int | None
+    privacy_unit: str = RECORD_UNIT
 
 
 @dataclass
@@ -350,6 +507,29 @@ class Summary:
     last_entry: str | None
     final_test_accuracy: float | None
     in_words: str = ""
+    epsilon_spent_unit: str | None = None  # the privacy unit epsilon_spent_max/min describe
+    units: list[UnitSummary] = field(default_factory=list)
+
+
+@dataclass
+class UnitSummary:
+    """The owners' figures of one privacy unit, across the report."""
+
+    privacy_unit: str
+    label: str
+    protects: str
+    owners: int
+    charges: int
+    refusals: int
+    accountants: list[str]
+    deltas: list[float]
+    epsilon_budgets: list[float]
+    epsilon_spent_max: float | None
+    epsilon_spent_max_owner: str | None
+    epsilon_spent_min: float | None
+    epsilon_spent_min_owner: str | None
+    owners_over_budget: list[str]
+    owners_near_budget: list[str]
 
 
 # --------------------------------------------------------------------------- history
@@ -423,6 +603,15 @@ class PlainWords:
     tiers_source: str
     privacy_unit: str
     evaluation: str
+    privacy_units: list[UnitMeaning] = field(default_factory=list)
+    accountants: str = ""
+
+
+@dataclass
+class UnitMeaning:
+    privacy_unit: str
+    label: str
+    protects: str
 
 
 @dataclass
@@ -559,7 +748,9 @@ class Report:
 
 
 def _budget_order(owner: OwnerStatement) -> tuple:
-    used = owner.budget_used_fraction
+    """Highest share of any of the owner's budgets (every privacy unit) first."""
+    top = most_used(owner)
+    used = top.budget_used_fraction if top else None
     return (used is None, -(used if used is not None else 0.0), owner.owner_id)
 
 
@@ -580,6 +771,8 @@ def to_plain(value: Any) -> Any:
         return value
     if type(value) is Release:
         return _plain_release(value)
+    if type(value) is EventParams:
+        return _plain_event(value)
     if is_dataclass(value):
         names = _FIELD_NAMES.get(type(value))
         if names is None:
@@ -603,13 +796,28 @@ def _plain_release(release: Release) -> dict[str, Any]:
         if type(value) is float and not math.isfinite(value):
             value = None if math.isnan(value) else ("inf" if value > 0 else "-inf")
         elif name == "event":
-            value = to_plain(value)
+            value = _plain_event(value)
         out[name] = value
     return out
 
 
+def _plain_event(event: EventParams | None) -> dict[str, Any] | None:
+    """An event's parameters; ``sample_size`` and ``population_size`` only for fixed-size sampling."""
+    if event is None:
+        return None
+    out = {"type": event.type, "noise_multiplier": event.noise_multiplier, "sample_rate": event.sample_rate,
+           "steps": event.steps}
+    if event.sample_size is not None or event.population_size is not None:
+        out["sample_size"] = event.sample_size
+        out["population_size"] = event.population_size
+    return out
+
+
 __all__ = [
-    "NEAR_BUDGET_FRACTION", "REPORT_TYPE", "SCHEMA_VERSION", "BudgetAlert", "ContentHash", "EvaluationPoint",
+    "COMPARED_ACCOUNTANTS", "NEAR_BUDGET_FRACTION", "OWNER_UNIT", "PRIMARY_UNIT_FIELDS", "PRIVACY_UNITS",
+    "RECORD_UNIT", "REPORT_TYPE", "SCHEMA_VERSION", "UNIT_LABELS", "AccountantEpsilon", "BudgetAlert", "ContentHash",
+    "EvaluationPoint", "UnitAccount", "UnitMeaning", "UnitSummary", "most_used", "unit_label", "unit_views",
+    "worst_status",
     "EvaluationRound", "EventParams", "ExperimentShare", "FederatedEvaluation", "HistoryRound", "HistorySection",
     "LedgerIntegrity", "MechanismSetting", "Outlook", "OwnerEvaluation", "OwnerIntegrity", "OwnerStatement",
     "PlainWords", "PurposeCheck", "PurposeMismatch", "Refusal", "Release", "Report", "ReportSignature", "RunSpend",

@@ -10,7 +10,7 @@ Why these choices:
   :data:`STYLES` and the footer; the pictures are the PNGs the HTML embeds.
 - **Bounded length**: a PDF is for reading, the JSON and CSV are for every number.  The
   owners table lists at most :data:`MAX_OWNER_ROWS` owners (highest share of budget
-  used first), per-owner detail is given for at most :data:`MAX_DETAIL_OWNERS` owners
+  used first; a row per privacy unit, PLD and RDP side by side), per-owner detail is given for at most :data:`MAX_DETAIL_OWNERS` owners
   (all when few; else those needing attention) with each owner's latest
   :data:`MAX_ENTRIES_PER_OWNER` entries, and the PDF says where the rest is.
 - **Fast**: matplotlib's PDF backend lays out embedded-TrueType text one character at
@@ -26,8 +26,17 @@ from pathlib import Path
 from typing import Any
 
 from privfl.privacy.report import evidence as ev
-from privfl.privacy.report.html_report import PER_OWNER_FIELDS, event_text, fmt_eps, fmt_when, setting_text
-from privfl.privacy.report.model import OwnerStatement, Report
+from privfl.privacy.report.html_report import (
+    ENFORCED_MARK,
+    PER_OWNER_FIELDS,
+    compared,
+    event_text,
+    fmt_eps,
+    fmt_when,
+    rounds_left_text,
+    setting_text,
+)
+from privfl.privacy.report.model import COMPARED_ACCOUNTANTS, OwnerStatement, Report, UnitAccount, unit_label
 from privfl.privacy.report.pdf_writer import PdfDocument
 from privfl.privacy.report.words import odds_text, percent
 
@@ -214,25 +223,42 @@ def _detail_owners(report: Report) -> list[OwnerStatement]:
     ranked = report.owners_by_budget_used()
     if len(ranked) <= MAX_DETAIL_OWNERS:
         return ranked
-    attention = [o for o in ranked if o.budget_status in ("over", "near") or not o.integrity.intact
-                 or o.purpose_check.status == "mismatch" or o.unsupported_event]
+    attention = [o for o in ranked if any(u.budget_status in ("over", "near") or u.unsupported_event
+                                          for u in o.unit_views())
+                 or not o.integrity.intact or o.purpose_check.status == "mismatch"]
     return attention[:MAX_DETAIL_OWNERS]
+
+
+def _compared_text(unit: UnitAccount) -> str:
+    parts = []
+    for (figure, _, enforced), a in zip(compared(unit, tuple(x.accountant for x in unit.epsilon_by_accountant)),
+                                        unit.epsilon_by_accountant):
+        parts.append(f"{a.accountant.upper()} {figure}" + (f"{ENFORCED_MARK} (enforced)" if enforced else ""))
+    return "; ".join(parts)
 
 
 def _owner_detail(p: _Pages, o: OwnerStatement) -> None:
     integ = o.integrity
-    p.heading(f"{o.owner_id}: {integ.verdict}, {percent(o.budget_used_fraction)} of the budget used", "h2")
-    delta = f"{o.delta:g}" if o.delta is not None else "-"
-    p.text(f"Lifetime \u03b5 {_eps(o.epsilon_spent)} of {_eps(o.epsilon_budget)} ({_eps(o.epsilon_remaining)} left) "
-           f"at \u03b4 = {delta}, {o.accountant} accountant ({o.epsilon_spent_basis}). Odds about any protected record "
-           f"shift by at most {odds_text(o.epsilon_spent)}: {o.strength or 'n/a'} by the tiers commonly used in "
-           "production systems (a convention, not law).")
-    if o.experiment:
-        p.text(f"This experiment: \u03b5 {_eps(o.experiment.epsilon)} ({o.experiment.note}).")
-    if o.outlook:
-        left = o.outlook.rounds_left
-        p.text("What is next: " + (f"{'at least ' if o.outlook.at_least else ''}{left} more round(s) at the current "
-                                   "plan; " if left is not None else "") + o.outlook.note + ".")
+    views = o.unit_views()
+    used = "; ".join(f"{percent(u.budget_used_fraction)} of the {u.label} budget" for u in views) \
+        if len(views) > 1 else f"{percent(o.budget_used_fraction)} of the budget"
+    p.heading(f"{o.owner_id}: {integ.verdict}, {used} used", "h2")
+    for u in views:
+        delta = f"{u.delta:g}" if u.delta is not None else "-"
+        lead = "Lifetime" if len(views) == 1 else f"{u.label.capitalize()} (protects {u.protects}): lifetime"
+        about = "any protected record" if u.privacy_unit == "record" else "whether the owner took part"
+        p.text(f"{lead} \u03b5 {_eps(u.epsilon_spent)} of {_eps(u.epsilon_budget)} ({_eps(u.epsilon_remaining)} "
+               f"left) at \u03b4 = {delta}, {u.accountant} accountant ({u.epsilon_spent_basis}); {_compared_text(u)}. "
+               f"Odds about {about} shift by at most {odds_text(u.epsilon_spent)}: {u.strength or 'n/a'} by the "
+               "tiers commonly used in production systems (a convention, not law).")
+        prefix = "" if len(views) == 1 else f"{u.label.capitalize()}: "
+        if u.experiment:
+            p.text(f"{prefix}this experiment: \u03b5 {_eps(u.experiment.epsilon)} ({u.experiment.note}).")
+        if u.outlook:
+            left = u.outlook.rounds_left
+            p.text(f"{prefix}what is next: " + (f"{'at least ' if u.outlook.at_least else ''}{left} more round(s) at "
+                                                "the current plan; " if left is not None else "")
+                   + u.outlook.note + ".")
     check = o.purpose_check
     if check.status == "mismatch":
         p.text(f"Undeclared purpose: {len(check.undeclared)} entr{'y' if len(check.undeclared) == 1 else 'ies'} "
@@ -256,10 +282,11 @@ def _owner_detail(p: _Pages, o: OwnerStatement) -> None:
     rows, colours = [], []
     for r in shown:
         match = {True: "ok", False: "WRONG", None: ""}[r.epsilon_stated_matches]
-        rows.append([r.sequence, r.kind, r.run_id, r.round, fmt_when(r.timestamp)[5:16], event_text(r.event),
+        unit = "owner" if r.privacy_unit == "owner" else "record"
+        rows.append([r.sequence, r.kind, unit, r.run_id, r.round, fmt_when(r.timestamp)[5:16], event_text(r.event),
                      _eps(r.epsilon_release, 4), _eps(r.epsilon_cumulative, 5), match, _eps(r.epsilon_remaining, 4)])
         colours.append(RED if (r.epsilon_stated_matches is False or r.purpose_declared is False) else BLACK)
-    p.table(["seq", "kind", "run", "rnd", "time UTC", "release", "\u03b5 alone", "\u03b5 cumul.", "stated",
+    p.table(["seq", "kind", "unit", "run", "rnd", "time UTC", "release", "\u03b5 alone", "\u03b5 cumul.", "stated",
              "\u03b5 left"], rows, colours)
 
 
@@ -304,7 +331,9 @@ def render_pdf(report: Report, path: Path, figures: list | None = None) -> None:
         ["data owners", s.owners], ["over budget", len(s.owners_over_budget)],
         ["near budget (\u2265 80% used)", len(s.owners_near_budget)],
         ["releases / refused", f"{s.charges} / {s.refusals}"],
-        ["highest \u03b5 spent", f"{_eps(s.epsilon_spent_max)} ({s.epsilon_spent_max_owner})"],
+        *([[f"highest {u.label} \u03b5", f"{_eps(u.epsilon_spent_max)} ({u.epsilon_spent_max_owner})"]
+           for u in s.units] if len(s.units) > 1 else
+          [["highest \u03b5 spent", f"{_eps(s.epsilon_spent_max)} ({s.epsilon_spent_max_owner})"]]),
         ["\u03b4", ", ".join(f"{d:g}" for d in s.deltas)], ["privacy unit", ", ".join(s.privacy_units)],
         ["accountant", ", ".join(s.accountants)], ["period (UTC)", f"{fmt_when(s.first_entry)} to "
                                                                     f"{fmt_when(s.last_entry)}"],
@@ -313,8 +342,8 @@ def render_pdf(report: Report, path: Path, figures: list | None = None) -> None:
     alerts = status.budget_alerts
     if alerts:
         p.heading("Owners to act on: over budget or near it", "h2")
-        p.table(["owner", "status", "used", "\u03b5 spent", "budget", "rounds left"],
-                [[a.owner_id, a.level, percent(a.budget_used_fraction), _eps(a.epsilon_spent),
+        p.table(["owner", "unit", "status", "used", "\u03b5 spent", "budget", "rounds left"],
+                [[a.owner_id, unit_label(a.privacy_unit), a.level, percent(a.budget_used_fraction), _eps(a.epsilon_spent),
                   _eps(a.epsilon_budget), "n/a" if a.rounds_left is None else a.rounds_left]
                  for a in alerts[:MAX_ALERT_ROWS]],
                 [RED if a.level == "over" else ORANGE for a in alerts[:MAX_ALERT_ROWS]])
@@ -329,28 +358,41 @@ def render_pdf(report: Report, path: Path, figures: list | None = None) -> None:
     for tier in words.tiers:
         bound = f"\u2264 {tier.up_to:g}" if tier.up_to is not None else "above"
         p.text(f"\u2022 {tier.name} (\u03b5 {bound}): {tier.meaning}", indent=0.1)
+    p.text("What each privacy unit protects (different guarantees, each with its own budget, never added "
+           "together):")
+    for meaning in words.privacy_units:
+        p.text(f"\u2022 {meaning.label}: {meaning.protects}", indent=0.1)
+    p.text(f"PLD and RDP. {words.accountants}")
     p.text(f"One record is not one patient. {words.privacy_unit}")
     if report.history and report.history.federated_evaluation:
         p.text(f"Evaluation is a separate release. {words.evaluation}")
 
     p.heading("Owners (highest share of budget used first)")
+    p.text(f"A row per owner and privacy unit (record: record-level, DP-SGD; owner: owner-level, DP-FedAvg), each "
+           f"against its own budget. \u03b5 life: the unit's charges composed by the owner's own accountant; "
+           f"{' and '.join(a.upper() for a in COMPARED_ACCOUNTANTS)}: the same charges under each ({ENFORCED_MARK}: "
+           "the accountant the owner enforces its budget with; n/a: PLD does not support fixed-size sampling). "
+           "UNDECL.: entries signed with a purpose the processing record does not declare. Strength tiers and "
+           "odds: per owner, below.",
+           "small", GREY)
     ranked = report.owners_by_budget_used()
     exp = bool(s.experiment_id)
-    headers = ["owner", "\u03b5 life"] + (["\u03b5 exp"] if exp else []) + [
-        "budget", "used", "status", "rounds left", "strength", "rel/ref", "purpose", "ledger"]
+    headers = ["owner", "unit", "\u03b5 life"] + [a.upper() for a in COMPARED_ACCOUNTANTS] + \
+        (["\u03b5 exp"] if exp else []) + ["budget", "used", "status", "left", "rel/ref", "ledger"]
     rows, colours = [], []
     for o in ranked[:MAX_OWNER_ROWS]:
-        outlook = o.outlook
-        left = "n/a" if outlook is None or outlook.rounds_left is None else (
-            f"\u2265{outlook.rounds_left}" if outlook.at_least else str(outlook.rounds_left))
-        rows.append([o.owner_id, _eps(o.epsilon_spent)] + ([_eps(o.experiment.epsilon if o.experiment else None)]
-                                                          if exp else []) + [
-            _eps(o.epsilon_budget), percent(o.budget_used_fraction), o.budget_status, left, o.strength or "-",
-            f"{o.charges}/{o.refusals}", {"mismatch": "UNDECL.", "declared": "ok"}.get(o.purpose_check.status, "-"),
-            o.integrity.verdict])
-        colours.append(RED if (o.budget_status == "over" or not o.integrity.intact
-                               or o.purpose_check.status == "mismatch") else
-                       ORANGE if o.budget_status == "near" else BLACK)
+        bad_owner = not o.integrity.intact or o.purpose_check.status == "mismatch"
+        for i, u in enumerate(o.unit_views()):
+            figures = [("n/a" if figure.startswith("n/a") else figure + (ENFORCED_MARK if enforced else ""))
+                       for figure, _, enforced in compared(u)]
+            rows.append([o.owner_id if i == 0 else "", u.privacy_unit, _eps(u.epsilon_spent)] + figures
+                        + ([_eps(u.experiment.epsilon if u.experiment else None)] if exp else []) + [
+                _eps(u.epsilon_budget), percent(u.budget_used_fraction), u.budget_status, rounds_left_text(u),
+                f"{u.charges}/{u.refusals}",
+                (o.integrity.verdict + (" UNDECL." if o.purpose_check.status == "mismatch" else "")) if i == 0
+                else ""])
+            colours.append(RED if (u.budget_status == "over" or bad_owner) else
+                           ORANGE if u.budget_status == "near" else BLACK)
     p.table(headers, rows, colours)
     if len(ranked) > MAX_OWNER_ROWS:
         p.text(f"The {MAX_OWNER_ROWS} owners with the highest share used of {len(ranked)}; every owner is in the "
@@ -393,8 +435,9 @@ def render_pdf(report: Report, path: Path, figures: list | None = None) -> None:
     p.heading("Refused releases")
     refusals = [(o, r) for o in ranked for r in o.refused_releases]
     if refusals:
-        p.table(["owner", "run", "round", "time (UTC)", "\u03b5 then", "reason"],
-                [[o.owner_id, r.run_id, r.round, fmt_when(r.timestamp), _eps(r.epsilon_spent_before), r.reason]
+        p.table(["owner", "unit", "run", "round", "time (UTC)", "\u03b5 then", "reason"],
+                [[o.owner_id, r.privacy_unit, r.run_id, r.round, fmt_when(r.timestamp), _eps(r.epsilon_spent_before),
+                  r.reason]
                  for o, r in refusals[:MAX_TABLE_ROWS]])
         if len(refusals) > MAX_TABLE_ROWS:
             p.text(f"\u2026 {len(refusals) - MAX_TABLE_ROWS} more in the JSON and CSV versions.", "small", GREY)

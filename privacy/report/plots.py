@@ -5,13 +5,16 @@ Agg canvas, so drawing a report never changes the backend of the program that as
 for it.  Each picture is drawn from the model (the same numbers as the JSON) and
 stays readable from one owner to a thousand: past :data:`MANY` owners, per-owner
 lines become one line collection and per-owner bars a distribution plus the owners
-that need attention.
+that need attention.  Record-level and owner-level epsilons are different guarantees
+with different budgets: the lifetime curves get one panel per privacy unit, and the
+budget bars one bar per owner and unit, labelled with the unit.
 """
 
 from __future__ import annotations
 
 import io
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,7 +22,14 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.collections import LineCollection
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator, PercentFormatter
-from privfl.privacy.report.model import NEAR_BUDGET_FRACTION, OwnerStatement, Report
+from privfl.privacy.report.model import (
+    NEAR_BUDGET_FRACTION,
+    PRIVACY_UNITS,
+    OwnerStatement,
+    Report,
+    UnitAccount,
+    unit_label,
+)
 
 LEGEND_MAX_OWNERS = 12
 MANY = 30  # more owners than this: distributions and the top owners, not one bar each
@@ -61,17 +71,24 @@ def _colours(n: int) -> list:
     return [cmap(i / max(n - 1, 1)) for i in range(n)]
 
 
-def _single_run(owners: list[OwnerStatement]) -> bool:
-    return len({r.run_id for o in owners for r in o.runs}) == 1
+def _row_unit(row) -> str:
+    return row.privacy_unit if row.privacy_unit in PRIVACY_UNITS else "record"
 
 
-def _track(owner: OwnerStatement, by_round: bool) -> tuple[list[float], list[float], list[float], list[float]]:
+def _single_run(owners: list[OwnerStatement], unit: str | None = None) -> bool:
+    return len({r.run_id for o in owners for r in o.entries if unit is None or _row_unit(r) == unit}) <= 1
+
+
+def _track(owner: OwnerStatement, by_round: bool, unit: str | None = None
+           ) -> tuple[list[float], list[float], list[float], list[float]]:
     xs: list[float] = []
     ys: list[float] = []
     rx: list[float] = []
     ry: list[float] = []
     count = 0
     for row in owner.entries:
+        if unit is not None and _row_unit(row) != unit:
+            continue
         if row.kind == "charge":
             count += 1
             x = float(row.round) if by_round else float(count)
@@ -85,30 +102,54 @@ def _track(owner: OwnerStatement, by_round: bool) -> tuple[list[float], list[flo
     return xs or [0.0], ys or [0.0], rx, ry
 
 
+def _report_units(report: Report) -> list[str]:
+    present = {u.privacy_unit for o in report.owners for u in o.unit_views()}
+    return [u for u in PRIVACY_UNITS if u in present]
+
+
+def _view(owner: OwnerStatement, unit: str) -> UnitAccount | None:
+    return next((v for v in owner.unit_views() if v.privacy_unit == unit), None)
+
+
 def cumulative_epsilon_figure(report: Report) -> Figure:
-    """Cumulative (lifetime) epsilon of each owner over its releases, against its budget."""
-    owners = report.owners
-    by_round = _single_run(owners)
-    fig = _figure(8, 4.2)
-    ax = fig.add_subplot(1, 1, 1)
-    budgets = {o.epsilon_budget for o in owners if o.epsilon_budget is not None}
+    """Cumulative (lifetime) epsilon of each owner over its releases, against its budget: one panel per unit."""
+    units = _report_units(report)
+    if not units:  # owners without entries: one empty panel
+        fig = _figure(8, 4.2)
+        _cumulative_panel(fig.add_subplot(1, 1, 1), report, [(o, o.unit_views()[0]) for o in report.owners], None)
+        fig.tight_layout()
+        return fig
+    fig = _figure(8, 4.2 * len(units))
+    for index, unit in enumerate(units):
+        ax = fig.add_subplot(len(units), 1, index + 1)
+        members = [(o, v) for o in report.owners for v in [_view(o, unit)] if v is not None]
+        _cumulative_panel(ax, report, members, unit if len(units) > 1 else None)
+    fig.tight_layout()
+    return fig
+
+
+def _cumulative_panel(ax, report: Report, members: list[tuple[OwnerStatement, UnitAccount]],
+                      unit: str | None) -> None:
+    owners = [o for o, _ in members]
+    by_round = _single_run(owners, unit)
+    budgets = {v.epsilon_budget for _, v in members if v.epsilon_budget is not None}
     x_max = 1.0
     few = len(owners) <= LEGEND_MAX_OWNERS
-    tracks = [(o, *_track(o, by_round)) for o in owners]
+    tracks = [(o, v, *_track(o, by_round, unit)) for o, v in members]
     if few:
-        for (owner, xs, ys, rx, ry), colour in zip(tracks, _colours(len(owners))):
+        for (owner, view, xs, ys, rx, ry), colour in zip(tracks, _colours(len(owners))):
             ax.plot(xs, ys, marker="o" if len(xs) <= 30 and len(owners) <= 10 else None, markersize=3,
                     linewidth=1.8, color=colour, label=owner.owner_id)
             if rx:
                 ax.scatter(rx, ry, marker="x", s=40, color=colour, zorder=5, linewidths=2)
-            if len(budgets) > 1 and owner.epsilon_budget is not None:
-                ax.axhline(owner.epsilon_budget, color=colour, linestyle="--", linewidth=0.8, alpha=0.7)
+            if len(budgets) > 1 and view.epsilon_budget is not None:
+                ax.axhline(view.epsilon_budget, color=colour, linestyle="--", linewidth=0.8, alpha=0.7)
     else:
-        ordinary = [list(zip(xs, ys)) for o, xs, ys, _, _ in tracks if o.budget_status not in ("over", "near")]
-        flagged = [(o, list(zip(xs, ys))) for o, xs, ys, _, _ in tracks if o.budget_status in ("over", "near")]
+        ordinary = [list(zip(xs, ys)) for o, v, xs, ys, _, _ in tracks if v.budget_status not in ("over", "near")]
+        flagged = [(v, list(zip(xs, ys))) for o, v, xs, ys, _, _ in tracks if v.budget_status in ("over", "near")]
         ax.add_collection(LineCollection(ordinary, colors=BLUE, linewidths=0.7, alpha=0.35, label="owner"))
         for level, colour in (("over", RED), ("near", ORANGE)):
-            lines = [line for o, line in flagged if o.budget_status == level]
+            lines = [line for v, line in flagged if v.budget_status == level]
             if lines:
                 ax.add_collection(LineCollection(lines, colors=colour, linewidths=1.1, alpha=0.9,
                                                  label=f"{level} budget ({len(lines)})"))
@@ -116,21 +157,23 @@ def cumulative_epsilon_figure(report: Report) -> Figure:
         ry = [y for *_, ys_r in tracks for y in ys_r]
         if rx:
             ax.scatter(rx, ry, marker="x", s=20, color="#333333", zorder=5, linewidths=1, label="refused")
-        ys_all = [y for _, _, ys, _, _ in tracks for y in ys if not math.isnan(y)]
+        ys_all = [y for _, _, _, ys, _, _ in tracks for y in ys if not math.isnan(y)]
         ax.set_ylim(0, max(ys_all + [max(budgets, default=1.0)]) * 1.08)
-    x_max = max([x_max] + [x for _, xs, _, rx, _ in tracks for x in (*xs, *rx)])
+    x_max = max([x_max] + [x for _, _, xs, _, rx, _ in tracks for x in (*xs, *rx)])
     if len(budgets) == 1:
         budget = next(iter(budgets))
         ax.axhline(budget, color=RED, linestyle="--", linewidth=1.6, label=f"budget \u03b5 = {budget:g}")
         ax.axhline(budget * NEAR_BUDGET_FRACTION, color=ORANGE, linestyle=":", linewidth=1.2,
                    label=f"{NEAR_BUDGET_FRACTION:.0%} of the budget")
-    if few and any(o.refusals for o in owners):
+    if few and any(v.refusals for _, v in members):
         ax.scatter([], [], marker="x", color="#333333", label="refused (no budget)")
-    accountants = ", ".join(report.summary.accountants) or "?"
-    deltas = ", ".join(f"{d:g}" for d in report.summary.deltas) or "?"
-    ax.set_title(f"Lifetime \u03b5 per data owner (accountant {accountants}, \u03b4 = {deltas})", fontsize=11)
+    accountants = ", ".join(sorted({a for _, v in members for a in (v.accountants or [v.accountant]) if a})) or "?"
+    deltas = ", ".join(f"{d:g}" for d in sorted({v.delta for _, v in members if v.delta is not None})) or "?"
+    what = "Lifetime \u03b5" if unit is None else f"{unit_label(unit).capitalize()} lifetime \u03b5"
+    ax.set_title(f"{what} per data owner (accountant {accountants}, \u03b4 = {deltas})", fontsize=11)
     ax.set_xlabel("round" if by_round else "release number in the owner's ledger (all runs)", fontsize=FONT)
-    ax.set_ylabel("cumulative \u03b5 (lifetime)", fontsize=FONT)
+    ax.set_ylabel("cumulative \u03b5 (lifetime)" if unit is None else f"{unit_label(unit)} \u03b5 (lifetime)",
+                  fontsize=FONT)
     ax.set_xlim(left=0, right=x_max + 0.5)
     ax.set_ylim(bottom=0)
     ax.grid(True, alpha=0.3)
@@ -142,18 +185,22 @@ def cumulative_epsilon_figure(report: Report) -> Figure:
     if not few:
         ax.text(0.99, 0.02, f"{len(owners)} owners (one line each)", transform=ax.transAxes, ha="right",
                 fontsize=FONT - 1, color=GREY)
-    fig.tight_layout()
-    return fig
 
 
-def _colour(owner: OwnerStatement) -> str:
-    return {"over": RED, "near": ORANGE}.get(owner.budget_status, BLUE)
+def _colour(unit: UnitAccount) -> str:
+    return {"over": RED, "near": ORANGE}.get(unit.budget_status, BLUE)
 
 
 def budget_used_figure(report: Report) -> Figure:
-    """Share of each owner's lifetime budget used, highest first (many owners: distribution and the top)."""
-    ranked = [o for o in report.owners_by_budget_used() if o.budget_used_fraction is not None]
-    few = len(report.owners) <= MANY
+    """Share of each owner's budget used, per privacy unit, highest first (many owners: distribution and the top)."""
+    several = len(_report_units(report)) > 1
+    ranked = [(o, v) for o in report.owners for v in o.unit_views() if v.budget_used_fraction is not None]
+    ranked.sort(key=lambda m: (-m[1].budget_used_fraction, m[0].owner_id, m[1].privacy_unit))
+    few = len(ranked) <= MANY and len(report.owners) <= MANY
+
+    def name(owner: OwnerStatement, view: UnitAccount) -> str:
+        return f"{owner.owner_id} ({view.privacy_unit})" if several else owner.owner_id
+
     if few:
         fig = _figure(8, max(2.0, 0.34 * len(ranked) + 1.3))
         ax = fig.add_subplot(1, 1, 1)
@@ -162,36 +209,46 @@ def budget_used_figure(report: Report) -> Figure:
     else:
         fig = _figure(10, 4.8)
         hist = fig.add_subplot(1, 2, 1)
-        shares = [min(o.budget_used_fraction, 1.5) * 100 for o in ranked]
-        hist.hist(shares, bins=[0, 10, 20, 30, 40, 50, 60, 70, 80, 90, 100, 150], color=BLUE, edgecolor="white")
+        bins = [0, 10, 20, 30, 40, 50, 60, 70, 80, 90, 100, 150]
+        if several:
+            for unit, colour in zip(_report_units(report), (BLUE, PURPLE, GREEN)):
+                shares = [min(v.budget_used_fraction, 1.5) * 100 for _, v in ranked if v.privacy_unit == unit]
+                hist.hist(shares, bins=bins, color=colour, edgecolor="white", alpha=0.6, label=unit_label(unit))
+            hist.legend(fontsize=FONT - 1, loc="upper right")
+        else:
+            hist.hist([min(v.budget_used_fraction, 1.5) * 100 for _, v in ranked], bins=bins, color=BLUE,
+                      edgecolor="white")
         hist.axvline(NEAR_BUDGET_FRACTION * 100, color=ORANGE, linestyle=":", linewidth=1.4)
         hist.axvline(100, color=RED, linestyle="--", linewidth=1.4)
         hist.set_xlabel("share of the budget used (%; last bin: over)", fontsize=FONT)
-        hist.set_ylabel("owners", fontsize=FONT)
+        hist.set_ylabel("owners" if not several else "owners, per privacy unit", fontsize=FONT)
         hist.set_title(f"All {len(report.owners)} owners", fontsize=11)
         hist.tick_params(labelsize=FONT)
         bar_axes = fig.add_subplot(1, 2, 2)
         shown = ranked[:TOP]
     positions = list(range(len(shown)))
-    used = [o.budget_used_fraction * 100 if not math.isinf(o.budget_used_fraction) else 150.0 for o in shown]
-    bar_axes.barh(positions, used, color=[_colour(o) for o in shown])
-    bar_axes.set_yticks(positions, [o.owner_id for o in shown], fontsize=FONT if len(shown) <= 20 else FONT - 1)
+    used = [v.budget_used_fraction * 100 if not math.isinf(v.budget_used_fraction) else 150.0 for _, v in shown]
+    bar_axes.barh(positions, used, color=[_colour(v) for _, v in shown])
+    bar_axes.set_yticks(positions, [name(o, v) for o, v in shown], fontsize=FONT if len(shown) <= 20 else FONT - 1)
     bar_axes.invert_yaxis()
     bar_axes.axvline(NEAR_BUDGET_FRACTION * 100, color=ORANGE, linestyle=":", linewidth=1.4,
                      label=f"{NEAR_BUDGET_FRACTION:.0%}: near")
     bar_axes.axvline(100, color=RED, linestyle="--", linewidth=1.4, label="100%: budget")
     bar_axes.xaxis.set_major_formatter(PercentFormatter())
     bar_axes.set_xlim(0, max([110.0] + [u * 1.05 for u in used]))
-    bar_axes.set_xlabel("share of the lifetime budget used", fontsize=FONT)
+    bar_axes.set_xlabel("share of the lifetime budget used" + (" (each unit against its own budget)" if several
+                                                               else ""), fontsize=FONT)
     bar_axes.tick_params(labelsize=FONT)
     if few:
-        for i, owner in enumerate(shown):
-            bar_axes.text(min(used[i], 150) + 1.5, i, f"\u03b5 {owner.epsilon_spent:.3g} of {owner.epsilon_budget:g}",
+        for i, (owner, view) in enumerate(shown):
+            bar_axes.text(min(used[i], 150) + 1.5, i, f"\u03b5 {view.epsilon_spent:.3g} of {view.epsilon_budget:g}",
                           va="center", fontsize=FONT - 1)
         bar_axes.set_xlim(0, max([135.0] + [u * 1.3 for u in used]))
-        bar_axes.set_title("Privacy budget used per data owner (highest first)", fontsize=11)
+        bar_axes.set_title("Privacy budget used per data owner" + (" and privacy unit" if several else "")
+                           + " (highest first)", fontsize=11)
     else:
-        bar_axes.set_title(f"The {len(shown)} owners with the highest share used", fontsize=11)
+        bar_axes.set_title(f"The {len(shown)} {'budgets' if several else 'owners'} with the highest share used",
+                           fontsize=11)
     bar_axes.legend(fontsize=FONT - 1, loc="lower right", framealpha=0.85)
     bar_axes.grid(True, axis="x", alpha=0.3)
     fig.tight_layout()
@@ -304,29 +361,47 @@ def _render(key: str, caption: str, fig: Figure) -> RenderedFigure:
     return RenderedFigure(key, caption, png_bytes(fig), float(width), float(height))
 
 
-def report_figures(report: Report) -> list[RenderedFigure]:
-    """Every picture the report has, drawn once (PNG), in the order the report shows them."""
-    figures = []
+def figure_plan(report: Report) -> list[tuple[str, str, Callable[[Report], Figure | None]]]:
+    """(key, caption, draw) of every picture the report has, in the order the report shows them."""
+    plan: list[tuple[str, str, Callable[[Report], Figure | None]]] = []
+    several = len(_report_units(report)) > 1
     if report.owners:
-        figures.append(_render(
+        plan.append((
             "budget_used", f"Share of each owner's lifetime privacy budget used, highest first; orange from "
-            f"{NEAR_BUDGET_FRACTION:.0%} (near), red over the budget.", budget_used_figure(report)))
-        figures.append(_render(
+            f"{NEAR_BUDGET_FRACTION:.0%} (near), red over the budget."
+            + (" Record-level and owner-level budgets are shown apart (the unit in brackets)." if several else ""),
+            budget_used_figure))
+        plan.append((
             "cumulative_epsilon", "Lifetime (cumulative) epsilon of each owner after each of its releases, "
             "recomputed from the ledger's DP events; dashed: the budget; dotted: 80% of it; x: a release refused "
-            "for lack of budget.", cumulative_epsilon_figure(report)))
-    utility = privacy_utility_figure(report)
-    if utility is not None:
-        figures.append(_render(
+            "for lack of budget." + (" One panel per privacy unit: each unit is composed from its own charges."
+                                     if several else ""), cumulative_epsilon_figure))
+    history = report.history
+    if history and history.rounds:
+        plan.append((
             "privacy_utility", "Test accuracy of the global model per round (run history) beside the owners' "
-            "lifetime epsilon after that round (ledger); right: accuracy against epsilon.", utility))
-    evaluation = evaluation_figure(report)
-    if evaluation is not None:
-        figures.append(_render(
+            "lifetime epsilon after that round (ledger); right: accuracy against epsilon.", privacy_utility_figure))
+    if history and history.federated_evaluation is not None:
+        plan.append((
             "federated_evaluation", "Federated evaluation on the owners' own data (run history): a release the "
-            "DP-SGD epsilon does not cover.", evaluation))
-    return figures
+            "DP-SGD epsilon does not cover.", evaluation_figure))
+    return plan
 
 
-__all__ = ["RenderedFigure", "budget_used_figure", "cumulative_epsilon_figure", "evaluation_figure", "png_bytes",
+def _draw(report: Report, plan: list[tuple[str, str, Callable[[Report], Figure | None]]]) -> list[RenderedFigure]:
+    drawn = []
+    for key, caption, draw in plan:
+        fig = draw(report)
+        if fig is not None:
+            drawn.append(_render(key, caption, fig))
+    return drawn
+
+
+def report_figures(report: Report) -> list[RenderedFigure]:
+    """Every picture the report has, drawn once (PNG), in the order the report shows them."""
+    return _draw(report, figure_plan(report))
+
+
+__all__ = ["RenderedFigure", "budget_used_figure", "cumulative_epsilon_figure", "evaluation_figure", "figure_plan",
+           "png_bytes",
            "privacy_utility_figure", "report_figures"]

@@ -16,7 +16,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from privfl.privacy.events import PoissonSubsampledGaussian
+from privfl.privacy.events import PoissonSubsampledGaussian, SampledWithoutReplacementGaussian
 from privfl.privacy.keys import generate_owner_keys, load_private_key
 from privfl.privacy.ledger import BudgetExceeded, FederationLedger, OwnerLedger, update_hash
 
@@ -54,6 +54,9 @@ def build_synthetic_federation(
     run_id: str = "synthetic-run-1",
     purpose: str = "synthetic federation (privfl report benchmark)",
     owner_ledgers: bool = True,
+    owner_level: str | None = None,
+    owner_noise_multiplier: float = 8.0,
+    owner_epsilon_budget: float = 6.0,
 ) -> SyntheticFederation:
     """Write the ledgers and keys of a synthetic federation into ``folder``.
 
@@ -61,6 +64,13 @@ def build_synthetic_federation(
     written: the entries are signed there) and leaves only the federation ledger under
     ``ledgers/``.
     """
+    if owner_level not in (None, "poisson", "fixed"):
+        raise ValueError(f"owner_level must be None, 'poisson' or 'fixed', got {owner_level!r}")
+    owner_event = None
+    if owner_level == "poisson":
+        owner_event = PoissonSubsampledGaussian(owner_noise_multiplier, min(1.0, 10 / owners), 1)
+    elif owner_level == "fixed":
+        owner_event = SampledWithoutReplacementGaussian(owner_noise_multiplier, min(10, owners), owners, 1)
     folder = Path(folder)
     ledgers, keys = folder / "ledgers", folder / "keys"
     scratch = ledgers if owner_ledgers else folder / "owners-scratch"
@@ -75,6 +85,19 @@ def build_synthetic_federation(
             event = PoissonSubsampledGaussian(noise_multiplier, 1 / steps, steps)
             with OwnerLedger.open(scratch / f"{owner}.db", owner, load_private_key(files.private_key)) as ledger:
                 for rnd in range(1, rounds + 1):
+                    if owner_event is not None:  # the coordinator's owner-level charge, before its draw
+                        try:
+                            entry = ledger.charge(f"{run_id}/owner", rnd, owner_event, clipping_norm=1.0, delta=delta,
+                                                  epsilon_budget=owner_epsilon_budget, accountant="rdp",
+                                                  purpose=purpose, privacy_unit="owner")
+                            charges += 1
+                        except BudgetExceeded as err:
+                            entry = ledger.refuse(f"{run_id}/owner", rnd, str(err).split(";")[0], delta=delta,
+                                                  epsilon_budget=owner_epsilon_budget, accountant="rdp",
+                                                  event=owner_event, purpose=purpose, clipping_norm=1.0,
+                                                  privacy_unit="owner")
+                            refusals += 1
+                        federation.append_received(entry.signed_bytes(), check_epsilon=False)
                     try:
                         entry = ledger.charge(run_id, rnd, event, clipping_norm=1.0, delta=delta,
                                               epsilon_budget=epsilon_budget, accountant=accountant, purpose=purpose,

@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from privfl.privacy.report.model import PlainWords, StrengthTier
+from privfl.privacy.report.model import PlainWords, StrengthTier, UnitMeaning, unit_label
 
 TIERS = (
     StrengthTier("strong", 1.0, "the releases reveal very little about any one protected unit (odds shift by at "
@@ -29,12 +29,27 @@ TIERS = (
 TIERS_SOURCE = ("tiers commonly used in production systems (epsilon <= 1 strong, <= 10 reasonable, above 10 weak); "
                 "they are conventions for talking about epsilon, not law or a regulator's threshold")
 
+UNIT_PROTECTS = {
+    "record": "one record (one row) of the owner's data: the released model reveals almost nothing about whether "
+              "any single record was used (DP-SGD at the owner)",
+    "owner": "the owner as a whole: whether the institution took part at all, and everything it contributed, in the "
+             "released model (DP-FedAvg at the coordinator)",
+}
 UNIT_WORDS = {
     "record": "record-level: it protects each single record (one row) of an owner's data. One record is not one "
               "person: a patient with several records (visits, samples) is protected only about as much as k "
               "records together, up to k times epsilon",
-    "owner": "owner-level: it protects each owner's whole contribution",
+    "owner": "owner-level: it protects each owner as a whole, whether the institution took part at all and "
+             "everything it contributed, in the released model",
 }
+UNITS_APART = (
+    "Record-level and owner-level epsilons are different guarantees with different budgets: each is composed from "
+    "its own charges, judged against its own budget and never added to the other.")
+ACCOUNTANT_WORDS = (
+    "Each unit's spent epsilon is shown under two accountants side by side: PLD (privacy loss distributions) gives "
+    "the tightest figure; RDP (Renyi DP) is an upper bound, what privfl used to enforce budgets with. The figure the "
+    "owner's budget is enforced with is the one its ledger entries name (marked). PLD has no analysis of fixed-size "
+    "sampling (m of N owners drawn each round): there it shows n/a, and RDP is the figure.")
 RECORD_NOT_PERSON = (
     "Record-level DP protects one row. When one person (e.g. a patient) has several records in an owner's data, "
     "the guarantee for that person is weaker: for k records of one person it degrades to about k x epsilon "
@@ -108,17 +123,21 @@ def strength_tier(epsilon: float | None) -> str | None:
     return None
 
 
-def epsilon_sentence(epsilon: float | None, delta: float | None = None) -> str:
-    """One owner's epsilon in words."""
+PROTECTED = {"record": "a protected record", "owner": "whether the owner took part (and what it contributed)"}
+
+
+def epsilon_sentence(epsilon: float | None, delta: float | None = None, unit: str = "record") -> str:
+    """One owner's epsilon of one privacy unit in words."""
+    label = "Epsilon" if unit == "record" else f"{unit_label(unit).capitalize()} epsilon"
     if epsilon is None:
-        return "Epsilon could not be computed."
+        return f"{label} could not be computed."
     if math.isinf(epsilon):
-        return "Epsilon is infinite: a release was made without noise, so there is no privacy guarantee."
+        return f"{label} is infinite: a release was made without noise, so there is no privacy guarantee."
     tier = strength_tier(epsilon)
     with_delta = f" (except with probability {delta:g})" if delta else ""
-    return (f"Epsilon {epsilon:.3g}: no release can change anyone's odds about a protected record by more than "
-            f"{odds_text(epsilon)}{with_delta}. By the tiers commonly used in production systems (a convention, not "
-            f"law) that is {tier}.")
+    return (f"{label} {epsilon:.3g}: no release can change anyone's odds about {PROTECTED.get(unit, unit)} by more "
+            f"than {odds_text(epsilon)}{with_delta}. By the tiers commonly used in production systems (a convention, "
+            f"not law) that is {tier}.")
 
 
 def plain_words() -> PlainWords:
@@ -134,6 +153,8 @@ def plain_words() -> PlainWords:
         tiers_source=TIERS_SOURCE,
         privacy_unit=RECORD_NOT_PERSON,
         evaluation=EVALUATION_WORDS,
+        privacy_units=[UnitMeaning(u, unit_label(u), UNIT_PROTECTS[u]) for u in ("record", "owner")],
+        accountants=ACCOUNTANT_WORDS,
     )
 
 
@@ -154,5 +175,6 @@ def percent(fraction: float | None) -> str:
     return f"{fraction * 100:.0f}%"
 
 
-__all__ = ["EVALUATION_WORDS", "RECORD_NOT_PERSON", "TIERS", "TIERS_SOURCE", "UNIT_WORDS", "epsilon_sentence", "g",
+__all__ = ["ACCOUNTANT_WORDS", "EVALUATION_WORDS", "RECORD_NOT_PERSON", "TIERS", "TIERS_SOURCE", "UNITS_APART",
+           "UNIT_PROTECTS", "UNIT_WORDS", "epsilon_sentence", "g",
            "names", "odds_bound", "odds_short", "odds_text", "percent", "plain_words", "strength_tier"]

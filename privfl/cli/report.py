@@ -17,10 +17,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=textwrap.fill(
             "Reads owner ledgers and/or federation ledgers (read-only), verifies each (signatures, hash chain, "
             "every stated epsilon), recomputes every epsilon from the stored DP events with the accountant each "
-            "entry names, and writes a report a data-protection officer can act on: who is over budget or near it "
-            "(from 80% used), what epsilon means in plain words, rounds left per owner, lifetime epsilon and this "
-            "experiment's share, federated evaluation, purposes not declared in the processing record, integrity, "
-            "an epsilon registry and a GDPR section. A damaged or tampered ledger is reported at the top and the "
+            "entry names, and writes a report a data-protection officer can act on: each owner accounted per "
+            "privacy unit (record-level DP-SGD and owner-level DP-FedAvg, each against its own budget, with PLD and "
+            "RDP side by side), who is over budget or near it (from 80% used, naming the unit), what epsilon means "
+            "in plain words, rounds left per owner and unit, lifetime epsilon and this experiment's share, "
+            "federated evaluation, purposes not declared in the processing record, integrity, an epsilon registry "
+            "and a GDPR section. A damaged or tampered ledger is reported at the top and the "
             "report is still written.", width=88)
         + "\n\nExit status: 0 when every ledger is intact and no cross-check problem exists; 1 when a ledger is "
         "not intact or a cross-check found a problem (the report is written anyway); with --strict also 1 when "
