@@ -280,6 +280,99 @@ class TreeMemorySampler:
                 "peak_processes": self.peak_processes, "memory_samples": self.samples}
 
 
+# Process categories of a Flower simulation, by what their command line contains (first match wins).
+PROCESS_KINDS = (
+    ("flwr-simulation", "flwr-simulation (ServerApp + simulation engine)"),
+    ("flower-superexec", "flower-superexec"),
+    ("flower-superlink", "flower-superlink"),
+    ("flwr run", "flwr run"), ("flwr log", "flwr log"),
+    ("ClientAppActor", "Ray workers (ClientApps)"), ("ray::IDLE", "Ray workers (ClientApps)"),
+    ("raylet/raylet", "Ray daemons"), ("gcs_server", "Ray daemons"),  # the raylet's arguments name default_worker.py
+    ("default_worker", "Ray workers (ClientApps)"),
+    ("DashboardAgent", "Ray daemons"), ("RuntimeEnvAgent", "Ray daemons"), ("log_monitor", "Ray daemons"),
+    ("monitor.py", "Ray daemons"), ("dashboard", "Ray daemons"), ("ray.util.client.server", "Ray daemons"),
+    ("ray start", "Ray daemons"), ("bin/ray ", "Ray daemons"),
+)
+
+
+def process_kind(command: str) -> str:
+    for needle, kind in PROCESS_KINDS:
+        if needle in command:
+            return kind
+    return "other"
+
+
+class ProcessTimeline:
+    """Samples the process tree below ``root_pid``: when each kind of process first appeared and its CPU seconds.
+
+    On a machine with few cores the CPU seconds say where the time goes better than
+    wall time: every process of a simulation (SuperLink, ServerApp, Ray's daemons and
+    workers) competes for the same cores.  ``extra(pid)`` may return True for
+    processes to include that are not descendants (none by default).
+    """
+
+    def __init__(self, root_pid: int | None = None, interval: float = 0.1, t0: float | None = None) -> None:
+        self.root = root_pid or os.getpid()
+        self.interval = interval
+        self.t0 = time.time() if t0 is None else t0
+        self.procs: dict[int, dict[str, Any]] = {}
+        self._clock_ticks = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="process-timeline", daemon=True)
+
+    def sample(self) -> None:
+        from privfl.simulations.processes import command_line
+
+        now = time.time() - self.t0
+        for pid in [self.root, *descendants(self.root)]:
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+                cpu = (int(fields[11]) + int(fields[12])) / self._clock_ticks
+            except (OSError, IndexError, ValueError):
+                continue
+            proc = self.procs.get(pid)
+            if proc is None:
+                command = command_line(pid)
+                proc = self.procs[pid] = {"first_s": now, "kind": "launcher" if pid == self.root
+                                          else process_kind(command), "command": command[:160]}
+            elif proc["kind"] == "other":  # a fresh fork may not have its command line yet
+                proc["kind"] = process_kind(command_line(pid))
+            proc["last_s"], proc["cpu_s"] = now, cpu
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.sample()
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> ProcessTimeline:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def by_kind(self) -> dict[str, dict[str, Any]]:
+        """Per kind: processes, CPU seconds (as last sampled), first seen and last seen (s since t0)."""
+        out: dict[str, dict[str, Any]] = {}
+        for proc in self.procs.values():
+            k = out.setdefault(proc["kind"], {"processes": 0, "cpu_s": 0.0, "first_s": math.inf, "last_s": 0.0})
+            k["processes"] += 1
+            k["cpu_s"] = round(k["cpu_s"] + proc.get("cpu_s", 0.0), 2)
+            k["first_s"] = round(min(k["first_s"], proc["first_s"]), 2)
+            k["last_s"] = round(max(k["last_s"], proc.get("last_s", 0.0)), 2)
+        return dict(sorted(out.items(), key=lambda kv: kv[1]["first_s"]))
+
+    def top(self, n: int = 25) -> list[dict[str, Any]]:
+        """The ``n`` processes that used the most CPU."""
+        rows = sorted(self.procs.values(), key=lambda p: p.get("cpu_s", 0.0), reverse=True)[:n]
+        return [{"kind": p["kind"], "cpu_s": p.get("cpu_s"), "first_s": round(p["first_s"], 2),
+                 "last_s": round(p.get("last_s", 0.0), 2), "command": p["command"][:120]} for p in rows]
+
+    def total_cpu_s(self) -> float:
+        return round(sum(p.get("cpu_s", 0.0) for p in self.procs.values()), 2)
+
+
 class Timer:
     def __init__(self) -> None:
         self.start = time.perf_counter()

@@ -1,11 +1,40 @@
-"""Run one experiment through Flower's simulation engine, start to finish, and clean up.
+"""Run experiments through Flower's simulation engine, start to finish, and clean up.
 
 ``flwr run`` on its own starts a *detached* local SuperLink on a fixed port and
 leaves it running.  privfl instead starts its own SuperLink in simulation mode as a
-child process on a free loopback port, submits the run to it with ``flwr run``, waits
+child process on a free loopback port, submits each run to it with ``flwr run``, waits
 until the ServerApp marks its history finished (or its process dies), and then stops
 the SuperLink and everything below it (simulation process, Ray) by PID, whatever
 happened.  Flower state, logs and the run's artefacts all land in the run directory.
+
+Where Flower runs its ClientApps (``ray_address``):
+
+- ``None`` (the default): on this machine.  The launcher starts a Ray head of its
+  own (``ray start --head --block`` in a short temporary folder) at the same time as
+  the SuperLink, so Ray is up by the time Flower's simulation process connects to it
+  (through ``RAY_ADDRESS``) instead of starting only then; the head is stopped with
+  the rest.
+- ``"HOST:PORT"``: an existing Ray cluster (``ray start --head`` on one machine,
+  ``ray start --address HOST:PORT`` on the others).  Flower's simulation process
+  connects to it through ``RAY_ADDRESS`` and places one actor per
+  ``client_cpus`` CPUs of the whole cluster; the cluster is left running.  Every
+  node needs the same privfl installed and the run and federation folders at the
+  same paths (a shared filesystem): see docs/scaling.md.
+
+What the launcher does about the fixed cost of a run (measured in docs/benchmarks.md,
+"Fixed cost"):
+
+- the SuperLink and the Ray head start first, as child processes, while this process
+  imports privfl, checks the experiments (``check``) and writes the app;
+- Ray's workers import privfl's ClientApp, Opacus and the data loaders as they start
+  (``RAY_preload_python_modules``), i.e. while the ServerApp starts, instead of when
+  the first message reaches them;
+- several experiments (``privfl simulate --baseline``) run one after another on the
+  same SuperLink and Ray head; each run's ledgers are audited and its report written
+  while the next run goes on;
+- while a run goes on, the report's heavy modules are imported in a thread;
+- after the last run, Flower's log is fetched and the processes are stopped in the
+  background while the ledgers are audited and the report is written.
 """
 
 from __future__ import annotations
@@ -18,25 +47,41 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+from privfl.server import run_dir as artefacts
+from privfl.simulations.processes import command_line, descendants, processes_mentioning
 
 from privfl import settings
 from privfl.app_bundle import export_app
 from privfl.config import ExperimentConfig
-from privfl.privacy.audit import RunAudit, audit_run
-from privfl.privacy.ledger import VerificationReport
-from privfl.privacy.ledger.store import checkpoint
-from privfl.privacy.policy import LEDGER_FILE
-from privfl.privacy.report import write_run_report
-from privfl.server import run_dir as artefacts
-from privfl.server.history import load_history, read_round_log
-from privfl.simulations.processes import command_line, descendants
+
+if TYPE_CHECKING:  # the audit, the report and the history pull in torch, Opacus and matplotlib: imported late
+    from privfl.privacy.audit import RunAudit
+    from privfl.privacy.ledger import VerificationReport
 
 CONNECTION = "privfl-simulation"
+# Imported by every Ray worker as it starts, before Flower hands it a message: the
+# ClientApp (torch, Flower, privfl), Opacus, the PLD accountant and the data loaders.
+# A module that fails to import is logged by Ray and skipped; the ClientApp then
+# imports it on first use as before.
+WORKER_PRELOAD = ("privfl.client.app", "privfl.client.training", "opacus", "privfl.privacy.accountants.pld",
+                  "privfl.simulations.federation", "sklearn.datasets", "sklearn.model_selection")
+# What the report and the audit import late (best effort: a name that is gone is skipped).
+# Start a one-machine Ray head with the SuperLink (True), or let Flower's simulation process start Ray
+# itself as it does under `flwr run` (False).  Measured in docs/benchmarks.md ("Fixed cost").
+OWN_RAY_HEAD = False
+REPORT_PRELOAD = ("privfl.privacy.audit", "privfl.privacy.report", "privfl.privacy.report.run",
+                  "privfl.privacy.report.build", "privfl.privacy.report.plots", "privfl.privacy.report.pdf_report",
+                  "privfl.privacy.report.html_report", "privfl.privacy.accountants.opacus_backed",
+                  "privfl.privacy.accountants.pld", "matplotlib.backends.backend_agg",
+                  "matplotlib.backends.backend_pdf", "fontTools.subset", "jinja2")
 
 
 class SimulationError(RuntimeError):
@@ -49,10 +94,46 @@ class SimulationResult:
     history: dict
     audit: RunAudit | None = None  # every ledger verified and cross-checked after the run (DP runs)
     reports: list[Path] = field(default_factory=list)  # the privacy budget report, in every format
+    # When each step of the launcher ended, in seconds since it started (the same clock for every
+    # run of one call): superlink_listening, ray_ready, checked, submitted, finished, audited, ...
+    timings: dict[str, float] = field(default_factory=dict)
 
     @property
     def ledgers(self) -> list[VerificationReport]:
         return self.audit.reports if self.audit is not None else []
+
+
+@dataclass(frozen=True)
+class ClientResources:
+    """What each simulated client (one Ray actor) reserves: Flower's ``client-resources-num-*``."""
+
+    num_cpus: float = 1.0
+    num_gpus: float | None = None  # None: a quarter of a GPU where this machine has CUDA, else none
+
+    def federation_config(self) -> str:
+        gpus = self.num_gpus if self.num_gpus is not None else _local_gpu_share()
+        return f"client-resources-num-cpus={_number(self.num_cpus)} client-resources-num-gpus={_number(gpus)}"
+
+
+def _number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else str(value)
+
+
+def _local_gpu_share() -> float:
+    """Ray hides GPUs from workers that ask for none: on a CUDA machine every client asks
+    for a quarter of one, so up to four share it and train on ``cuda``."""
+    import torch
+
+    return 0.25 if torch.cuda.is_available() else 0.0
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.start = time.monotonic()
+        self.marks: dict[str, float] = {}
+
+    def mark(self, label: str) -> None:
+        self.marks[label] = round(time.monotonic() - self.start, 3)
 
 
 def _free_port() -> int:
@@ -77,21 +158,45 @@ def _environment(flwr_home: Path, ray_tmp: Path) -> dict[str, str]:
     return env
 
 
-@contextmanager
-def _superlink(env: dict[str, str], state_dir: Path, port: int) -> Iterator[subprocess.Popen]:
-    log_file = state_dir / "superlink.log"
+def _simulation_environment(flwr_home: Path, ray_tmp: Path, client_cpus: float = 1.0) -> dict[str, str]:
+    """:func:`_environment`, plus what Ray needs here (for a Ray head of the launcher's own, and for the Ray
+    that Flower's simulation process starts or joins): workers that preload the ClientApp, with as many
+    torch threads as CPUs they reserve; no spare workers; no usage report."""
+    env = _environment(flwr_home, ray_tmp)
+    env.setdefault("RAY_preload_python_modules", ",".join(WORKER_PRELOAD))
+    # Ray tells a worker its CPUs (OMP_NUM_THREADS) only after the preloaded torch has sized its thread
+    # pool to every core; with two workers on two cores that oversubscribes them (rounds 2-4x slower
+    # here).  The job's runtime environment reaches the workers' environment before they start.
+    threads = str(max(1, int(client_cpus)))
+    job = json.loads(env.get("RAY_JOB_CONFIG_JSON_ENV_VAR") or "{}")
+    job.setdefault("runtime_env", {}).setdefault("env_vars", {}).setdefault("OMP_NUM_THREADS", threads)
+    env["RAY_JOB_CONFIG_JSON_ENV_VAR"] = json.dumps(job)
+    # Ray starts spare workers when a driver connects; they cannot serve Flower's actors (which get
+    # workers of their own) and, preloading privfl, would each burn seconds of CPU for nothing.
+    env.setdefault("RAY_prestart_worker_first_driver", "0")
+    env.setdefault("RAY_enable_worker_prestart", "0")
+    env.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    env.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")  # and no FutureWarning in every log
+    return env
+
+
+def _start_superlink(env: dict[str, str], state_dir: Path, port: int) -> subprocess.Popen:
     command = [
         "flower-superlink", "--insecure", "--simulation", "--isolation", "subprocess",
         "--host", "127.0.0.1", "--port", str(port),
         "--disable-runtime-dependency-installation",
         "--database", str(state_dir / "superlink.db"),
-        "--log-file", str(log_file),
+        "--log-file", str(state_dir / "superlink.log"),
     ]
-    process = subprocess.Popen(
-        command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT
-    )
+    return subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+
+
+@contextmanager
+def _superlink(env: dict[str, str], state_dir: Path, port: int) -> Iterator[subprocess.Popen]:
+    """A SuperLink in simulation mode, listening on ``port``; stopped with its tree on exit."""
+    process = _start_superlink(env, state_dir, port)
     try:
-        _wait_until_listening(process, port, log_file)
+        _wait_until_listening(process, port, state_dir / "superlink.log")
         yield process
     finally:
         _stop_tree(process)
@@ -105,12 +210,58 @@ def _wait_until_listening(process: subprocess.Popen, port: int, log_file: Path, 
         with socket.socket() as sock:
             if sock.connect_ex(("127.0.0.1", port)) == 0:
                 return
-        time.sleep(0.2)
+        time.sleep(0.05)
     raise SimulationError(f"flower-superlink did not listen on port {port} within {timeout:.0f}s; see {log_file}")
 
 
+def _ray_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def _start_ray_head(env: dict[str, str], ray_tmp: Path, log_file: Path) -> tuple[subprocess.Popen, str]:
+    """A one-machine Ray cluster for this launcher (``ray start --head --block``); returns it and its address.
+
+    ``--block`` keeps ``ray start`` as the parent of Ray's daemons, and the daemons as the
+    parents of the workers, so the whole cluster is one process tree to stop.  Every port is
+    a free one, so concurrent launchers (and other Ray clusters) do not collide.
+    """
+    port = _free_port()
+    command = [
+        "ray", "start", "--head", "--block", f"--port={port}", f"--num-cpus={_ray_cpus()}",
+        f"--temp-dir={ray_tmp}", "--include-dashboard=false", "--disable-usage-stats",
+        f"--ray-client-server-port={_free_port()}", f"--dashboard-agent-listen-port={_free_port()}",
+    ]
+    with open(log_file, "wb") as log:
+        process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+    return process, f"127.0.0.1:{port}"
+
+
+def _wait_for_ray(process: subprocess.Popen, log_file: Path, timeout: float = 120) -> None:
+    """Until ``ray start`` reports the runtime started (GCS, raylet and agents up)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if b"Ray runtime started" in log_file.read_bytes():
+                return
+        except FileNotFoundError:
+            pass
+        if process.poll() is not None:
+            raise SimulationError(f"the Ray head exited with code {process.returncode}; see {log_file}")
+        time.sleep(0.05)
+    raise SimulationError(f"the Ray head did not start within {timeout:.0f}s; see {log_file}")
+
+
+def _note_ray_ready(head: subprocess.Popen, log_file: Path, clock: _Clock) -> None:
+    with suppress(SimulationError):
+        _wait_for_ray(head, log_file)
+        clock.mark("ray_ready")
+
+
 def _stop_tree(process: subprocess.Popen) -> None:
-    """Stop the SuperLink and everything it started (ServerApp, simulation, Ray)."""
+    """Stop a process and everything it started (SuperLink: ServerApp, simulation, Ray; a Ray head: its daemons)."""
     tree = descendants(process.pid)
     if process.poll() is None:
         process.terminate()
@@ -126,19 +277,43 @@ def _stop_tree(process: subprocess.Popen) -> None:
             pass
 
 
+def _stop_ray_head(process: subprocess.Popen, ray_tmp: Path) -> None:
+    """Kill a Ray head of ours outright: it keeps no state worth a graceful stop (its folder is deleted)."""
+    for pid in [process.pid, *descendants(process.pid)]:
+        with suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
+    with suppress(subprocess.TimeoutExpired):
+        process.wait(timeout=10)
+    _kill_mentioning(str(ray_tmp))  # anything that left the tree (a daemon mid-start)
+
+
+def _kill_mentioning(text: str) -> None:
+    """SIGKILL what is left of a Ray head of ours: its processes name its own temporary folder."""
+    for pid in processes_mentioning(text):
+        if pid != os.getpid():
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+
+
 class RoundProgress:
     """Prints one line per finished round, read from the round log the ServerApp appends (history.jsonl)."""
 
     def __init__(self, history_file: Path, num_rounds: int, *, quiet: bool) -> None:
         self.history_file, self.num_rounds, self.quiet = history_file, num_rounds, quiet
         self.shown = 0
+        self.logged: set[int] = set()  # rounds that have a line in the log
         self._offset = 0
         self._rounds: dict[int, dict] = {}
         self._central: bool | None = None
 
     def poll(self) -> None:
+        from privfl.server.history import read_round_log
+
         logged, self._offset = read_round_log(self.history_file, self._offset)
         self._rounds.update(logged)
+        self.logged.update(logged)
         if not self._rounds:
             return
         if self._central is None and 0 in self._rounds:  # the initial evaluation says whether there is a test set
@@ -157,8 +332,11 @@ class RoundProgress:
                 print(self._line(record), flush=True)
 
     def _line(self, record: dict) -> str:
-        epsilons = [r["epsilon"] for r in record.get("receipts", []) if r["status"] == "trained"]
-        eps_text = f", max owner epsilon {max(epsilons):.2f}" if epsilons and "inf" not in epsilons else ""
+        eps_text = ""
+        for unit, label in (("record", "max owner epsilon"), ("owner", "owner-level epsilon")):
+            epsilons = [r["epsilon"] for r in record.get("receipts", []) if r["status"] == "trained"
+                        and r.get("privacy_unit", "record") == unit and isinstance(r["epsilon"], (int, float))]
+            eps_text += f", {label} {max(epsilons):.2f}" if epsilons else ""
         refused = f", {len(record['refused'])} refused" if record.get("refused") else ""
         failed = f", {len(record['failures'])} failed" if record.get("failures") else ""
         accuracy = record.get("test_accuracy")
@@ -173,66 +351,227 @@ class RoundProgress:
                 f"{len(record.get('participants', []))} owners trained{refused}{failed}{eps_text}")
 
 
-def run_simulation(config: ExperimentConfig, *, log_to: Path | None = None, stream: bool = True) -> SimulationResult:
-    """Run ``config`` as a whole federation on this machine; returns the run's history."""
-    if config.resume:
-        config = resumable(config)
-    else:
-        config = artefacts.settle(config)
-    where = artefacts.layout(config)
-    run_dir = where.run_dir
-    if where.history.exists() and not config.resume:
-        raise SimulationError(f"{run_dir} already holds a run; choose another run directory")
-    state_dir = run_dir / "flower"
-    if config.resume:  # a fresh SuperLink (state and log) for the new Flower run; the experiment's files stay
-        state_dir = run_dir / f"flower-resumed-{_resumes(run_dir)}"
-    state_dir.mkdir(parents=True, exist_ok=True)
+def run_simulation(config: ExperimentConfig, *, log_to: Path | None = None, stream: bool = True,
+                   ray_address: str | None = None, client_resources: ClientResources | None = None,
+                   save_flower_log: bool = True) -> SimulationResult:
+    """Run ``config`` as a whole federation; returns the run's history (see :func:`run_simulations`)."""
+    return run_simulations([config], log_to=log_to, stream=stream, ray_address=ray_address,
+                           client_resources=client_resources, save_flower_log=save_flower_log)[0]
+
+
+def run_simulations(configs: Sequence[ExperimentConfig], *, log_to: Path | None = None, stream: bool = True,
+                    ray_address: str | None = None, client_resources: ClientResources | None = None,
+                    save_flower_log: bool = True, check: Callable[[ExperimentConfig], None] | None = None,
+                    ray_head: bool | None = None) -> list[SimulationResult]:
+    """Run ``configs`` one after another on one SuperLink (and one Ray cluster); one result each.
+
+    ``check(config)`` (e.g. the pre-flight checks) runs for every experiment while the
+    SuperLink and Ray start; if it raises, nothing is submitted.  ``log_to``: where the
+    first run's Flower log goes (default ``<run-dir>/simulation.log``; later runs write
+    theirs in their own run directory).  ``ray_address``: an existing Ray cluster to run
+    the ClientApps on (default: a Ray head of this launcher's own, on this machine).
+    ``save_flower_log``: fetch each run's Flower log from the SuperLink (``flwr log``,
+    about 1 s, overlapped with the audit).  ``ray_head``: without ``ray_address``, start
+    a Ray head of the launcher's own with the SuperLink (True) or let Flower's simulation
+    process start Ray when it gets there (False); default :data:`OWN_RAY_HEAD`.
+    """
+    if not configs:
+        return []
+    clock = _Clock()
+    configs = [resumable(c) if c.resume else artefacts.settle(c) for c in configs]
+    for config in configs:
+        if artefacts.layout(config).history.exists() and not config.resume:
+            raise SimulationError(f"{config.run_dir} already holds a run; choose another run directory")
+    if len({c.run_dir for c in configs}) != len(configs):
+        raise SimulationError("each experiment needs a run directory of its own")
+    first_dir = Path(configs[0].run_dir)
+    state_dir = first_dir / "flower"  # the SuperLink's state and log, the app, Ray's log: with the first run
+    if configs[0].resume:  # a fresh SuperLink (state and log) for the new Flower run; the experiment's files stay
+        state_dir = first_dir / f"flower-resumed-{_resumes(first_dir)}"
+    (state_dir / "home").mkdir(parents=True, exist_ok=True)
     ray_tmp = Path(tempfile.mkdtemp(prefix="privfl-ray-"))  # short: Ray's socket paths are length-limited
     port = _free_port()
-    env = _environment(state_dir / "home", ray_tmp)
-    (state_dir / "home").mkdir(exist_ok=True)
+    resources = client_resources or ClientResources()
+    env = _simulation_environment(state_dir / "home", ray_tmp, resources.num_cpus)
     (state_dir / "home" / "config.toml").write_text(
         f'[superlink]\ndefault = "{CONNECTION}"\n\n'
         f'[superlink.{CONNECTION}]\naddress = "127.0.0.1:{port}"\ninsecure = true\n',
         encoding="utf-8",
     )
-    run_config = state_dir / "run-config.toml"
-    run_config.write_text(settings.toml_dumps(config.to_mapping()), encoding="utf-8")
-    app = export_app(state_dir / "app")
-
-    log_path = log_to or run_dir / "simulation.log"
-    verb = "resuming" if config.resume else "running"
-    print(f"privfl: {verb} '{config.experiment}' ({config.num_owners or 'all'} owners, {config.num_rounds} rounds, "
-          f"{_guarantee(config)}) in {run_dir}", flush=True)
+    head: subprocess.Popen | None = None
+    superlink: subprocess.Popen | None = None
+    stopper: threading.Thread | None = None
+    settling: list[threading.Thread] = []
+    results: dict[int, SimulationResult] = {}
+    run_marks: dict[int, _Clock] = {}
+    errors: list[BaseException] = []
     try:
-        with _superlink(env, state_dir, port) as superlink:
-            run_id = _submit(env, app, run_config, _num_owners(config))
+        # Start the SuperLink and the Ray head at once, then do this process's own work while they start.
+        if ray_address:
+            env["RAY_ADDRESS"] = ray_address
+        elif OWN_RAY_HEAD if ray_head is None else ray_head:
+            head, env["RAY_ADDRESS"] = _start_ray_head(env, ray_tmp, state_dir / "ray-head.log")
+        superlink = _start_superlink(env, state_dir, port)
+        if check is not None:
+            for config in configs:
+                check(config)
+            clock.mark("checked")
+        app = export_app(state_dir / "app")
+        federation_config = resources.federation_config()
+        owners = [_num_owners(c) for c in configs]
+        _wait_until_listening(superlink, port, state_dir / "superlink.log")
+        clock.mark("superlink_listening")
+        # No waiting for Ray: Flower's simulation process connects to it seconds after the submission
+        # (ray.init waits for a head that is still starting); the wait below only notices a head that died.
+        if head is not None:
+            threading.Thread(target=_note_ray_ready, args=(head, state_dir / "ray-head.log", clock),
+                             name="privfl-ray-ready", daemon=True).start()
+        for index, config in enumerate(configs):
+            last = index == len(configs) - 1
+            log_path = (log_to if index == 0 and log_to else None) or Path(config.run_dir) / "simulation.log"
+            where = artefacts.layout(config)
+            where.run_dir.mkdir(parents=True, exist_ok=True)
+            run_config = state_dir / ("run-config.toml" if index == 0 else f"run-config-{index + 1}.toml")
+            run_config.write_text(settings.toml_dumps(config.to_mapping()), encoding="utf-8")
+            _announce(config)
+            marks = run_marks[index] = _Clock()
+            marks.start = clock.start
+            before = set(_app_pids(superlink))
+            run_id = _submit(env, app, run_config, owners[index], federation_config)
+            marks.mark("submitted")
+            warm = _warm_report_imports() if index == 0 else None
             streamer = _flwr(env, "log", str(run_id), CONNECTION, "--stream") if stream else None
-            log_fetch = None
             try:
-                _wait_for_run(superlink, where.history,
-                              RoundProgress(where.history, config.num_rounds, quiet=stream), log_path)
-            finally:
+                _wait_for_run(superlink, where.history, RoundProgress(where.history, config.num_rounds, quiet=stream),
+                              log_path, before=before, marks=marks, head=head)
+            except BaseException:
                 if streamer is not None:
                     streamer.terminate()
-                # The SuperLink serves the run's log while the ledgers are audited and the report written.
-                log_fetch = _flwr(env, "log", str(run_id), CONNECTION, "--show", capture=True)
-            try:
-                result = _settle_run(config, where)
-            finally:
-                _save_log(log_fetch, log_path)
+                if save_flower_log:
+                    _save_log(_flwr(env, "log", str(run_id), CONNECTION, "--show", capture=True), log_path)
+                raise
+            marks.mark("finished")
+            if streamer is not None:
+                streamer.terminate()
+            # The SuperLink serves the run's log while the ledgers are audited and the report written.
+            log_fetch = _flwr(env, "log", str(run_id), CONNECTION, "--show", capture=True) \
+                if save_flower_log else None
+            if last:  # nothing more to run: fetch the log, then stop every process, while this one settles
+                stopper = threading.Thread(target=_finish_processes, name="privfl-stop",
+                                           args=(log_fetch, log_path, superlink, head, ray_tmp, marks), daemon=True)
+                stopper.start()
+                if warm is not None:
+                    warm.join()
+                results[index] = _settle_run(config, where, marks)
+            else:  # the next run starts now; this one is audited and reported meanwhile
+                thread = threading.Thread(target=_settle_in_background, name=f"privfl-settle-{index}",
+                                          args=(config, where, marks, log_fetch, log_path, results, index, errors),
+                                          daemon=True)
+                thread.start()
+                settling.append(thread)
+        for thread in settling:
+            thread.join()
+        if errors:
+            raise errors[0]
     finally:
+        if stopper is not None:
+            stopper.join()
+        else:
+            if superlink is not None:
+                _stop_tree(superlink)
+            if head is not None:
+                _stop_ray_head(head, ray_tmp)
+            _kill_mentioning(str(ray_tmp))
+        for thread in settling:
+            thread.join()
         shutil.rmtree(ray_tmp, ignore_errors=True)
-    return result
+    clock.mark("done")
+    return [_with_timings(results[i], {**clock.marks, **run_marks[i].marks}) for i in range(len(configs))]
 
 
-def _settle_run(config: ExperimentConfig, where: artefacts.Layout) -> SimulationResult:
+def _with_timings(result: SimulationResult, timings: dict[str, float]) -> SimulationResult:
+    return SimulationResult(run_dir=result.run_dir, history=result.history, audit=result.audit,
+                            reports=result.reports, timings=timings)
+
+
+def _announce(config: ExperimentConfig) -> None:
+    verb = "resuming" if config.resume else "running"
+    print(f"privfl: {verb} '{config.experiment}' ({config.num_owners or 'all'} owners, {config.num_rounds} rounds, "
+          f"{_guarantee(config)}) in {config.run_dir}", flush=True)
+
+
+def _finish_processes(log_fetch: subprocess.Popen | None, log_path: Path, superlink: subprocess.Popen,
+                      head: subprocess.Popen | None, ray_tmp: Path, marks: _Clock) -> None:
+    """After the last run: keep Flower's log, then stop the SuperLink and the Ray head (in a thread)."""
+    try:
+        if log_fetch is not None:
+            _save_log(log_fetch, log_path)
+            marks.mark("flower_log_saved")
+    finally:
+        if superlink is not None:
+            _stop_tree(superlink)
+        if head is not None:
+            _stop_ray_head(head, ray_tmp)
+        _kill_mentioning(str(ray_tmp))  # a Ray that Flower started: its processes name our temporary folder
+        marks.mark("processes_stopped")
+
+
+def _settle_in_background(config: ExperimentConfig, where: artefacts.Layout, marks: _Clock,
+                          log_fetch: subprocess.Popen | None, log_path: Path, results: dict[int, SimulationResult],
+                          index: int, errors: list[BaseException]) -> None:
+    try:
+        try:
+            results[index] = _settle_run(config, where, marks)
+        finally:
+            if log_fetch is not None:
+                _save_log(log_fetch, log_path)
+    except BaseException as err:  # noqa: BLE001  re-raised by the caller
+        errors.append(err)
+
+
+def _settle_run(config: ExperimentConfig, where: artefacts.Layout, marks: _Clock | None = None) -> SimulationResult:
     """After the run: each ledger one file again, every ledger audited once, the report from that audit."""
+    from privfl.privacy.audit import audit_run
+    from privfl.privacy.report import write_run_report
+    from privfl.server.history import load_history
+
+    marks = marks or _Clock()
     history = load_history(where.history)
     checkpoint_ledgers(where, history)
+    marks.mark("ledgers_checkpointed")
     audit = audit_run(where.run_dir) if config.dp or config.owner_dp else None
+    marks.mark("audited")
     reports = write_run_report(where.run_dir, cross_checks=audit.problems) if audit is not None else []
-    return SimulationResult(run_dir=where.run_dir, history=history, audit=audit, reports=reports)
+    marks.mark("reported")
+    return SimulationResult(run_dir=where.run_dir, history=history, audit=audit, reports=reports,
+                            timings=dict(marks.marks))
+
+
+def _warm_report_imports() -> threading.Thread:
+    """Import what the audit and the report import late, in a thread, while the run goes on.
+
+    The launcher waits on the run most of the time; the report's first call would
+    otherwise pay matplotlib, fontTools, jinja2 and the accountants (about 2-3 s here).
+    Best effort: a module that is not there is skipped.
+    """
+    def warm() -> None:
+        import importlib
+
+        for name in REPORT_PRELOAD:
+            with suppress(Exception):  # warming only
+                importlib.import_module(name)
+        with suppress(Exception):  # fonts and the PDF backend's first use
+            import io
+
+            from matplotlib.figure import Figure
+
+            figure = Figure(figsize=(1, 1))
+            figure.add_subplot().plot([0, 1], [0, 1])
+            figure.savefig(io.BytesIO(), format="pdf")
+
+    thread = threading.Thread(target=warm, name="privfl-warm-report", daemon=True)
+    thread.start()
+    return thread
 
 
 def _guarantee(config: ExperimentConfig) -> str:
@@ -259,6 +598,9 @@ def _resumes(run_dir: Path) -> int:
 
 
 def _num_owners(config: ExperimentConfig) -> int:
+    """Simulated nodes to ask Flower for: the owners of the split (loading the data only where the split says)."""
+    if config.num_owners and config.scheme != "natural":
+        return config.num_owners
     from privfl.simulations.federation import simulated_federation
 
     return len(simulated_federation(config).owner_ids)
@@ -269,6 +611,9 @@ def checkpoint_ledgers(where: artefacts.Layout, history: dict) -> None:
 
     A ledger at rest is then one file (a copy of the .db alone is the whole ledger).
     """
+    from privfl.privacy.ledger.store import checkpoint
+    from privfl.privacy.policy import LEDGER_FILE
+
     paths = [where.federation_ledger, where.registry,
              *(where.owner_dir(o) / LEDGER_FILE for o in history.get("owners", {}))]
     for path in paths:
@@ -283,21 +628,15 @@ def _flwr(env: dict[str, str], *args: str, capture: bool = False) -> subprocess.
 
 
 def _client_resources() -> str:
-    """One CPU per simulated client, so both cores of a small machine train at once.
-
-    Ray hides GPUs from workers that ask for none: on a CUDA machine every client asks
-    for a quarter of one, so up to four share it and train on ``cuda``.
-    """
-    import torch
-
-    gpus = 0.25 if torch.cuda.is_available() else 0.0
-    return f"client-resources-num-cpus=1 client-resources-num-gpus={gpus}"
+    """One CPU per simulated client (so both cores of a small machine train at once), and a GPU share where CUDA is."""
+    return ClientResources().federation_config()
 
 
-def _submit(env: dict[str, str], app: Path, run_config: Path, num_owners: int) -> int:
+def _submit(env: dict[str, str], app: Path, run_config: Path, num_owners: int,
+            resources: str | None = None) -> int:
     """Submit the run to the SuperLink; returns Flower's run id."""
     process = _flwr(env, "run", str(app), CONNECTION, "--run-config", str(run_config),
-                    "--federation-config", f"num-supernodes={num_owners} {_client_resources()}",
+                    "--federation-config", f"num-supernodes={num_owners} {resources or _client_resources()}",
                     "--format", "json", capture=True)
     output, _ = process.communicate(timeout=120)
     try:
@@ -314,7 +653,7 @@ def _save_log(process: subprocess.Popen, log_path: Path) -> None:
     except subprocess.TimeoutExpired:
         process.kill()
         output = "(flwr log timed out)\n"
-    log_path.write_text(output, encoding="utf-8")
+    log_path.write_text(output or "", encoding="utf-8")
 
 
 def _status(history_file: Path) -> str | None:
@@ -324,31 +663,54 @@ def _status(history_file: Path) -> str | None:
         return None
 
 
+def _app_pids(superlink: subprocess.Popen) -> list[int]:
+    """The SuperLink's simulation processes (ServerApp + ClientApps), one per run in flight."""
+    return [pid for pid in descendants(superlink.pid) if "flwr-simulation" in command_line(pid)]
+
+
 def _app_running(superlink: subprocess.Popen) -> bool:
-    """Whether the SuperLink's simulation process (ServerApp + ClientApps) is alive."""
-    return any("flwr-simulation" in command_line(pid) for pid in descendants(superlink.pid))
+    """Whether a simulation process of the SuperLink is alive."""
+    return bool(_app_pids(superlink))
 
 
 def _wait_for_run(superlink: subprocess.Popen, history_file: Path, progress: RoundProgress, log_path: Path,
-                  start_timeout: float = 180) -> None:
-    """Block until the ServerApp marks the history finished; fail if it dies first.
+                  start_timeout: float = 180, *, before: set[int] | None = None, marks: _Clock | None = None,
+                  head: subprocess.Popen | None = None) -> None:
+    """Block until the ServerApp marks the history finished; fail if its simulation process dies first.
 
     ``flwr run --stream`` is no completion signal: its log stream can end while the
     run goes on.  The ServerApp's own ``status = finished`` and the simulation
-    process's life are.
+    process's life are.  ``before``: simulation processes that belong to earlier runs
+    on the same SuperLink (still exiting), which say nothing about this one.
     """
     started, seen_app = time.monotonic(), False
+    before = before or set()
+    polls = 0
     while True:
         progress.poll()
+        if marks is not None:
+            for number in (0, 1):
+                if number in progress.logged and f"round_{number}" not in marks.marks:
+                    marks.mark(f"round_{number}")
         if _status(history_file) == "finished":
             progress.poll()
             return
         if superlink.poll() is not None:
             raise SimulationError(f"flower-superlink exited with code {superlink.returncode}; see {log_path}")
-        if _app_running(superlink):
-            seen_app = True
-        elif seen_app and _status(history_file) != "finished":
-            raise SimulationError(f"the run ended before it finished; its Flower log is {log_path}")
-        elif not seen_app and time.monotonic() - started > start_timeout:
-            raise SimulationError(f"the simulation did not start within {start_timeout:.0f}s; see {log_path}")
-        time.sleep(0.5)
+        if head is not None and head.poll() is not None:
+            raise SimulationError(f"the Ray head exited with code {head.returncode}; see ray-head.log in the "
+                                  "run's flower folder")
+        polls += 1
+        if polls % 4 == 0 or not seen_app:  # walking /proc costs a few ms: not on every poll
+            running = bool(set(_app_pids(superlink)) - before)
+            if running:
+                seen_app = True
+            elif seen_app:
+                time.sleep(0.5)  # the final write may land just after the process ends
+                if _status(history_file) == "finished":
+                    progress.poll()
+                    return
+                raise SimulationError(f"the run ended before it finished; its Flower log is {log_path}")
+            elif time.monotonic() - started > start_timeout:
+                raise SimulationError(f"the simulation did not start within {start_timeout:.0f}s; see {log_path}")
+        time.sleep(0.1)

@@ -51,16 +51,21 @@ def test_client_step_quick(tmp_path):
 
 
 def test_privacy_utility_quick(tmp_path):
-    data = _run("privacy_utility", tmp_path)
+    data = _run("privacy_utility", tmp_path, timeout=120)
     rows = {(r["setting"], str(r["target"])): r for r in data["results"]}
     private = rows[("digits-iid", "3.0")]
-    assert private["path"] == "inprocess" and private["seeds"] >= 2
-    assert 2.5 < private["epsilon_max_owner"] <= 3.0 + 1e-6  # sigma planned for the target over all steps
-    assert private["epsilon_pld"] <= private["epsilon_max_owner"]  # the tighter accountant
+    assert private["path"] == "inprocess" and private["seeds"] >= 2 and private["planning"] == "per-owner"
+    # Every owner plans its own sigma for the target with PLD: each ends within 2% below it, never above.
+    assert 0.98 <= private["epsilon_ratio_min"] <= private["epsilon_ratio_max"] <= 1.0 + 1e-9
+    assert private["epsilon_pld_max"] <= 3.0 + 1e-6
+    assert private["epsilon_rdp_min"] >= private["epsilon_pld_max"] - 1e-6  # RDP is the looser bound
     assert private["accuracy_mean"] > 0.5  # chance is 0.1
     assert rows[("digits-iid", "non-private")]["accuracy_mean"] > private["accuracy_mean"] - 0.05
     assert rows[("digits/pooled", "non-private")]["accuracy_mean"] > 0.8
-    assert all("accuracy" in run and "seed" in run for run in data["runs"])
+    for run in data["runs"]:
+        assert "accuracy" in run and "seed" in run
+        if run["target"] == 3.0 and run["setting"] == "digits-iid":
+            assert set(run["epsilon_pld_by_owner"]) == set(run["sigma_by_owner"]) and len(run["sigma_by_owner"]) == 10
 
 
 @pytest.mark.e2e

@@ -10,6 +10,7 @@ folder it then runs a 2-round simulation with its report, and the report command
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -26,8 +27,13 @@ ROOT = Path(__file__).resolve().parent.parent
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory):
     work = tmp_path_factory.mktemp("wheel")
+    # Built from a copy of the source: setuptools builds in the tree it is given (build/), and a stale build/
+    # of an earlier checkout state would put files into the wheel that the source no longer has.
+    source = work / "source"
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(
+        ".git", ".venv", "build", "dist", "runs", "*.egg-info", "__pycache__", ".hypothesis", ".pytest_cache"))
     built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-                            "-w", str(work / "dist"), str(ROOT)], capture_output=True, text=True, timeout=300)
+                            "-w", str(work / "dist"), str(source)], capture_output=True, text=True, timeout=300)
     assert built.returncode == 0, built.stdout + built.stderr
     (wheel,) = (work / "dist").glob("privfl-*.whl")
     venv = work / "venv"
@@ -75,9 +81,10 @@ def test_the_wheel_holds_the_package_and_its_data_and_nothing_else(installed):
 def test_an_installed_privfl_runs_a_simulation_and_a_report_from_anywhere(installed, tmp_path):
     _, venv = installed
     env = _env(venv)
-    where = subprocess.run([str(venv / "bin" / "python"), "-c", "import privfl; print(privfl.__file__)"],
-                           capture_output=True, text=True, env=env, cwd=tmp_path, check=True).stdout
-    assert str(venv) in where and str(ROOT) not in where  # the wheel's privfl, not the checkout's
+    found = subprocess.run([str(venv / "bin" / "python"), "-c", "import privfl; print(privfl.__file__)"],
+                           capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert found.returncode == 0, found.stdout + found.stderr
+    assert str(venv) in found.stdout and str(ROOT) not in found.stdout  # the wheel's privfl, not the checkout's
     run = subprocess.run([str(venv / "bin" / "privfl"), "simulate", "quickstart", "--set", "num-owners=3",
                           "--set", "num-rounds=2", "--run-dir", str(tmp_path / "run")],
                          capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600)
