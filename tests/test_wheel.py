@@ -40,10 +40,13 @@ def installed(tmp_path_factory):
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
     site = Path(subprocess.run([str(venv / "bin" / "python"), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                                capture_output=True, text=True, check=True).stdout.strip())
-    (site / "privfl-test-dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
     done = subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "--no-deps", "-q", str(wheel)],
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
+    assert (site / "privfl" / "__init__.py").is_file(), done.stdout + done.stderr  # really installed here
+    # Only now the test environment's packages: had pip seen them, it would have taken the checkout's
+    # editable privfl of the same version for installed and skipped the wheel.
+    (site / "privfl-test-dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
     _console_scripts(venv, "flwr")  # Flower's commands, run by this venv's interpreter (as an install would)
     return wheel, venv
 
