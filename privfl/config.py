@@ -34,7 +34,7 @@ from privfl.settings import SettingsError, fraction, non_negative, one_of, posit
 BUNDLED_DATASETS = ("digits", "heart-disease")
 DATASETS = (*BUNDLED_DATASETS, "folder", "none")
 PARTITIONINGS = ("auto", "iid", "dirichlet", "natural")
-GRAD_SAMPLE_MODES = ("hooks", "functorch", "ghost")
+GRAD_SAMPLE_MODES = ("auto", "hooks", "functorch", "ghost")
 DEVICES = ("auto", "cpu", "cuda")
 FEDERATED_EVALUATION = ("last", "every", "off")
 
@@ -92,7 +92,9 @@ class ExperimentConfig:
         "(or what its remaining budget allows, if less); 0: every owner uses noise-multiplier", non_negative)
     max_grad_norm: float = setting(1.0, "DP-SGD per-sample gradient clipping norm", positive)
     grad_sample_mode: str = setting(
-        "hooks", "Opacus per-sample gradient mode: hooks | functorch | ghost", one_of(GRAD_SAMPLE_MODES))
+        "auto", "Opacus per-sample gradient mode: auto (ghost clipping for a model made only of linear layers, "
+        "two or more, at batch-size 64 or more; hooks otherwise: the faster one as measured, docs/benchmarks.md) "
+        "| hooks | functorch | ghost", one_of(GRAD_SAMPLE_MODES))
     # -- owner-level DP (DP-FedAvg at the coordinator; the privacy unit is the owner) -----------------
     owner_dp: bool = setting(
         False, "owner-level DP: sample owners, clip each owner's update, add Gaussian noise to their sum; every "

@@ -100,3 +100,30 @@ def test_tiny_owner_with_empty_poisson_batches_still_counts_every_step():
 def test_non_private_training_records_no_event():
     _, update = _train(_plan(dp=False))
     assert update.privacy_event is None and update.num_examples == 120
+
+
+# --------------------------------------------------------------------------- the per-sample-gradient mode
+
+
+@pytest.mark.parametrize(("model", "batch_size", "expected"), [
+    ("mlp", 64, "ghost"), ("mlp", 128, "ghost"),  # stacked linear layers at larger batches: ghost clipping
+    ("mlp", 16, "hooks"), ("mlp", 63, "hooks"),   # small batches: the second backward pass does not pay
+    ("logreg", 128, "hooks"),                     # one linear layer
+    ("cnn", 128, "hooks"),                        # convolutions: backward compute dominates
+])
+def test_auto_picks_the_measured_faster_mode(model, batch_size, expected):
+    from privfl.client.training import per_sample_gradient_mode
+
+    in_features = 64 if model == "cnn" else 16
+    built = build_model(model, in_features, 10, seed=0)
+    assert per_sample_gradient_mode("auto", built, batch_size) == expected
+    assert per_sample_gradient_mode("functorch", built, batch_size) == "functorch"  # an explicit mode is kept
+
+
+def test_auto_mode_trains_and_clips_like_the_mode_it_picks():
+    clip = 1e-3
+    plan = _plan(max_grad_norm=clip, grad_sample_mode="auto", batch_size=64)
+    before, update = _train(plan)
+    steps = plan.local_epochs * plan.batches_per_epoch(120)
+    assert _update_norm(before, update.state_dict) <= plan.learning_rate * steps * clip * 120 / plan.batch_size
+    assert update.privacy_event is not None and update.privacy_event.steps == steps
