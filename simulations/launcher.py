@@ -9,11 +9,11 @@ happened.  Flower state, logs and the run's artefacts all land in the run direct
 
 Where Flower runs its ClientApps (``ray_address``):
 
-- ``None`` (the default): on this machine.  The launcher starts a Ray head of its
-  own (``ray start --head --block`` in a short temporary folder) at the same time as
-  the SuperLink, so Ray is up by the time Flower's simulation process connects to it
-  (through ``RAY_ADDRESS``) instead of starting only then; the head is stopped with
-  the rest.
+- ``None`` (the default): on this machine.  Flower's simulation process starts a
+  one-machine Ray, as under ``flwr run``, and it is stopped with the rest.  With
+  ``ray_head=True`` (or :data:`OWN_RAY_HEAD`) the launcher instead starts a Ray head of
+  its own (``ray start --head --block`` in a short temporary folder) at the same time as
+  the SuperLink, and Flower's simulation process connects to it through ``RAY_ADDRESS``.
 - ``"HOST:PORT"``: an existing Ray cluster (``ray start --head`` on one machine,
   ``ray start --address HOST:PORT`` on the others).  Flower's simulation process
   connects to it through ``RAY_ADDRESS`` and places one actor per
@@ -24,7 +24,7 @@ Where Flower runs its ClientApps (``ray_address``):
 What the launcher does about the fixed cost of a run (measured in docs/benchmarks.md,
 "Fixed cost"):
 
-- the SuperLink and the Ray head start first, as child processes, while this process
+- the SuperLink (and a Ray head of the launcher's own, if asked for) start first, as child processes, while this process
   imports privfl, checks the experiments (``check``) and writes the app;
 - Ray's workers import privfl's ClientApp, Opacus and the data loaders as they start
   (``RAY_preload_python_modules``), i.e. while the ServerApp starts, instead of when
