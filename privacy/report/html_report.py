@@ -111,12 +111,10 @@ def entry_limit(owners: int) -> int:
 
 
 @dataclass
-class UnitRow:
-    """One privacy unit of one owner in the owners table."""
+class BudgetCells:
+    """The budget figures of one row of the owners table, as text: an owner's headline or one of its units."""
 
-    unit: str
     spent: str
-    accountants: list[tuple[str, str, bool]]  # per compared accountant: (figure or n/a text, note, enforced)
     experiment: str
     budget: str
     left: str
@@ -126,23 +124,21 @@ class UnitRow:
     odds: str
     strength: str
     releases: str
+
+
+@dataclass
+class UnitRow(BudgetCells):
+    """One privacy unit of one owner in the owners table."""
+
+    unit: str
+    accountants: list[tuple[str, str, bool]]  # per compared accountant: (figure or n/a text, note, enforced)
     css: str
 
 
 @dataclass
-class OwnerRow:
+class OwnerRow(BudgetCells):
     anchor: str
     owner_id: str
-    spent: str
-    experiment: str
-    budget: str
-    left: str
-    used: str
-    status: str
-    rounds_left: str
-    odds: str
-    strength: str
-    releases: str
     purposes: str
     purpose_status: str
     verdict: str
@@ -180,29 +176,30 @@ def _unit_css(unit: UnitAccount) -> str:
     return "bad" if unit.budget_status == "over" else ("near" if unit.budget_status == "near" else "")
 
 
+def _budget_cells(view: Any) -> dict[str, str]:
+    """:class:`BudgetCells` of an owner or of one of its units (both carry the same budget figures)."""
+    exp = view.experiment
+    return dict(
+        spent=fmt_eps(view.epsilon_spent), experiment="-" if exp is None else fmt_eps(exp.epsilon),
+        budget=fmt_eps(view.epsilon_budget), left=fmt_eps(view.epsilon_remaining),
+        used=percent(view.budget_used_fraction), status=view.budget_status, rounds_left=rounds_left_text(view),
+        odds=odds_short(view.epsilon_spent), strength=view.strength or "-",
+        releases=f"{view.charges} / {view.refusals}")
+
+
 def _unit_row(unit: UnitAccount) -> UnitRow:
-    exp = unit.experiment
-    return UnitRow(
-        unit=unit_label(unit.privacy_unit), spent=fmt_eps(unit.epsilon_spent), accountants=compared(unit),
-        experiment="-" if exp is None else fmt_eps(exp.epsilon), budget=fmt_eps(unit.epsilon_budget),
-        left=fmt_eps(unit.epsilon_remaining), used=percent(unit.budget_used_fraction), status=unit.budget_status,
-        rounds_left=rounds_left_text(unit), odds=odds_short(unit.epsilon_spent), strength=unit.strength or "-",
-        releases=f"{unit.charges} / {unit.refusals}", css=_unit_css(unit))
+    return UnitRow(**_budget_cells(unit), unit=unit_label(unit.privacy_unit), accountants=compared(unit),
+                   css=_unit_css(unit))
 
 
 def _owner_row(owner: OwnerStatement, anchor: str) -> OwnerRow:
-    exp = owner.experiment
     units = [_unit_row(u) for u in owner.unit_views()]
     bad = not owner.integrity.intact or owner.purpose_check.status == "mismatch"
     for row in units:
         if bad:
             row.css = "bad"
     return OwnerRow(
-        anchor=anchor, owner_id=owner.owner_id, spent=fmt_eps(owner.epsilon_spent),
-        experiment="-" if exp is None else fmt_eps(exp.epsilon), budget=fmt_eps(owner.epsilon_budget),
-        left=fmt_eps(owner.epsilon_remaining), used=percent(owner.budget_used_fraction), status=owner.budget_status,
-        rounds_left=rounds_left_text(owner), odds=odds_short(owner.epsilon_spent), strength=owner.strength or "-",
-        releases=f"{owner.charges} / {owner.refusals}", purposes="; ".join(owner.purposes),
+        **_budget_cells(owner), anchor=anchor, owner_id=owner.owner_id, purposes="; ".join(owner.purposes),
         purpose_status=owner.purpose_check.status, verdict=owner.integrity.verdict, intact=owner.integrity.intact,
         key_supplied=owner.integrity.key_independently_supplied,
         css="bad" if (owner.budget_status == "over" or not owner.integrity.intact

@@ -77,18 +77,23 @@ class Forked:
         send.close()
 
     def result(self) -> Any:
-        try:
-            ok, value = self._receive.recv()
-        except EOFError:
-            self._process.join()
-            raise RuntimeError(f"a report helper process died (exit code {self._process.exitcode})") from None
-        finally:
-            self._receive.close()
-        self._process.join()
-        if not ok:
-            raise RuntimeError(f"a report helper process failed:\n{value}")
-        return value
+        return _result_of(self._process, self._receive)
 
+
+
+def _result_of(process: Any, receive: Any) -> Any:
+    """What a helper sent back (``(ok, value)`` through ``receive``), once it has ended; its failure re-raised."""
+    try:
+        ok, value = receive.recv()
+    except EOFError:
+        process.join()
+        raise RuntimeError(f"a report helper process died (exit code {process.exitcode})") from None
+    finally:
+        receive.close()
+    process.join()
+    if not ok:
+        raise RuntimeError(f"a report helper process failed:\n{value}")
+    return value
 
 def _child(send, fn: Callable[..., Any], args: tuple) -> None:
     try:
@@ -130,17 +135,7 @@ class Staged:
         return self
 
     def result(self) -> Any:
-        try:
-            ok, value = self._receive.recv()
-        except EOFError:
-            self._process.join()
-            raise RuntimeError(f"a report helper process died (exit code {self._process.exitcode})") from None
-        finally:
-            self._receive.close()
-        self._process.join()
-        if not ok:
-            raise RuntimeError(f"a report helper process failed:\n{value}")
-        return value
+        return _result_of(self._process, self._receive)
 
     def cancel(self) -> None:
         if self._process.is_alive():
