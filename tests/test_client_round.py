@@ -83,6 +83,26 @@ def test_a_trained_round_returns_update_and_signed_entry_with_cumulative_epsilon
     assert second[protocol.PRIVACY][protocol.OWNER_PROTOCOL_VERSION] == protocol.PROTOCOL_VERSION
 
 
+def test_a_worker_serving_more_owners_than_it_keeps_open_closes_and_reopens_their_ledgers(world, monkeypatch):
+    """A simulation worker serves thousands of owners: it must not hold every ledger open (file descriptors)."""
+    from privfl.client import owner_ledger
+
+    monkeypatch.setattr(owner_ledger, "max_open_ledgers", lambda: 2)
+    config, where = world
+    for server_round in (1, 2):
+        for partition in range(4):
+            req = request(config, server_round, owners_dir=where.owners_dir)
+            reply = run_train_round(message(req), simulated_context(config, partition))
+            assert _entry(reply).kind == CHARGE and _entry(reply).round == server_round
+            assert len(owner_ledger._OPEN) <= 2
+    close_owner_ledgers()
+    for owner in ("owner-0", "owner-1", "owner-2", "owner-3"):
+        ledger_file = where.owner_dir(owner) / "ledger.db"
+        with _ledger(ledger_file) as ledger:
+            assert [e.round for e in ledger.entries()] == [1, 2]  # a reopened ledger goes on where it was
+        assert verify(ledger_file, load_public_key(where.owner_keys_dir / f"{owner}.pub")).ok
+
+
 def test_the_owner_refuses_when_the_next_round_would_cross_its_budget_even_after_a_restart(tmp_path):
     one_round = get_accountant("pld").epsilon([TrainingPlan.from_config(CONFIG).privacy_event(300)], 1e-5)
     policy = deployed_owner(tmp_path / "st-mary", epsilon_budget=one_round * 1.01)  # room for one round, not two
