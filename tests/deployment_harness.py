@@ -25,8 +25,6 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-
 from privfl import settings
 from privfl.deploy import layout as names
 from privfl.deploy.create import CoordinatorOptions, ExperimentDefaults, PolicyDefaults, init_deployment
@@ -66,24 +64,6 @@ def _port_free(port: int) -> bool:
 def listening(port: int) -> bool:
     with socket.socket() as sock:
         return sock.connect_ex(("127.0.0.1", port)) == 0
-
-
-def write_digits_data(folders: dict[str, InstitutionFolder], seed: int = 0) -> dict[str, int]:
-    """Split sklearn's bundled digits into one train/evaluation pair of .npz files per institution."""
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    rng = np.random.default_rng(seed)
-    order = rng.permutation(len(digits.target))
-    features = (digits.data / 16.0).astype(np.float32)
-    rows: dict[str, int] = {}
-    for part, (owner, folder) in zip(np.array_split(order, len(folders)), sorted(folders.items())):
-        cut = int(len(part) * 0.8)
-        train, held = part[:cut], part[cut:]
-        np.savez(folder.train_data, features=features[train], label=digits.target[train])
-        np.savez(folder.evaluation_data, features=features[held], label=digits.target[held])
-        rows[owner] = len(train)
-    return rows
 
 
 @dataclass

@@ -439,3 +439,26 @@ def test_policy_settings_from_the_command_line(tmp_path):
     assert not root.coordinator.app_signing_key.exists()
     assert "--trusted-entities" not in root.institution("a").script(names.START_SUPERNODE).read_text()
     assert 'flwr run "$HERE/app"' in root.coordinator.script(names.SUBMIT_RUN).read_text()
+
+
+def test_demo_data_gives_each_institution_a_disjoint_share_that_passes_the_data_check(tmp_path, capsys):
+    import numpy as np
+
+    folder = tmp_path / "fed"
+    assert main(["deploy", "init", str(folder), "--owners", "a,b,c", "--demo-data"]) == 0
+    assert "demo data:" in capsys.readouterr().out
+    seen = []
+    for owner in ("a", "b", "c"):
+        data = folder / "institutions" / owner / "data"
+        for name in ("train.npz", "evaluation.npz"):
+            assert main(["data", "check", str(data / name), "--delta", "1e-5", "--num-classes", "10"]) == 0
+            with np.load(data / name) as arrays:
+                assert arrays["features"].shape[1] == 64
+                seen.extend(map(tuple, arrays["features"].round(4)))
+    assert len(seen) == 1797  # every digit once: the shares are disjoint and cover the data set
+
+
+def test_demo_data_refuses_another_model_shape(tmp_path, capsys):
+    code = main(["deploy", "init", str(tmp_path / "fed"), "--owners", "a,b", "--demo-data", "--num-features", "12"])
+    assert code != 0 and "--demo-data writes digits" in capsys.readouterr().err
+    assert not (tmp_path / "fed").exists()

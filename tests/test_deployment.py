@@ -31,7 +31,8 @@ from privfl.privacy.audit import audit_run
 from privfl.privacy.keys import load_public_key
 from privfl.privacy.ledger import verify
 from privfl.privacy.ledger.registry import CoordinatorRegistry
-from tests.deployment_harness import Deployment, free_port_range, write_digits_data
+from privfl.deploy.demo_data import write_digits_data
+from tests.deployment_harness import Deployment, free_port_range
 
 pytestmark = pytest.mark.e2e
 

@@ -28,7 +28,8 @@ from privfl.privacy.audit import audit_run
 from privfl.privacy.keys import load_public_key
 from privfl.privacy.ledger import CHARGE, OwnerLedger, verify
 from privfl.privacy.ledger.registry import CoordinatorRegistry
-from tests.deployment_harness import Deployment, write_digits_data
+from privfl.deploy.demo_data import write_digits_data
+from tests.deployment_harness import Deployment
 
 pytestmark = pytest.mark.e2e
 

@@ -97,6 +97,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                       help="the SuperNodes' local ports, one per institution from PORT (default: 9101)")
     init.add_argument("--unsigned-apps", action="store_true",
                       help="no app signing: the SuperNodes run any app the SuperLink hands them (not recommended)")
+    init.add_argument("--demo-data", action="store_true",
+                      help="to try the deployment on one machine: write a disjoint share of scikit-learn's digits into "
+                           "each institution's data/ (train.npz, evaluation.npz); needs the default 64 features and "
+                           "10 classes. Without it, each institution puts its own data there (docs/data.md)")
     exp = init.add_argument_group("the experiment (coordinator/experiment.toml)")
     exp.add_argument("--experiment", default="deployment", help="the experiment's name (default: deployment)")
     exp.add_argument("--num-features", type=argtypes.positive_int, default=64,
@@ -167,9 +171,13 @@ def _policy(args: argparse.Namespace, purpose: str):
 def run_init(args: argparse.Namespace) -> int:
     from privfl.deploy import DeployError
     from privfl.deploy.create import CoordinatorOptions, ExperimentDefaults, init_deployment
-    from privfl.deploy.layout import DEFAULT_PURPOSE
+    from privfl.deploy.demo_data import DEMO_CLASSES, DEMO_FEATURES, write_digits_data
+    from privfl.deploy.layout import DEFAULT_PURPOSE, DeploymentFolder
 
     purpose = args.purpose or DEFAULT_PURPOSE
+    if args.demo_data and (args.num_features, args.num_classes) != (DEMO_FEATURES, DEMO_CLASSES):
+        raise _usage(ValueError(f"--demo-data writes digits ({DEMO_FEATURES} features, {DEMO_CLASSES} classes); it "
+                                f"cannot serve --num-features {args.num_features} --num-classes {args.num_classes}"))
     options = CoordinatorOptions(
         host=args.host, port=args.port, bind=args.bind, registry_port=args.registry_port,
         signed_apps=not args.unsigned_apps, purpose=purpose,
@@ -184,6 +192,11 @@ def run_init(args: argparse.Namespace) -> int:
     institutions = sorted(p.name for p in (made.root / "institutions").iterdir())
     print(f"privfl deploy: wrote a deployment of {len(institutions)} institutions ({', '.join(institutions)}) in "
           f"{made.root} ({len(made.files)} files)")
+    if args.demo_data:
+        where = DeploymentFolder(made.root)
+        rows = write_digits_data({owner: where.institution(owner) for owner in institutions})
+        print(f"  demo data:    digits in institutions/<owner>/data/ ({', '.join(f'{o} {n}' for o, n in rows.items())} "
+              "training records)")
     print(f"  coordinator:  {made.root / 'coordinator'}")
     print(f"  institutions: {made.root / 'institutions'}/<owner>  (hand each institution its own folder only)")
     print(f"  commands:     {made.root / 'README.md'}")
