@@ -233,7 +233,32 @@ def current_rss_mib(pid: int | None = None) -> float:
     return _rss_pss_kib(pid or os.getpid())[0] / 1024
 
 
-class TreeMemorySampler:
+class PeriodicSampler:
+    """Calls :meth:`sample` every ``interval`` seconds in a daemon thread while its ``with`` block runs."""
+
+    def __init__(self, interval: float, name: str) -> None:
+        self.interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+
+    def sample(self) -> None:
+        raise NotImplementedError
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.sample()
+            self._stop.wait(self.interval)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+class TreeMemorySampler(PeriodicSampler):
     """Samples the summed RSS and PSS of a process and all its descendants in a thread.
 
     RSS summed over processes counts shared pages (torch's libraries, Ray's shared
@@ -242,14 +267,12 @@ class TreeMemorySampler:
     """
 
     def __init__(self, root_pid: int | None = None, interval: float = 0.25) -> None:
+        super().__init__(interval, "tree-memory-sampler")
         self.root = root_pid or os.getpid()
-        self.interval = interval
         self.peak_rss_mib = 0.0
         self.peak_pss_mib = 0.0
         self.peak_processes = 0
         self.samples = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="tree-memory-sampler", daemon=True)
 
     def sample(self) -> None:
         pids = [self.root, *descendants(self.root)]
@@ -261,19 +284,6 @@ class TreeMemorySampler:
         self.peak_pss_mib = max(self.peak_pss_mib, pss / 1024)
         self.peak_processes = max(self.peak_processes, len(pids))
         self.samples += 1
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.sample()
-            self._stop.wait(self.interval)
-
-    def __enter__(self) -> TreeMemorySampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self._stop.set()
-        self._thread.join()
 
     def result(self) -> dict[str, Any]:
         return {"peak_tree_rss_mib": round(self.peak_rss_mib, 1), "peak_tree_pss_mib": round(self.peak_pss_mib, 1),
@@ -302,7 +312,7 @@ def process_kind(command: str) -> str:
     return "other"
 
 
-class ProcessTimeline:
+class ProcessTimeline(PeriodicSampler):
     """Samples the process tree below ``root_pid``: when each kind of process first appeared and its CPU seconds.
 
     On a machine with few cores the CPU seconds say where the time goes better than
@@ -312,13 +322,11 @@ class ProcessTimeline:
     """
 
     def __init__(self, root_pid: int | None = None, interval: float = 0.1, t0: float | None = None) -> None:
+        super().__init__(interval, "process-timeline")
         self.root = root_pid or os.getpid()
-        self.interval = interval
         self.t0 = time.time() if t0 is None else t0
         self.procs: dict[int, dict[str, Any]] = {}
         self._clock_ticks = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="process-timeline", daemon=True)
 
     def sample(self) -> None:
         from privfl.simulations.processes import command_line
@@ -338,19 +346,6 @@ class ProcessTimeline:
             elif proc["kind"] == "other":  # a fresh fork may not have its command line yet
                 proc["kind"] = process_kind(command_line(pid))
             proc["last_s"], proc["cpu_s"] = now, cpu
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.sample()
-            self._stop.wait(self.interval)
-
-    def __enter__(self) -> ProcessTimeline:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self._stop.set()
-        self._thread.join()
 
     def by_kind(self) -> dict[str, dict[str, Any]]:
         """Per kind: processes, CPU seconds (as last sampled), first seen and last seen (s since t0)."""

@@ -23,17 +23,16 @@ import json
 import os
 import shutil
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import BENCH_DIR, ProcessTimeline, TreeMemorySampler
+from bench.common import BENCH_DIR, PeriodicSampler, ProcessTimeline, TreeMemorySampler
 
 PLAIN_APP = BENCH_DIR / "plain_flower"
 
 
-class RoundWatcher:
+class RoundWatcher(PeriodicSampler):
     """Records when each round's central evaluation first appears in the file a ServerApp writes.
 
     ``history.jsonl`` (privfl) is read line by line as it grows; any other file is a JSON
@@ -41,13 +40,12 @@ class RoundWatcher:
     """
 
     def __init__(self, path: Path, interval: float = 0.05) -> None:
-        self.path, self.interval = Path(path), interval
+        super().__init__(interval, "round-watcher")
+        self.path = Path(path)
         self.round_end: dict[int, float] = {}  # round -> wall-clock time its evaluation was first seen
         self.round_logged: dict[int, float] = {}  # round -> first line of the round (jsonl only)
         self._offset = 0
         self._last_mtime = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="round-watcher", daemon=True)
 
     def poll(self) -> None:
         now = time.time()
@@ -76,19 +74,12 @@ class RoundWatcher:
             if record.get("test_accuracy") is not None:
                 self.round_end.setdefault(number, now)
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.poll()
-            self._stop.wait(self.interval)
-
-    def __enter__(self) -> RoundWatcher:
-        self._thread.start()
-        return self
+    def sample(self) -> None:
+        self.poll()
 
     def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.poll()
+        super().__exit__(*exc)
+        self.poll()  # what the last interval wrote
 
 
 def round_timing(start: float, round_end: dict[int, float], num_rounds: int) -> dict[str, Any]:
