@@ -25,3 +25,16 @@ def flower_task_identity():
     TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 7, 0, 1
     yield
     TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = previous
+
+
+@pytest.fixture(autouse=True)
+def _environment_restored():
+    """A test that runs the CLI in this process may change ``os.environ`` (``privfl simulate`` puts the folder
+    of a user's model module on ``PYTHONPATH`` for Flower's processes): no test sees another's changes."""
+    import os
+
+    saved = dict(os.environ)
+    yield
+    if os.environ != saved:
+        os.environ.clear()
+        os.environ.update(saved)

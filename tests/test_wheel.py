@@ -40,12 +40,14 @@ def installed(tmp_path_factory):
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
     site = Path(subprocess.run([str(venv / "bin" / "python"), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                                capture_output=True, text=True, check=True).stdout.strip())
-    done = subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "--no-deps", "-q", str(wheel)],
-                          capture_output=True, text=True, timeout=300)
+    # Whatever is importable counts as installed for pip: a checkout on PYTHONPATH (its privfl.egg-info, the
+    # same version) would make it skip the wheel, so pip runs without it and installs regardless.
+    done = subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "--no-deps", "--ignore-installed",
+                           str(wheel)], capture_output=True, text=True, timeout=300, env=_env(venv))
     assert done.returncode == 0, done.stdout + done.stderr
     assert (site / "privfl" / "__init__.py").is_file(), done.stdout + done.stderr  # really installed here
-    # Only now the test environment's packages: had pip seen them, it would have taken the checkout's
-    # editable privfl of the same version for installed and skipped the wheel.
+    # Only now the test environment's packages (for torch, Flower, ...): had pip seen them, it would have taken
+    # the checkout's editable privfl of the same version for installed and skipped the wheel.
     (site / "privfl-test-dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
     _console_scripts(venv, "flwr")  # Flower's commands, run by this venv's interpreter (as an install would)
     return wheel, venv
