@@ -9,12 +9,12 @@ cores every process competes for the same CPUs).  Cases:
 
 * ``privfl``: ``privfl simulate quickstart`` (10 owners, 20 rounds, DP-SGD);
 * ``privfl+baseline``: the same with ``--baseline quickstart-nonprivate`` (two runs);
-* ``privfl-nohead``, ``privfl-nohead+baseline``: the same with the launcher's
-  ``OWN_RAY_HEAD = False`` (Flower's simulation process starts Ray, whose workers still
-  preload the ClientApp);
-* ``privfl-head``, ``privfl-head+baseline``: the same through the launcher as committed
-  (``git show HEAD:simulations/launcher.py``, the CLI's old flow: pre-flight, then each
-  run on its own SuperLink with Flower starting Ray itself) -- the "before";
+* ``privfl-ownhead``, ``privfl-ownhead+baseline``: the same with the launcher's
+  ``OWN_RAY_HEAD = True`` (a Ray head of the launcher's own, started with the SuperLink,
+  instead of the Ray that Flower's simulation process starts);
+* ``privfl-before``, ``privfl-before+baseline``: the same through the launcher of commit
+  :data:`BEFORE` (``git show BEFORE:simulations/launcher.py``, the CLI's old flow:
+  pre-flight, then each run on its own SuperLink with Flower starting Ray itself);
 * ``plain``: the plain Flower app of ``bench/plain_flower`` with the same owners, model,
   rounds and DP-SGD, with its own SuperLink and Flower starting Ray itself (what any
   Flower app pays); ``plain-tuned``: the same with the launcher's Ray settings (workers
@@ -59,37 +59,38 @@ from bench.flower_runner import (
 )
 
 NAME = "fixed_cost"
-CASES = ("privfl", "privfl+baseline", "privfl-nohead", "privfl-nohead+baseline", "privfl-head",
-         "privfl-head+baseline", "plain", "plain-tuned", "plain-head")
+CASES = ("privfl", "privfl+baseline", "privfl-ownhead", "privfl-ownhead+baseline", "privfl-before",
+         "privfl-before+baseline", "plain", "plain-tuned", "plain-head")
+BEFORE = "bc708b3"  # the last commit before the launcher's fixed-cost work (issue 16)
 BASELINE = "quickstart-nonprivate"
 
 
 # --------------------------------------------------------------------------- the child (privfl's CLI)
 
 
-def _head_launcher() -> Any:
-    """The launcher as committed (HEAD), loaded as a module of its own."""
+def _before_launcher() -> Any:
+    """The launcher of commit :data:`BEFORE`, loaded as a module of its own."""
     import importlib.util
 
-    source = subprocess.run(["git", "show", "HEAD:simulations/launcher.py"], cwd=REPO_ROOT, capture_output=True,
-                            text=True, check=True).stdout
-    spec = importlib.util.spec_from_loader("privfl_launcher_head", loader=None)
+    source = subprocess.run(["git", "show", f"{BEFORE}:simulations/launcher.py"], cwd=REPO_ROOT,
+                            capture_output=True, text=True, check=True).stdout
+    spec = importlib.util.spec_from_loader("privfl_launcher_before", loader=None)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up
-    exec(compile(source, "HEAD:simulations/launcher.py", "exec"), module.__dict__)  # noqa: S102
+    exec(compile(source, f"{BEFORE}:simulations/launcher.py", "exec"), module.__dict__)  # noqa: S102
     return module
 
 
 def child(out: Path, argv: list[str], variant: str) -> int:
     """Run ``privfl <argv>`` in this process; write when things happened (epoch seconds) to ``out``."""
     record: dict[str, Any] = {"t0": T0, "variant": variant, "runs": []}
-    if variant == "head":
-        rc = _child_head(argv, record)
+    if variant == "before":
+        rc = _child_before(argv, record)
     else:
         from privfl.simulations import launcher
 
-        if variant == "nohead":
-            launcher.OWN_RAY_HEAD = False
+        if variant == "ownhead":
+            launcher.OWN_RAY_HEAD = True
         original = launcher.run_simulations
 
         def capture(*args: Any, **kwargs: Any) -> Any:
@@ -108,8 +109,8 @@ def child(out: Path, argv: list[str], variant: str) -> int:
     return rc
 
 
-def _child_head(argv: list[str], record: dict[str, Any]) -> int:
-    """The command line's flow as committed: pre-flight every experiment, then one launcher call per run."""
+def _child_before(argv: list[str], record: dict[str, Any]) -> int:
+    """The command line's flow of commit :data:`BEFORE`: pre-flight every experiment, then one launcher call per run."""
     import argparse
 
     from privfl.simulations.preflight import preflight
@@ -117,7 +118,7 @@ def _child_head(argv: list[str], record: dict[str, Any]) -> int:
 
     from privfl.cli.simulate import load_config
 
-    head = _head_launcher()
+    before = _before_launcher()
     record["imported"] = time.time()
     cli = argparse.ArgumentParser()
     cli.add_argument("command")
@@ -133,11 +134,11 @@ def _child_head(argv: list[str], record: dict[str, Any]) -> int:
         if checked is not None:
             preflight(checked)
     record["checked"] = time.time()
-    runs = [head.run_simulation(config, stream=False)]
+    runs = [before.run_simulation(config, stream=False)]
     record["runs"].append({"run_dir": str(runs[0].run_dir), "returned": time.time()})
     if second is not None:
         second = second.replace(run_dir=str(runs[0].run_dir.with_name(f"{runs[0].run_dir.name}-{second.experiment}")))
-        runs.append(head.run_simulation(second, stream=False))
+        runs.append(before.run_simulation(second, stream=False))
         record["runs"].append({"run_dir": str(runs[1].run_dir), "returned": time.time()})
     return 1 if print_summary(runs) else 0
 
@@ -153,7 +154,8 @@ def run_cli_case(case: str, rounds: int | None, work: Path) -> dict[str, Any]:
         argv += ["--set", f"num-rounds={rounds}"]
     if case.endswith("+baseline"):
         argv += ["--baseline", BASELINE]
-    variant = "head" if case.startswith("privfl-head") else "nohead" if case.startswith("privfl-nohead") else "current"
+    variant = "before" if case.startswith("privfl-before") else "ownhead" if case.startswith("privfl-ownhead") \
+        else "current"
     out = work / "child.json"
     work.mkdir(parents=True, exist_ok=True)
     second_dir = run_dir.with_name(f"{run_dir.name}-{BASELINE}")
@@ -199,7 +201,7 @@ def _phases(start: float, end: float, child_record: dict[str, Any], watcher: Rou
         if len(runs) > 1:
             for label, seconds in runs[1]["timings"].items():
                 t[f"baseline_{label}_s"] = base + seconds
-    else:  # the committed launcher: only when each call returned
+    else:  # the launcher of commit BEFORE: only when each call returned
         t["checked_s"] = child_record.get("checked", end) - start
         for n, run in enumerate(runs):
             t[("baseline_" if n else "") + "returned_s"] = run["returned"] - start
