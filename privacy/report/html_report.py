@@ -155,8 +155,6 @@ def rounds_left_text(unit: Any) -> str:
     return f"\u2265 {outlook.rounds_left:,}" if outlook.at_least else f"{outlook.rounds_left:,}"
 
 
-_rounds_left = rounds_left_text  # the name earlier versions used
-
 
 def compared(unit: UnitAccount, names: tuple[str, ...] = COMPARED_ACCOUNTANTS) -> list[tuple[str, str, bool]]:
     """(figure, note, enforced) per accountant in ``names``: the figure, or 'n/a (why)'."""
@@ -172,8 +170,9 @@ def compared(unit: UnitAccount, names: tuple[str, ...] = COMPARED_ACCOUNTANTS) -
     return out
 
 
-def _unit_css(unit: UnitAccount) -> str:
-    return "bad" if unit.budget_status == "over" else ("near" if unit.budget_status == "near" else "")
+def _budget_css(view: Any) -> str:
+    """The row's colour from its budget status (an owner's or one unit's)."""
+    return "bad" if view.budget_status == "over" else ("near" if view.budget_status == "near" else "")
 
 
 def _budget_cells(view: Any) -> dict[str, str]:
@@ -189,22 +188,20 @@ def _budget_cells(view: Any) -> dict[str, str]:
 
 def _unit_row(unit: UnitAccount) -> UnitRow:
     return UnitRow(**_budget_cells(unit), unit=unit_label(unit.privacy_unit), accountants=compared(unit),
-                   css=_unit_css(unit))
+                   css=_budget_css(unit))
 
 
 def _owner_row(owner: OwnerStatement, anchor: str) -> OwnerRow:
     units = [_unit_row(u) for u in owner.unit_views()]
     bad = not owner.integrity.intact or owner.purpose_check.status == "mismatch"
-    for row in units:
-        if bad:
+    if bad:  # a damaged ledger or an undeclared purpose marks every figure of the owner
+        for row in units:
             row.css = "bad"
     return OwnerRow(
         **_budget_cells(owner), anchor=anchor, owner_id=owner.owner_id, purposes="; ".join(owner.purposes),
         purpose_status=owner.purpose_check.status, verdict=owner.integrity.verdict, intact=owner.integrity.intact,
         key_supplied=owner.integrity.key_independently_supplied,
-        css="bad" if (owner.budget_status == "over" or not owner.integrity.intact
-                      or owner.purpose_check.status == "mismatch") else
-        ("near" if owner.budget_status == "near" else ""), units=units)
+        css="bad" if bad else _budget_css(owner), units=units)
 
 
 def _entry_row(r: Release) -> tuple[tuple[str, ...], str]:
