@@ -39,6 +39,7 @@ What the launcher does about the fixed cost of a run (measured in docs/benchmark
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -477,11 +478,7 @@ def run_simulations(configs: Sequence[ExperimentConfig], *, log_to: Path | None 
         if stopper is not None:
             stopper.join()
         else:
-            if superlink is not None:
-                _stop_tree(superlink)
-            if head is not None:
-                _stop_ray_head(head, ray_tmp)
-            _kill_mentioning(str(ray_tmp))
+            _stop_processes(superlink, head, ray_tmp)
         for thread in settling:
             thread.join()
         shutil.rmtree(ray_tmp, ignore_errors=True)
@@ -490,8 +487,7 @@ def run_simulations(configs: Sequence[ExperimentConfig], *, log_to: Path | None 
 
 
 def _with_timings(result: SimulationResult, timings: dict[str, float]) -> SimulationResult:
-    return SimulationResult(run_dir=result.run_dir, history=result.history, audit=result.audit,
-                            reports=result.reports, timings=timings)
+    return dataclasses.replace(result, timings=timings)
 
 
 def _announce(config: ExperimentConfig) -> None:
@@ -508,12 +504,18 @@ def _finish_processes(log_fetch: subprocess.Popen | None, log_path: Path, superl
             _save_log(log_fetch, log_path)
             marks.mark("flower_log_saved")
     finally:
-        if superlink is not None:
-            _stop_tree(superlink)
-        if head is not None:
-            _stop_ray_head(head, ray_tmp)
-        _kill_mentioning(str(ray_tmp))  # a Ray that Flower started: its processes name our temporary folder
+        _stop_processes(superlink, head, ray_tmp)
         marks.mark("processes_stopped")
+
+
+def _stop_processes(superlink: subprocess.Popen | None, head: subprocess.Popen | None, ray_tmp: Path) -> None:
+    """Stop the SuperLink's tree, a Ray head of ours, and what is left of a Ray that Flower started (its
+    processes name our temporary folder)."""
+    if superlink is not None:
+        _stop_tree(superlink)
+    if head is not None:
+        _stop_ray_head(head, ray_tmp)
+    _kill_mentioning(str(ray_tmp))
 
 
 def _settle_in_background(config: ExperimentConfig, where: artefacts.Layout, marks: _Clock,
