@@ -31,6 +31,7 @@ from privfl import protocol
 from privfl.client.guard import decide_release
 from privfl.client.training import LocalUpdate
 from privfl.privacy.ledger import UnsupportedEvent
+from privfl.privacy.owner_level import clip_to_norm
 from privfl.privacy.policy import OWNER, PolicyError
 from privfl.protocol import OwnerRound, RoundRequest
 
@@ -88,8 +89,6 @@ def as_released(update: LocalUpdate, request: RoundRequest, msg: Message) -> Loc
     difference from the global model clipped to the owner-level norm, with weight 1."""
     if request.privacy_unit != OWNER or request.owner_round is None:
         return update
-    from privfl.server.owner_dp import clip_to_norm
-
     global_state = msg.content[protocol.ARRAYS].to_torch_state_dict()
     delta = {k: (update.state_dict[k] - global_state[k]).numpy() for k in global_state}
     clipped, unclipped = clip_to_norm(delta, request.owner_round.clipping_norm)

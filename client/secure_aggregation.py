@@ -61,18 +61,14 @@ from flwr.compat.common import recorddict_compat as compat
 from flwr.supercore.differential_privacy import get_norm
 
 from privfl.logs import get_logger
+from privfl.protocol import SECAGG_CLIP_NORM as CLIP_NORM
+from privfl.protocol import SECAGG_CLIPPING_RANGE as CLIPPING_RANGE
+from privfl.protocol import SECAGG_COUNT_UNCLIPPED as COUNT_UNCLIPPED
+from privfl.protocol import SECAGG_HAS_UPDATE as HAS_UPDATE
+from privfl.protocol import SECAGG_PAYLOAD_KEY as PAYLOAD_KEY
+from privfl.protocol import SECAGG_RECORD, UNCLIPPED_METRIC
 
 log = get_logger("client")
-
-# The ConfigRecord secure_sum adds to the masked-vectors request, and the one the adapter
-# adds to its reply (whether the owner contributed an update).
-SECAGG_RECORD = "privfl-secagg"
-PAYLOAD_KEY = "payload-key"  # the ArrayRecord (request: global model; reply: delta) that is summed
-CLIP_NORM = "clip-norm"  # L2 norm the payload is clipped to (0: the handler clips)
-COUNT_UNCLIPPED = "count-unclipped"  # append the bit "norm <= C" to the masked payload
-CLIPPING_RANGE = "clipping-range"  # SecAgg+'s per-coordinate range: the bit is scaled to it
-HAS_UPDATE = "has-update"  # reply: False when the handler returned no update (a refusal)
-UNCLIPPED_METRIC = "unclipped"  # the handler's bit "||delta|| <= C before clipping"
 
 
 def privfl_secagg_mod(msg: Message, ctxt: Context, call_next: ClientAppCallable) -> Message:

@@ -53,6 +53,19 @@ BRIDGE = "bridge"  # the owner's signed entries between the anchored head and th
 HEAD_SEQUENCE = "head-sequence"  # an owner's answer to a query: its ledger head
 HEAD_HASH = "head-hash"
 
+# SecAgg+ (owner-level rounds summed securely).  privfl's secure_sum
+# (privfl.server.secure_aggregation) adds the SECAGG_RECORD ConfigRecord to the
+# masked-vectors request, saying what the owner's mod (privfl.client.secure_aggregation)
+# masks; the mod adds a SECAGG_RECORD of its own to its reply.  Flower's own stage keys
+# (the "secaggplus_configs" record) are Flower's and are not repeated here.
+SECAGG_RECORD = "privfl-secagg"
+SECAGG_PAYLOAD_KEY = "payload-key"  # the ArrayRecord (request: global model; reply: delta) that is summed
+SECAGG_CLIP_NORM = "clip-norm"  # L2 norm the payload is clipped to (0: the handler clips)
+SECAGG_COUNT_UNCLIPPED = "count-unclipped"  # append the bit "norm <= C" to the masked payload
+SECAGG_CLIPPING_RANGE = "clipping-range"  # SecAgg+'s per-coordinate range: the bit is scaled to it
+SECAGG_HAS_UPDATE = "has-update"  # reply: False when the handler returned no update (a refusal)
+UNCLIPPED_METRIC = "unclipped"  # the handler's bit "||delta|| <= C before clipping"; leaves only masked
+
 
 class ProtocolError(ValueError):
     """A message that does not follow this protocol (missing key, wrong type, other version)."""
@@ -160,7 +173,7 @@ class OwnerRound:
     secure: bool  # updates are summed by SecAgg+: the coordinator never sees one in the clear
 
     def event(self) -> Any:
-        from privfl.server.owner_dp import OwnerSampling
+        from privfl.privacy.owner_level import OwnerSampling
 
         return OwnerSampling(self.sampling, self.sample_rate, self.sample_size).event(self.noise_multiplier,
                                                                                      self.population)

@@ -80,14 +80,12 @@ from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECOR
 from flwr.server.workflow.constant import Key as WorkflowKey
 from flwr.server.workflow.secure_aggregation.secaggplus_workflow import WorkflowState
 from flwr.serverapp import Grid
-from privfl.client.secure_aggregation import (
-    CLIP_NORM,
-    CLIPPING_RANGE,
-    COUNT_UNCLIPPED,
-    HAS_UPDATE,
-    PAYLOAD_KEY,
-    SECAGG_RECORD,
-)
+from privfl.protocol import SECAGG_CLIP_NORM as CLIP_NORM
+from privfl.protocol import SECAGG_CLIPPING_RANGE as CLIPPING_RANGE
+from privfl.protocol import SECAGG_COUNT_UNCLIPPED as COUNT_UNCLIPPED
+from privfl.protocol import SECAGG_HAS_UPDATE as HAS_UPDATE
+from privfl.protocol import SECAGG_PAYLOAD_KEY as PAYLOAD_KEY
+from privfl.protocol import SECAGG_RECORD
 
 from privfl.logs import get_logger
 
