@@ -5,7 +5,8 @@ of the composed events and of the accountant that reads them (DESIGN principle 3
 New mechanisms get new event types; an accountant that meets a type it does not know
 refuses rather than guesses.
 
-Three mechanisms, all a Gaussian mechanism over contributions clipped to an L2 norm C,
+Besides :class:`NonPrivateRelease` (a release with no DP at all: epsilon infinite), three
+mechanisms, all a Gaussian mechanism over contributions clipped to an L2 norm C,
 with noise of standard deviation ``noise_multiplier x C`` added to their sum:
 
 - :class:`PoissonSubsampledGaussian`: each unit sampled independently with probability q;
@@ -149,8 +150,37 @@ class Gaussian:
         return 1
 
 
-DpEvent = PoissonSubsampledGaussian | SampledWithoutReplacementGaussian | Gaussian  # grows with mechanisms
-EVENT_TYPES: tuple[type, ...] = (PoissonSubsampledGaussian, SampledWithoutReplacementGaussian, Gaussian)
+@dataclass(frozen=True)
+class NonPrivateRelease:
+    """``steps`` releases made with no DP mechanism at all: nothing clipped, no noise.
+
+    An owner whose policy allows training without DP (``dp-required = false``) records
+    such a release like any other, before it leaves (principles 2 and 6): a release
+    without DP is a release too.  Its epsilon is infinite, and so is the epsilon of every
+    composition of its privacy unit that holds it, from then on.  A mechanism of its own
+    (principle 3), so that no reader mistakes it for a Gaussian event and no accountant
+    guesses a finite figure: every accountant here composes it, to infinity.
+
+    As a mechanism it is a Gaussian with no noise (``noise_multiplier`` 0, every unit
+    included), which is how :func:`merge_repeats` folds it and why every accountant's
+    "no noise, no guarantee" rule answers infinity.  The neighbouring relation is
+    add-or-remove-one, that of the record-level (DP-SGD) charges it sits among; the
+    epsilon is infinite under either relation.
+    """
+
+    steps: int = 1
+
+    noise_multiplier: ClassVar[float] = 0.0
+    sample_rate: ClassVar[float] = 1.0
+    neighbouring: ClassVar[str] = ADD_OR_REMOVE_ONE
+
+    def __post_init__(self) -> None:
+        _check_count("steps", self.steps, 1)
+
+
+DpEvent = PoissonSubsampledGaussian | SampledWithoutReplacementGaussian | Gaussian | NonPrivateRelease  # grows
+EVENT_TYPES: tuple[type, ...] = (PoissonSubsampledGaussian, SampledWithoutReplacementGaussian, Gaussian,
+                                 NonPrivateRelease)
 MergedEvent = PoissonSubsampledGaussian | SampledWithoutReplacementGaussian
 
 
@@ -190,6 +220,8 @@ def merge_repeats(events: Iterable[DpEvent]) -> list[MergedEvent]:
     - ``SampledWithoutReplacementGaussian``: by (noise, sample size, population size);
     - ``Gaussian(sigma)``: k of them become ``PoissonSubsampledGaussian(sigma, 1.0, k)``,
       the same mechanism (rate 1 includes every unit), so they also fold with such events.
+    - ``NonPrivateRelease(k)``: ``PoissonSubsampledGaussian(0.0, 1.0, k)``, the same
+      mechanism (no noise, every unit), whose epsilon every accountant states as infinite.
 
     The result is sorted: Poisson events by (noise, rate) first, then the others.
     Events with no steps are dropped.  Raises NotComposable (a TypeError) for an object
@@ -199,7 +231,7 @@ def merge_repeats(events: Iterable[DpEvent]) -> list[MergedEvent]:
     for event in events:
         if isinstance(event, PoissonSubsampledGaussian):
             key: tuple = (0, event.noise_multiplier, event.sample_rate)
-        elif isinstance(event, Gaussian):
+        elif isinstance(event, (Gaussian, NonPrivateRelease)):
             key = (0, event.noise_multiplier, 1.0)
         elif isinstance(event, SampledWithoutReplacementGaussian):
             key = (1, event.noise_multiplier, event.sample_size, event.population_size)
@@ -233,6 +265,8 @@ def to_dp_accounting(event: DpEvent) -> dp_accounting.DpEvent:
     import dp_accounting
 
     _check_is_event(event)
+    if isinstance(event, NonPrivateRelease):
+        raise NotComposable("a non-private release has no dp-accounting event: its epsilon is infinite")
     gaussian = dp_accounting.GaussianDpEvent(event.noise_multiplier)
     if isinstance(event, Gaussian):
         return gaussian

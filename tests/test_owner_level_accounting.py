@@ -297,7 +297,8 @@ def test_the_new_mechanism_has_its_own_field_numbers():
     assert numbers["sampled_without_replacement_gaussian"] == 19
     oneof = ledger_pb2.LedgerEntry.DESCRIPTOR.oneofs_by_name["event"]
     assert [f.name for f in oneof.fields] == ["poisson_subsampled_gaussian", "gaussian",
-                                              "sampled_without_replacement_gaussian"]
+                                              "sampled_without_replacement_gaussian", "non_private_release"]
+    assert numbers["non_private_release"] == 20  # added later: the next free number, never a reused one
     assert {f.name: f.number for f in ledger_pb2.SampledWithoutReplacementGaussian.DESCRIPTOR.fields} == {
         "noise_multiplier": 1, "sample_size": 2, "population_size": 3, "steps": 4}
 

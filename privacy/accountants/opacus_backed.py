@@ -47,7 +47,8 @@ from opacus.accountants.utils import get_noise_multiplier
 
 from privfl.privacy.accountants.base import Accountant, Composition
 from privfl.privacy.events import (
-    DpEvent, Gaussian, MergedEvent, PoissonSubsampledGaussian, SampledWithoutReplacementGaussian, merge_repeats,
+    DpEvent, Gaussian, MergedEvent, NonPrivateRelease, PoissonSubsampledGaussian, SampledWithoutReplacementGaussian,
+    merge_repeats,
 )
 
 RDP_ORDERS = tuple(_OpacusRdp.DEFAULT_ALPHAS)
@@ -132,7 +133,7 @@ def _cached_epsilon(mechanism: str, history: tuple[MergedEvent, ...], delta: flo
 class RdpAccountant(OpacusAccountant):
     """Renyi DP (Mironov 2017): an upper bound, fast, the default for enforcement."""
 
-    event_types = (PoissonSubsampledGaussian, SampledWithoutReplacementGaussian, Gaussian)
+    event_types = (PoissonSubsampledGaussian, SampledWithoutReplacementGaussian, Gaussian, NonPrivateRelease)
 
     def __init__(self) -> None:
         super().__init__("rdp")
@@ -175,7 +176,7 @@ class PrvAccountant(OpacusAccountant):
     composes ``PoissonSubsampledGaussian`` events and refuses the others.
     """
 
-    event_types = (PoissonSubsampledGaussian,)
+    event_types = (PoissonSubsampledGaussian, NonPrivateRelease)  # the latter: epsilon infinite
 
     def __init__(self) -> None:
         super().__init__("prv")

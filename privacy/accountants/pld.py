@@ -41,7 +41,7 @@ from functools import lru_cache
 
 from privfl.privacy.accountants.base import Accountant, Composition, bisect_noise
 from privfl.privacy.events import (
-    DpEvent, Gaussian, PoissonSubsampledGaussian, SampledWithoutReplacementGaussian, merge_repeats,
+    DpEvent, Gaussian, NonPrivateRelease, PoissonSubsampledGaussian, SampledWithoutReplacementGaussian, merge_repeats,
 )
 
 COARSE_INTERVAL = 1e-3
@@ -94,7 +94,7 @@ class PldAccountant(Accountant):
     """Privacy loss distributions (Koskela et al. 2020; Doroshenko et al. 2022) via dp-accounting."""
 
     name = "pld"
-    event_types = (PoissonSubsampledGaussian, Gaussian)
+    event_types = (PoissonSubsampledGaussian, Gaussian, NonPrivateRelease)  # the last: epsilon infinite
 
     def refusal_for_type(self, event: object) -> str:
         reason = super().refusal_for_type(event)

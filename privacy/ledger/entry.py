@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from google.protobuf import unknown_fields
 from google.protobuf.message import DecodeError
 
-from privfl.privacy.events import DpEvent, Gaussian, PoissonSubsampledGaussian
+from privfl.privacy.events import DpEvent, Gaussian, NonPrivateRelease, PoissonSubsampledGaussian
 from privfl.privacy.ledger.chain import HASH_SIZE, entry_hash
 from privfl.privacy.ledger.errors import LedgerError
 from privfl.protos import ledger_pb2
@@ -97,6 +97,8 @@ def event_to_proto(event: DpEvent | None, message: ledger_pb2.LedgerEntry) -> No
             noise_multiplier=event.noise_multiplier, sample_rate=event.sample_rate, steps=event.steps))
     elif isinstance(event, Gaussian):
         message.gaussian.CopyFrom(ledger_pb2.Gaussian(noise_multiplier=event.noise_multiplier))
+    elif isinstance(event, NonPrivateRelease):
+        message.non_private_release.CopyFrom(ledger_pb2.NonPrivateRelease(steps=event.steps))
     elif isinstance(event, SampledWithoutReplacementGaussian):
         message.sampled_without_replacement_gaussian.CopyFrom(ledger_pb2.SampledWithoutReplacementGaussian(
             noise_multiplier=event.noise_multiplier, sample_size=event.sample_size,
@@ -118,6 +120,8 @@ def event_from_proto(message: ledger_pb2.LedgerEntry) -> tuple[DpEvent | None, s
         e = message.sampled_without_replacement_gaussian
         return SampledWithoutReplacementGaussian(e.noise_multiplier, int(e.sample_size), int(e.population_size),
                                                  int(e.steps)), which
+    if which == "non_private_release":
+        return NonPrivateRelease(int(message.non_private_release.steps)), which
     if which is None and len(unknown_fields.UnknownFieldSet(message)):
         # Written by a newer privfl: possibly a mechanism added since. Keep the entry
         # readable; accounting refuses it (principle 3).
