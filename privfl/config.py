@@ -51,14 +51,22 @@ def _model_name(value: str) -> str | None:
     return f"must be one of {', '.join(MODEL_NAMES)} or 'package.module:factory'"
 
 
+def _experiment_id(value: str) -> str | None:
+    """An experiment id keys every owner's charges (empty: one is made from the experiment's name)."""
+    from privfl.protocol import experiment_id_problem
+
+    return experiment_id_problem(value) if value else None
+
+
 @dataclass(frozen=True)
 class ExperimentConfig:
     """Everything one federated run needs; field ``foo_bar`` is run-config key ``foo-bar``."""
 
-    experiment: str = setting("quickstart", "name of the experiment; used in the run directory name")
+    experiment: str = setting("quickstart", "name of the experiment; used in the run directory name and in the "
+                              "experiment id (letters, digits, '.', '_', '-')", _experiment_id)
     experiment_id: str = setting(
         "", "privfl's id of this experiment: owners key their charges by it and a resumed experiment keeps it "
-        "(empty: <experiment>-<UTC time>-<random>)")
+        "(empty: <experiment>-<UTC time>-<random>)", _experiment_id)
     dataset: str = setting(
         "digits", "task data: digits | heart-disease (bundled) | folder (data-dir) | none (the owners bring "
         "their data; set num-features and num-classes)", one_of(DATASETS))

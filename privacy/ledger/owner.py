@@ -32,7 +32,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from privfl.privacy.accountants import get_accountant
-from privfl.privacy.events import DpEvent, PoissonSubsampledGaussian, is_event
+from privfl.privacy.events import DpEvent, NonPrivateRelease, PoissonSubsampledGaussian, is_event
 from privfl.privacy.keys import check_owner_id, fingerprint, public_key_bytes, public_key_from_bytes
 from privfl.privacy.ledger.chain import HASH_SIZE, expected_previous_hash
 from privfl.privacy.ledger.entry import (
@@ -145,10 +145,18 @@ class OwnerLedger(LedgerFile):
         """Entries with ``after < sequence < before``, in chain order (a bridge between two heads)."""
         return [_decode(row) for row in self._store.rows(self.owner_id, after_sequence=after) if row.sequence < before]
 
-    def charge_for(self, run_id: str, round: int) -> Entry | None:
-        """The charge for this release, if there is one."""
+    def charge_for(self, run_id: str, round: int, unit: str | None = None) -> Entry | None:
+        """The charge for this release, if there is one (of privacy ``unit``, when one is named).
+
+        A charge of another unit under the same key is not this release's charge: record-level
+        and owner-level charges are different promises (principle 4), so a caller that names
+        the unit it means never takes one for the other, whatever the key.
+        """
         row = self._store.find(self.owner_id, run_id, round, KIND_TO_PROTO[CHARGE])
-        return _decode(row) if row else None
+        entry = _decode(row) if row else None
+        if entry is not None and unit is not None and unit_of(entry) != unit:
+            return None
+        return entry
 
     def is_charged(self, run_id: str, round: int) -> bool:
         return self._store.find(self.owner_id, run_id, round, KIND_TO_PROTO[CHARGE]) is not None
@@ -207,7 +215,8 @@ class OwnerLedger(LedgerFile):
             raise TypeError(f"event must be a privfl DP event, got {type(event).__name__}")
         if len(update_hash) not in (0, HASH_SIZE):
             raise ValueError(f"update_hash must be a sha256 digest ({HASH_SIZE} bytes), got {len(update_hash)}")
-        if not (math.isfinite(clipping_norm) and clipping_norm > 0):
+        unclipped = isinstance(event, NonPrivateRelease) and clipping_norm == 0  # nothing is clipped without DP
+        if not unclipped and not (math.isfinite(clipping_norm) and clipping_norm > 0):
             raise ValueError(f"clipping_norm must be finite and > 0, got {clipping_norm}")
         unit = _privacy_unit(privacy_unit, event)
         get_accountant(accountant)  # unknown name: ValueError before taking the lock
@@ -215,6 +224,10 @@ class OwnerLedger(LedgerFile):
             existing = self._store.find(self.owner_id, run_id, round, KIND_TO_PROTO[CHARGE])
             if existing is not None:
                 entry = _decode(existing)
+                if unit_of(entry) != unit:
+                    raise ChargeConflict(
+                        f"owner {self.owner_id}, run {run_id!r}, round {round} is already charged at the "
+                        f"{unit_of(entry)} level; refusing to take it for a {unit}-level charge")
                 if entry.event != event:
                     raise ChargeConflict(
                         f"owner {self.owner_id}, run {run_id!r}, round {round} is already charged with "
@@ -325,7 +338,8 @@ def _decode(row: StoredRow) -> Entry:
 
 def _privacy_unit(given: str | None, event: DpEvent | None) -> str:
     """DP-SGD protects a record; DP over clipped updates protects the owner (principle 4)."""
-    unit = given or (RECORD if isinstance(event, PoissonSubsampledGaussian) or event is None else OWNER)
+    record_level = (PoissonSubsampledGaussian, NonPrivateRelease)  # DP-SGD, or a release without DP at all
+    unit = given or (RECORD if isinstance(event, record_level) or event is None else OWNER)
     if unit not in (RECORD, OWNER):
         raise ValueError(f"privacy_unit must be '{RECORD}' or '{OWNER}', got {unit!r}")
     return unit
