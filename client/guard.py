@@ -49,10 +49,7 @@ def plan_problem(policy: OwnerPolicy, plan: TrainingPlan, data: OwnerData, unit:
     does not require DP.
     """
     if not plan.dp:
-        if unit == OWNER:
-            return None
-        return ("the request asks for training without differential privacy; this owner's policy requires DP "
-                "(dp-required = true)") if policy.dp_required else None
+        return dp_required_problem(policy, plan, unit)
     if not plan.noise_multiplier > 0:
         return f"the request asks for noise multiplier {plan.noise_multiplier}: no privacy guarantee"
     if plan.noise_multiplier < policy.min_noise_multiplier:
@@ -60,6 +57,23 @@ def plan_problem(policy: OwnerPolicy, plan: TrainingPlan, data: OwnerData, unit:
                 f"at least {policy.min_noise_multiplier:g} (min-noise-multiplier)")
     problem = delta_problem(policy.delta, len(data.train))
     return f"{problem} (the owner policy's delta)" if problem else None
+
+
+def dp_required_problem(policy: OwnerPolicy, plan: TrainingPlan, unit: str = RECORD) -> str | None:
+    """Why a release without DP-SGD is refused (None: the plan has DP-SGD, or the policy allows it).
+
+    An owner-level round without DP-SGD is no exception: its noise is added by the coordinator,
+    which sees the owner's update (or, with SecAgg+, the cohort's sum) before any noise, so
+    nothing this owner's own process does would protect a record from the coordinator.
+    """
+    if plan.dp or not policy.dp_required:
+        return None
+    if unit == OWNER:
+        return ("the request asks for an owner-level round without DP-SGD; its noise would be added by the "
+                "coordinator, after it has seen this owner's update without noise, and this owner's policy "
+                "requires DP (dp-required = true): it releases owner-level updates only with DP-SGD (dp = true)")
+    return ("the request asks for training without differential privacy; this owner's policy requires DP "
+            "(dp-required = true)")
 
 
 def _shape_problem(request: RoundRequest, data: OwnerData, *, training: bool) -> str | None:

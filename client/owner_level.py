@@ -12,13 +12,31 @@ the owner's ledger must hold every round, not only the ones it was drawn in:
    aggregation if it requires it) and charges the round's event, or refuses;
 2. the drawn owners train and release their update as a *difference* from the global
    model, clipped to C, with weight 1 (owner-level DP gives every owner the same
-   weight).  A release needs the step-1 charge of the same round.  With DP-SGD as
-   well, the release is also charged at the record level; without, it leaves under
-   the owner-level charge alone, saved first so a retry re-sends the same update.
+   weight).  A release needs the step-1 charge of the same round (of the owner unit:
+   a charge of another unit under the same key is never taken for it).  With DP-SGD as
+   well, the release is also charged at the record level; without, it is recorded at
+   the record level as a :class:`~privfl.privacy.events.NonPrivateRelease` bound to the
+   update's hash (:meth:`privfl.client.round._Round.release_owner_level`).
+
+What the owner checks in its own process, whatever the request says:
+
+- DP required (``dp-required = true``): owner-level updates leave only with DP-SGD.
+  The owner-level noise is added by the coordinator after it has seen the update (or,
+  under SecAgg+, the cohort's sum), so without DP-SGD nothing protects a record from
+  the coordinator itself (:func:`privfl.client.guard.dp_required_problem`);
+- secure aggregation, when the round claims it or the policy requires it: the release
+  is built inside SecAgg+'s masked-vectors stage of this very process and summed with
+  at least one other owner's masked vector (:func:`_masking_problem`); a plain train
+  message that claims SecAgg+ gets a signed refusal;
+- the amplification it credits: the owner cannot check whom the coordinator draws, so
+  a sampling rate (Poisson q, or m/N) below ``min-owner-sample-rate`` (default 1: none
+  credited) is refused; terms that cannot be run (a clipping norm that is not finite
+  and > 0, a sampling outside its range) get a signed refusal, not an exception.
 """
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 from dataclasses import replace
 from typing import Any
@@ -28,10 +46,11 @@ import torch
 from flwr.app import Message, RecordDict
 
 from privfl import protocol
-from privfl.client.guard import decide_release
+from privfl.client.guard import decide_release, dp_required_problem
+from privfl.client.secure_aggregation import masked_cohort
 from privfl.client.training import LocalUpdate
-from privfl.privacy.ledger import UnsupportedEvent
-from privfl.privacy.owner_level import clip_to_norm
+from privfl.privacy.ledger import ChargeConflict, UnsupportedEvent
+from privfl.privacy.owner_level import POISSON, clip_to_norm
 from privfl.privacy.policy import OWNER, PolicyError
 from privfl.protocol import OwnerRound, RoundRequest
 
@@ -40,10 +59,10 @@ def owner_charge(round_: Any, request: RoundRequest) -> RecordDict:
     """Step 1: charge this round's owner-level event, or refuse (signed) saying why."""
     owner, terms = round_.owner, request.owner_round
     key = OwnerRound.charge_key(request.experiment_id)
-    reason = _terms_problem(owner.policy, terms)
+    reason = _terms_problem(owner.policy, terms) or dp_required_problem(owner.policy, request.plan, OWNER)
     if reason:
         return round_.refuse(reason, request=request, unit=OWNER, run_id=key)
-    existing = owner.ledger.charge_for(key, request.server_round)
+    existing = owner.ledger.charge_for(key, request.server_round, unit=OWNER)
     if existing is not None:  # asked again (a retry, a resumed round): the same charge
         return RecordDict({protocol.PRIVACY: round_._receipt(existing)})
     event = terms.event()
@@ -55,22 +74,29 @@ def owner_charge(round_: Any, request: RoundRequest) -> RecordDict:
     if not decision.allowed:
         return round_.refuse(f"owner-level {decision.reason}", request=request, planned=event, unit=OWNER,
                              run_id=key)
-    entry = round_.charge(key, event, request, clipping_norm=terms.clipping_norm, unit=OWNER)
+    try:
+        entry = round_.charge(key, event, request, clipping_norm=terms.clipping_norm, unit=OWNER)
+    except ChargeConflict as err:  # the key holds another unit's or another event's charge: never take it as this
+        return round_.refuse(f"this owner cannot charge the round: {err}", request=request, unit=OWNER, run_id=key)
     return RecordDict({protocol.PRIVACY: round_._receipt(entry)})
 
 
 def owner_release_problem(owner: Any, request: RoundRequest) -> str | None:
     """Step 2: why a drawn owner does not release (None: it was charged for the round and may)."""
-    reason = _terms_problem(owner.policy, request.owner_round)
+    reason = (_terms_problem(owner.policy, request.owner_round)
+              or dp_required_problem(owner.policy, request.plan, OWNER)
+              or _masking_problem(owner.policy, request.owner_round))
     if reason:
         return reason
-    if owner.ledger.charge_for(OwnerRound.charge_key(request.experiment_id), request.server_round) is None:
+    key = OwnerRound.charge_key(request.experiment_id)
+    if owner.ledger.charge_for(key, request.server_round, unit=OWNER) is None:
         return (f"this owner was not charged for owner-level round {request.server_round} before the draw; it "
                 "releases nothing the round's charge does not cover")
     return None
 
 
 def _terms_problem(policy: Any, terms: OwnerRound | None) -> str | None:
+    """Why this owner does not accept the round's owner-level terms, checked against its own policy."""
     if terms is None:
         return "the request asks for an owner-level round but names no owner-level mechanism"
     if policy.owner_epsilon_budget is None:
@@ -81,6 +107,39 @@ def _terms_problem(policy: Any, terms: OwnerRound | None) -> str | None:
     if not terms.noise_multiplier > 0 or terms.noise_multiplier < policy.min_noise_multiplier:
         return (f"the owner-level noise multiplier {terms.noise_multiplier:g} is below this owner's minimum "
                 f"{policy.min_noise_multiplier:g} (min-noise-multiplier)")
+    if not (math.isfinite(terms.clipping_norm) and terms.clipping_norm > 0):
+        return f"the owner-level clipping norm {terms.clipping_norm!r} is not finite and > 0"
+    try:
+        terms.event()
+    except ValueError as err:  # a sampling that cannot be run (rate outside (0, 1], m > N, ...)
+        return f"the owner-level mechanism cannot be accounted: {err}"
+    rate = terms.sample_rate if terms.sampling == POISSON else terms.sample_size / terms.population
+    if rate < policy.min_owner_sample_rate:
+        return (f"the owner-level sampling rate {rate:.4g} ({terms.sampling}) is below the least rate whose "
+                f"amplification this owner credits, {policy.min_owner_sample_rate:g} (min-owner-sample-rate): the "
+                "coordinator draws the sample and this owner cannot check it")
+    return None
+
+
+def _masking_problem(policy: Any, terms: OwnerRound | None) -> str | None:
+    """Why this release may not leave as it would (None: it leaves masked by SecAgg+, or needs not).
+
+    Checked in this owner's own process (:func:`privfl.client.secure_aggregation.masked_cohort`),
+    never taken from the request: a round said to be securely aggregated, or an owner that
+    requires it, releases only inside SecAgg+'s masked-vectors stage, summed with at least
+    one other owner's masked vector.
+    """
+    if terms is None or not (terms.secure or policy.require_secure_aggregation):
+        return None
+    why = ("the round is said to be securely aggregated" if terms.secure else
+           "this owner's policy requires secure aggregation (require-secure-aggregation)")
+    cohort = masked_cohort()
+    if cohort is None:
+        return (f"{why}, but the request reached this owner as a plain train message, not in SecAgg+'s "
+                "masked-vectors stage: its update would leave in the clear")
+    if cohort < 2:
+        return (f"{why}, but SecAgg+ would sum this owner's masked vector with no other owner's: the "
+                "coordinator would unmask this owner's update alone")
     return None
 
 

@@ -20,6 +20,10 @@ every owner that could be drawn is first charged the round's owner-level event
 clipped to the owner-level norm, as a difference from the global model.  With DP-SGD
 as well (both units), that release is also charged at the record level.
 
+A release without DP (a policy with ``dp-required = false``, or an owner-level round
+without DP-SGD) is charged too, as a :class:`~privfl.privacy.events.NonPrivateRelease`
+bound to the update's hash: the owner's record-level epsilon is infinite from then on.
+
 A charge is keyed by privfl's experiment id and round (not Flower's run id, which a
 resumed experiment changes).  A retried or resumed round finds its charge and re-sends
 the very update it charged for, so it is never charged twice and never releases a
@@ -43,6 +47,7 @@ from privfl.client.release_store import ReleaseStore
 from privfl.client.training import LocalUpdate, train_locally
 from privfl.devices import resolve_device
 from privfl.logs import get_logger
+from privfl.privacy.events import NonPrivateRelease
 from privfl.privacy.ledger import UnsupportedEvent
 from privfl.privacy.policy import OWNER, RECORD
 from privfl.protocol import OwnerRound, ProtocolError, RoundRequest
@@ -61,6 +66,10 @@ def run_train_round(msg: Message, context: Context) -> RecordDict:
     if not (isinstance(experiment_id, str) and experiment_id and isinstance(server_round, int)
             and not isinstance(server_round, bool) and server_round >= 0):
         reason = "the request names no experiment id and round, which key every charge"
+        log.error("%s refuses: %s", owner.owner_id, reason)
+        return RecordDict({protocol.PRIVACY: protocol.unsigned_refusal(reason, owner.owner_id)})
+    reason = protocol.experiment_id_problem(experiment_id)
+    if reason:  # unsigned: a refusal keyed by this id could itself sit under another key's charges
         log.error("%s refuses: %s", owner.owner_id, reason)
         return RecordDict({protocol.PRIVACY: protocol.unsigned_refusal(reason, owner.owner_id)})
     round_ = _Round(owner, experiment_id, server_round)
@@ -95,9 +104,9 @@ def run_train_round(msg: Message, context: Context) -> RecordDict:
         if request.privacy_unit == OWNER:  # released under its owner-level charge alone
             return round_.release_owner_level(request, msg)
         # the owner's policy allows non-private training (dp-required = false)
-        return _release(_train(owner, request, msg), protocol.non_private_receipt(owner.owner_id))
+        return round_.release_non_private(request, msg)
 
-    charged = owner.ledger.charge_for(experiment_id, server_round)
+    charged = owner.ledger.charge_for(experiment_id, server_round, unit=RECORD)
     if charged is not None:
         return round_.resend(charged)
     planned = plan.privacy_event(len(data.train))
@@ -147,9 +156,10 @@ class _Round:
         return RecordDict({protocol.PRIVACY: self._receipt(entry)})
 
     def charge(self, run_id: str, event: Any, request: RoundRequest, *, clipping_norm: float, unit: str,
-               update_hash: bytes = b"") -> Any:
+               update_hash: bytes = b"", enforce_budget: bool = True) -> Any:
         return self.owner.ledger.charge(run_id, self.server_round, event, clipping_norm=clipping_norm,
-                                        update_hash=update_hash, **self._terms(request, unit))
+                                        update_hash=update_hash, enforce_budget=enforce_budget,
+                                        **self._terms(request, unit))
 
     def charge_and_release(self, update: LocalUpdate, request: RoundRequest) -> RecordDict:
         """A DP-SGD release (record-level), charged before it leaves."""
@@ -160,14 +170,43 @@ class _Round:
         return _release(update, self._receipt(entry))
 
     def release_owner_level(self, request: RoundRequest, msg: Message) -> RecordDict:
-        """An owner-level round without DP-SGD: the clipped update leaves under its owner-level charge."""
-        key = OwnerRound.charge_key(self.experiment_id)
-        charge = self.owner.ledger.charge_for(key, self.server_round)
-        saved = self.releases.load(key, self.server_round)
-        if saved is None:
-            saved = as_released(_train(self.owner, request, msg), request, msg)
-            self.releases.save(key, self.server_round, saved)  # a retry re-sends this very update
-        return _release(saved, self._receipt(charge))
+        """An owner-level round without DP-SGD (a policy with dp-required = false): the clipped update
+        leaves under its owner-level charge, recorded first as a record-level release without DP."""
+        charge = self.owner.ledger.charge_for(OwnerRound.charge_key(self.experiment_id), self.server_round,
+                                              unit=OWNER)
+        return self._release_without_dp(request, msg, self._receipt(charge))
+
+    def release_non_private(self, request: RoundRequest, msg: Message) -> RecordDict:
+        """A release without DP (the owner's policy allows it: dp-required = false)."""
+        return self._release_without_dp(request, msg, None)
+
+    def _release_without_dp(self, request: RoundRequest, msg: Message, receipt: Any) -> RecordDict:
+        """Charge a :class:`NonPrivateRelease` bound to the update's hash, then release; a re-ask re-sends it.
+
+        No DP-SGD: the coordinator sees this update without noise, so the owner's record-level
+        epsilon is infinite from this entry on (charged whatever the budget: the policy allows
+        it, and the ledger must say it).  The charge names the update's hash, as a DP-SGD charge
+        does: a round asked again re-sends that very update, or, when it is gone, refuses;
+        it never trains and releases a second update under one charge.
+        """
+        released = self.owner.ledger.charge_for(self.experiment_id, self.server_round, unit=RECORD)
+        if released is not None:
+            update = self.releases.load(self.experiment_id, self.server_round, released.update_hash)
+            if update is None:
+                reason = (f"round {self.server_round} of {self.experiment_id} was already released (entry "
+                          f"{released.sequence}) and the update it recorded is gone: this owner sends no second one")
+                return self.refuse(reason, request=request, unit=request.privacy_unit)
+            log.warning("%s: round %s of %s was already released; re-sending the same update",
+                        self.owner.owner_id, self.server_round, self.experiment_id)
+        else:
+            update = as_released(_train(self.owner, request, msg), request, msg)
+            digest = protocol.update_digest(update.state_dict)
+            self.releases.save(self.experiment_id, self.server_round, update)  # before the charge
+            released = self.charge(self.experiment_id, NonPrivateRelease(), request, clipping_norm=0.0, unit=RECORD,
+                                   update_hash=digest, enforce_budget=False)
+        if receipt is None:
+            receipt = protocol.non_private_receipt(self.owner.owner_id, released.signed_bytes())
+        return _release(update, receipt)
 
     def resend(self, charged: Any) -> RecordDict:
         update = self.releases.load(self.experiment_id, self.server_round, charged.update_hash)

@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import copy
 import traceback
+from contextvars import ContextVar
 from typing import Any
 
 import numpy as np
@@ -56,7 +57,7 @@ from flwr.client.mod.secure_aggregation.secaggplus_mod import secaggplus_mod
 from flwr.clientapp.typing import ClientAppCallable
 from flwr.common import Code, FitRes, Status, ndarrays_to_parameters
 from flwr.common.constant import ErrorCode
-from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
+from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key
 from flwr.compat.common import recorddict_compat as compat
 from flwr.supercore.differential_privacy import get_norm
 
@@ -69,6 +70,23 @@ from privfl.protocol import SECAGG_PAYLOAD_KEY as PAYLOAD_KEY
 from privfl.protocol import SECAGG_RECORD, UNCLIPPED_METRIC
 
 log = get_logger("client")
+
+# Set by this process's own adapter, and only while Flower's SecAgg+ mod runs the handler
+# in its masked-vectors stage: how many owners' masks the handler's release is summed with.
+# A ContextVar, not a record in the message: nothing the coordinator sends can set it.
+_MASKED_COHORT: ContextVar[int | None] = ContextVar("privfl_secagg_masked_cohort", default=None)
+
+
+def masked_cohort() -> int | None:
+    """How many owners (this one included) the release being built now is securely summed with.
+
+    None unless the caller runs inside the masked-vectors stage of SecAgg+ in this very
+    process (:class:`_PayloadAdapter`), where what the handler returns leaves only as a
+    masked vector.  An owner that requires secure aggregation, or is told its round is
+    securely aggregated, asks this before it releases (:mod:`privfl.client.owner_level`):
+    a plain train message that merely *claims* SecAgg+ answers None here.
+    """
+    return _MASKED_COHORT.get()
 
 
 def privfl_secagg_mod(msg: Message, ctxt: Context, call_next: ClientAppCallable) -> Message:
@@ -118,11 +136,19 @@ class _PayloadAdapter:
         template = content.array_records[payload_key]
         names = list(template.keys())
         shapes = {name: tuple(template[name].shape) for name in names}
+        # Only Flower's mod calls the adapter, in the masked-vectors stage; the owners whose key
+        # shares reached this one are the others whose pairwise masks hide its vector.
+        sources = content.config_records[RECORD_KEY_CONFIGS].get(Key.SOURCE_LIST, [])
+        cohort = 1 + len(sources) if isinstance(sources, list) else 1
         # The handler sees the request as the coordinator's strategy built it.
         del content[RECORD_KEY_CONFIGS]
         del content[SECAGG_RECORD]
 
-        reply = self.call_next(msg, ctxt)
+        token = _MASKED_COHORT.set(cohort)
+        try:
+            reply = self.call_next(msg, ctxt)
+        finally:
+            _MASKED_COHORT.reset(token)
         if reply.has_error():
             raise RuntimeError(f"the train handler replied with an error: {reply.error.reason}")
         out = reply.content
@@ -187,4 +213,4 @@ def _delta(record: Any, names: list[str], shapes: dict[str, tuple[int, ...]]) ->
 
 
 __all__ = ["CLIPPING_RANGE", "CLIP_NORM", "COUNT_UNCLIPPED", "HAS_UPDATE", "PAYLOAD_KEY", "SECAGG_RECORD",
-           "UNCLIPPED_METRIC", "privfl_secagg_mod"]
+           "UNCLIPPED_METRIC", "masked_cohort", "privfl_secagg_mod"]

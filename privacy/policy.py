@@ -67,6 +67,10 @@ def _positive_finite(value: float) -> str | None:
     return None if math.isfinite(value) and value > 0 else "must be finite and > 0"
 
 
+def _rate_bound(value: float) -> str | None:
+    return None if 0 <= value <= 1 else "must be in [0, 1]"
+
+
 @dataclass(frozen=True)
 class OwnerPolicy:
     """One institution's rules for its own data; field ``foo_bar`` is policy key ``foo-bar``."""
@@ -105,6 +109,10 @@ class OwnerPolicy:
     require_secure_aggregation: bool = setting(
         False, "accept owner-level rounds only when updates are summed by secure aggregation (the coordinator "
         "never sees this owner's update in the clear)")
+    min_owner_sample_rate: float = setting(
+        1.0, "the least owner sampling rate (Poisson q, or m/N) whose amplification this owner credits in an "
+        "owner-level round; the coordinator draws the sample and this owner cannot check it (1: credit none, "
+        "0: believe any rate the coordinator states)", _rate_bound)
     answer_evaluation: bool = setting(
         False, "evaluate the global model on evaluation-data when the coordinator asks; the metrics are a "
         "release that the DP-SGD epsilon does not cover")
@@ -221,6 +229,7 @@ def simulated_owner_policy(config: ExperimentConfig, owner_id: str, owner_dir: P
         accountant=config.accountant, dp_required=config.dp, allowed_purposes=(),
         privacy_units=(RECORD, OWNER) if config.owner_dp else (RECORD,), allowed_models=("*",),
         owner_epsilon_budget=config.owner_epsilon_budget if config.owner_dp else None,
+        min_owner_sample_rate=0.0,  # the experimenter draws the owners: its stated rate is the one used
         answer_evaluation=True, ledger=str(owner_dir / LEDGER_FILE),
         signing_key=str(owner_dir / SIGNING_KEY_FILE), device=config.device,
     )

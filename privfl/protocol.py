@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
@@ -69,6 +70,21 @@ UNCLIPPED_METRIC = "unclipped"  # the handler's bit "||delta|| <= C before clipp
 
 class ProtocolError(ValueError):
     """A message that does not follow this protocol (missing key, wrong type, other version)."""
+
+
+# An experiment id keys every charge in every owner's ledger, and an owner-level charge is
+# keyed "<experiment id>/owner" (OwnerRound.charge_key): so an id may not hold '/', else the
+# record-level charges of experiment "X/owner" would sit under the key of X's owner-level ones.
+_EXPERIMENT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
+
+
+def experiment_id_problem(experiment_id: str) -> str | None:
+    """Why ``experiment_id`` cannot key an owner's charges (None: it can)."""
+    if isinstance(experiment_id, str) and _EXPERIMENT_ID.fullmatch(experiment_id):
+        return None
+    return (f"experiment id {experiment_id!r} is not usable: use 1-200 letters, digits, '.', '_' or '-', starting "
+            "with a letter or digit (an id with '/' could take another experiment's or another privacy unit's "
+            "charges for its own)")
 
 
 def update_digest(state_dict: Mapping[str, Any]) -> bytes:
@@ -287,10 +303,17 @@ def unsigned_refusal(reason: str, owner_id: str = "") -> ConfigRecord:
                          OWNER_PROTOCOL_VERSION: PROTOCOL_VERSION})
 
 
-def non_private_receipt(owner_id: str) -> ConfigRecord:
-    """An owner whose policy allows non-private training: no DP event, so no ledger entry."""
-    return ConfigRecord({OWNER_ID: owner_id, NON_PRIVATE: True, OWNER_PRIVFL_VERSION: __version__,
-                         OWNER_PROTOCOL_VERSION: PROTOCOL_VERSION})
+def non_private_receipt(owner_id: str, signed_entry: bytes = b"") -> ConfigRecord:
+    """An owner whose policy allows non-private training: its update carries no DP guarantee.
+
+    ``signed_entry``: the owner's ledger entry that recorded the release before it left (a
+    ``NonPrivateRelease`` charge: the owner's epsilon is infinite from then on).
+    """
+    values: dict[str, Any] = {OWNER_ID: owner_id, NON_PRIVATE: True, OWNER_PRIVFL_VERSION: __version__,
+                              OWNER_PROTOCOL_VERSION: PROTOCOL_VERSION}
+    if signed_entry:
+        values[SIGNED_ENTRY] = signed_entry
+    return ConfigRecord(values)
 
 
 def owner_record(owner_id: str) -> ConfigRecord:

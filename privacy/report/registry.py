@@ -37,6 +37,8 @@ MECHANISMS = {
                                             "uniformly without replacement, clips each drawn owner's update to L2 "
                                             "norm C and adds Gaussian noise of standard deviation sigma x C to their "
                                             "sum (replace-one neighbouring)",
+    "non_private_release": "a release without differential privacy (the owner's policy allowed training without "
+                           "DP): no clipping, no noise; epsilon is infinite from then on",
 }
 ACCOUNTANTS = {
     "rdp": "Renyi differential privacy (Mironov 2017), Opacus's implementation: an upper bound",
