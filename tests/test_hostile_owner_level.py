@@ -130,7 +130,7 @@ def test_a_secure_claim_inside_the_content_cannot_stand_in_for_the_masking(tmp_p
     _ask(policy, stage=protocol.OWNER_CHARGE_STAGE, terms=terms, dp=False)
     req = replace(request(CONFIG, 1, privacy_unit="owner", dp=False), owner_round=terms)
     msg = message(req)
-    msg.content[protocol.SECAGG_RECORD] = ConfigRecord({protocol.SECAGG_HAS_UPDATE: True})
+    msg.content["privfl-secagg"] = ConfigRecord({"has-update": True})  # protocol.SECAGG_RECORD, as sent
     _refused(run_train_round(msg, deployed_context({"policy": str(policy)})), "plain train message")
 
 
@@ -158,7 +158,7 @@ def test_an_owner_bounds_the_sampling_amplification_it_credits(tmp_path):
 ])
 def test_owner_level_terms_that_cannot_be_run_get_a_signed_refusal(tmp_path, terms, words):
     """These used to raise inside the owner's round (no signed answer) or charge an invalid entry."""
-    policy = _owner(tmp_path, min_owner_sample_rate=0.0)
+    policy = _owner(tmp_path)
     _refused(_ask(policy, stage=protocol.OWNER_CHARGE_STAGE, terms=terms), words)
 
 
@@ -223,12 +223,11 @@ def test_a_charged_owner_level_release_whose_saved_update_is_gone_is_not_release
     digest = protocol.update_digest(first[protocol.ARRAYS].to_torch_state_dict())
     again = _ask(policy, terms=_terms(), dp=False)  # a retry: the very same update
     assert protocol.update_digest(again[protocol.ARRAYS].to_torch_state_dict()) == digest
-    with _ledger(policy) as ledger:
-        bound = ledger.charge_for(EXP, 1, unit="record")
-    assert bound.update_hash == digest and isinstance(bound.event, NonPrivateRelease)
     shutil.rmtree(policy.parent / "ledger.db.releases")
     _refused(_ask(policy, terms=_terms(), dp=False), "already released", "no second one")
     with _ledger(policy) as ledger:
+        bound = ledger.charge_for(EXP, 1, unit="record")
+        assert bound.update_hash == digest and isinstance(bound.event, NonPrivateRelease)
         assert len(ledger.events("owner")) == 1 and len(ledger.events("record")) == 1
     assert _verified(policy)
 
@@ -316,3 +315,34 @@ def test_client_and_server_do_not_import_each_others_rooms():
     assert not {m for m in _imports("client") if m.startswith("privfl.server")}
     assert not {m for m in _imports("server") if m.startswith("privfl.client")}
     assert not {m for m in _imports("privfl/protocol.py") if m.startswith(("privfl.server", "privfl.client"))}
+
+
+# --------------------------------------------------------------------------- the honest path, end to end
+
+
+def test_a_securely_aggregated_owner_level_round_passes_the_owners_own_masking_check(tmp_path):
+    """privfl's ServerApp and ClientApp in this process, SecAgg+ through Flower's own stages: every owner sees
+    its release masked (its own check passes), is charged at the owner level and records its release without
+    DP-SGD as a NonPrivateRelease, which the coordinator's audit then verifies (bridged in round 2)."""
+    import json
+
+    from bench.inprocess_grid import run_apps
+    from privfl.client.app import app as client_app
+    from privfl.privacy.audit import audit_run
+    from privfl.server.app import app as server_app
+    from privfl.server.run_dir import settle
+
+    owners, rounds = 3, 2
+    config = settle(ExperimentConfig(num_owners=owners, num_rounds=rounds, run_dir=str(tmp_path / "run"),
+                                     federated_evaluation="off", dp=False, owner_dp=True, owner_sample_rate=1.0,
+                                     secure_aggregation=True, owner_noise_multiplier=1.2, owner_clipping_norm=1.0,
+                                     owner_epsilon_budget=50.0, batch_size=32))
+    run_apps(server_app, client_app, owners, config.to_mapping())
+    close_owner_ledgers()
+    history = json.loads((tmp_path / "run" / "history.json").read_text())
+    trained = [r for r in history["rounds"] if r["round"]]
+    assert all(r["owner_level"]["secure"] and r["owner_level"]["aggregated"] == owners for r in trained), trained
+    with OwnerLedger.open_readonly(Path(config.federation_dir) / "owners" / "owner-1" / "ledger.db") as ledger:
+        assert len(ledger.events("owner")) == rounds
+        assert ledger.events("record") == [NonPrivateRelease()] * rounds
+    assert audit_run(tmp_path / "run").ok
