@@ -4,6 +4,10 @@ The owner's ledger is the record that counts (DESIGN principle 1).  Its path and
 come from the owner's policy (:mod:`privfl.privacy.policy`): in a deployment the
 institution names them; a simulated owner keeps them in its folder of the
 simulation's federation folder, enrolled before the run.
+
+The node never creates a ledger (a wrong or moved path would be a fresh lifetime
+budget), and before every round it checks the ledger against the head it last wrote
+itself (:mod:`privfl.privacy.ledger.node_head`), whatever anchor the coordinator sends.
 """
 
 from __future__ import annotations
@@ -13,10 +17,43 @@ from collections import OrderedDict
 from pathlib import Path
 
 from privfl.privacy.keys import load_private_key
-from privfl.privacy.ledger import OwnerLedger
+from privfl.privacy.ledger import Entry, MissingLedger, OwnerLedger
+from privfl.privacy.ledger.node_head import (
+    NodeHeadError, head_problem, missing_ledger_problem, node_head_path, read_node_head, write_node_head,
+)
 from privfl.privacy.policy import OwnerPolicy
 
-_OPEN: OrderedDict[tuple[str, Path, Path], OwnerLedger] = OrderedDict()  # least recently used first
+
+class NodeLedger(OwnerLedger):
+    """An owner's ledger as its node appends to it: every entry written moves the node's head record on."""
+
+    head_record: Path
+
+    def charge(self, *args, **kwargs) -> Entry:
+        return self._recorded(super().charge(*args, **kwargs))
+
+    def refuse(self, *args, **kwargs) -> Entry:
+        return self._recorded(super().refuse(*args, **kwargs))
+
+    def check_head(self) -> None:
+        """Raise NodeHeadError unless the ledger holds the head this node last wrote (no record yet: record it)."""
+        head = read_node_head(self.head_record, self.public_key)
+        problem = head_problem(self, head)
+        if problem:
+            raise NodeHeadError(problem)
+        if head is None:
+            sequence, head_hash = self.head()
+            write_node_head(self.head_record, self._signing_key, self.owner_id, sequence, head_hash, self.path)
+
+    def _recorded(self, entry: Entry) -> Entry:
+        """After the ledger committed: the record only ever moves forward (never ahead of the ledger)."""
+        known = read_node_head(self.head_record, self.public_key)
+        if known is None or entry.sequence > known.sequence:
+            write_node_head(self.head_record, self._signing_key, self.owner_id, entry.sequence, entry.hash, self.path)
+        return entry
+
+
+_OPEN: OrderedDict[tuple[str, Path, Path], tuple[NodeLedger, int]] = OrderedDict()  # least recently used first
 
 
 def max_open_ledgers() -> int:
@@ -39,7 +76,7 @@ def max_open_ledgers() -> int:
     return max(16, min(1024, soft // 8))
 
 
-def open_owner_ledger(policy: OwnerPolicy) -> OwnerLedger:
+def open_owner_ledger(policy: OwnerPolicy) -> NodeLedger:
     """The owner's ledger, kept open for the life of this process (up to :func:`max_open_ledgers` of them).
 
     A node process serves many rounds; reopening the ledger each round costs a schema
@@ -51,19 +88,39 @@ def open_owner_ledger(policy: OwnerPolicy) -> OwnerLedger:
     cache_key = (policy.owner_id, ledger, key)
     if cache_key in _OPEN:
         _OPEN.move_to_end(cache_key)
-        return _OPEN[cache_key]
+        opened, inode = _OPEN[cache_key]
+        if _inode(ledger) == inode:
+            return _checked(opened)
+        _OPEN.pop(cache_key)[0].close()  # the file was deleted or replaced under the open connection
     while len(_OPEN) >= max_open_ledgers():
-        _OPEN.popitem(last=False)[1].close()
+        _OPEN.popitem(last=False)[1][0].close()
     signing_key = load_private_key(key, policy.passphrase())
-    ledger.parent.mkdir(parents=True, exist_ok=True)
-    _OPEN[cache_key] = OwnerLedger.open(ledger, policy.owner_id, signing_key)
-    return _OPEN[cache_key]
+    record = node_head_path(key)
+    try:
+        opened = NodeLedger.open(ledger, policy.owner_id, signing_key, create=False)
+    except MissingLedger:
+        raise MissingLedger(missing_ledger_problem(ledger, read_node_head(record, signing_key.public_key()))) from None
+    opened.head_record = record
+    _OPEN[cache_key] = (opened, _inode(ledger))
+    return _checked(opened)
+
+
+def _inode(path: Path) -> int:
+    try:
+        return path.stat().st_ino
+    except FileNotFoundError:
+        return -1
+
+
+def _checked(ledger: NodeLedger) -> NodeLedger:
+    ledger.check_head()
+    return ledger
 
 
 def close_owner_ledgers() -> None:
     """Close every ledger this process holds open (as a process exit or restart would)."""
     while _OPEN:
-        _OPEN.popitem()[1].close()
+        _OPEN.popitem()[1][0].close()
 
 
 atexit.register(close_owner_ledgers)  # a ClientApp process that exits leaves each ledger as one file

@@ -6,7 +6,8 @@ owner gets the same, in its folder of the simulation's federation folder
 (``owners/<owner>/``), with its policy derived from the experiment config
 (:func:`privfl.privacy.policy.simulated_owner_policy`).
 
-Enrolment is idempotent: an owner already enrolled keeps its policy, key and ledger
+Enrolment creates the owner's ledger (its node never does) with the node's record of
+its head.  It is idempotent: an owner already enrolled keeps its policy, key and ledger
 (a reused federation folder composes the owner's lifetime spend), and its registered
 public key must still be the key it signs with.
 """
@@ -20,6 +21,7 @@ from privfl.config import ExperimentConfig
 from privfl.privacy.keys import (
     KeyFileError, fingerprint, generate_key, load_private_key, load_public_key, save_private_key, save_public_key,
 )
+from privfl.privacy.ledger.node_head import enrol_owner_ledger
 from privfl.privacy.policy import (
     POLICY_FILE, OwnerPolicy, load_policy_file, simulated_owner_policy, write_policy_file,
 )
@@ -55,4 +57,5 @@ def _enroll(config: ExperimentConfig, where: Layout, owner_id: str) -> OwnerPoli
         raise KeyFileError(f"owner {owner_id}: the coordinator has key {fingerprint(load_public_key(registered))[:16]}"
                            f"... registered, but the owner signs with {fingerprint(signing)[:16]}...; an owner's key "
                            "changes only through a key rotation (docs/deployment.md)")
+    enrol_owner_ledger(policy.ledger, owner_id, signing, policy.signing_key)  # the only place a simulated one starts
     return policy

@@ -16,6 +16,7 @@ from privfl import protocol
 from privfl.config import ExperimentConfig
 from privfl.models import ModelSpec
 from privfl.privacy.keys import generate_key, save_private_key, save_public_key
+from privfl.privacy.ledger.node_head import enrol_owner_ledger
 from privfl.privacy.policy import OwnerPolicy, write_policy_file
 from privfl.protocol import RoundRequest, TrainingPlan
 from privfl.server import run_dir as artefacts
@@ -86,4 +87,7 @@ def deployed_owner(folder: Path, owner_id: str = "st-mary", **policy) -> Path:
     values = dict(owner_id=owner_id, epsilon_budget=3.0, delta=1e-5, data=str(data), ledger=str(folder / "ledger.db"),
                   signing_key=str(folder / "signing.key"))
     values.update(policy)
-    return write_policy_file(OwnerPolicy(**values), folder / "policy.toml")
+    written = write_policy_file(OwnerPolicy(**values), folder / "policy.toml")
+    if values["ledger"]:  # enrolment creates the ledger (the node never does)
+        enrol_owner_ledger(values["ledger"], owner_id, key, values["signing_key"])
+    return written

@@ -11,6 +11,10 @@ class NotALedgerError(LedgerError):
     """The file is not a privfl ledger (or not the kind expected)."""
 
 
+class MissingLedger(LedgerError):
+    """No ledger where one must already exist: only enrolment creates an owner's ledger."""
+
+
 class LedgerKeyMismatch(LedgerError):
     """The key offered does not belong to this ledger or owner."""
 

@@ -76,16 +76,18 @@ class OwnerLedger(LedgerFile):
     # -- opening ---------------------------------------------------------------
 
     @classmethod
-    def open(cls, path: str | Path, owner_id: str, signing_key: Ed25519PrivateKey) -> OwnerLedger:
-        """Open (or create) the owner's ledger for appending.
+    def open(cls, path: str | Path, owner_id: str, signing_key: Ed25519PrivateKey, *,
+             create: bool = True) -> OwnerLedger:
+        """Open (or, with ``create``, create) the owner's ledger for appending.
 
         A new ledger records ``owner_id`` and the key's public half; an existing one
-        must belong to the same owner and key.
+        must belong to the same owner and key.  ``create=False`` (an owner's node)
+        raises MissingLedger when there is no ledger at ``path``.
         """
         check_owner_id(owner_id)
         if not isinstance(signing_key, Ed25519PrivateKey):
             raise TypeError("signing_key must be an Ed25519PrivateKey (privfl.privacy.keys.load_private_key)")
-        store = LedgerStore.open_for_writing(path, OWNER_LEDGER, {"owner_id": owner_id})
+        store = LedgerStore.open_for_writing(path, OWNER_LEDGER, {"owner_id": owner_id}, create=create)
         try:
             key_fp = fingerprint(signing_key)
             with store.write():

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Self
 
-from privfl.privacy.ledger.errors import LedgerError, NotALedgerError
+from privfl.privacy.ledger.errors import LedgerError, MissingLedger, NotALedgerError
 
 SCHEMA_VERSION = 2
 APPLICATION_ID = 0x70666C31  # "pfl1"
@@ -166,12 +166,18 @@ class LedgerStore:
     # -- opening ---------------------------------------------------------------
 
     @classmethod
-    def open_for_writing(cls, path: str | Path, kind: str, meta: dict[str, str]) -> LedgerStore:
+    def open_for_writing(cls, path: str | Path, kind: str, meta: dict[str, str], *,
+                         create: bool = True) -> LedgerStore:
         """Open ``path`` for appending, creating the ledger (with ``meta``) if the file is new.
 
         For an existing ledger, ``meta`` values must match the stored ones (kind, owner).
+        With ``create=False`` a missing file, or one without a ledger in it, raises
+        MissingLedger and nothing is written: an owner's node must never start a fresh
+        ledger (and so a fresh lifetime budget) because a path changed.
         """
         path = Path(path)
+        if not create and not path.is_file():
+            raise MissingLedger(f"no ledger at {path}")
         path.parent.mkdir(parents=True, exist_ok=True)
         try:  # a new ledger is created private (0600) before SQLite writes a byte into it
             os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
@@ -189,6 +195,8 @@ class LedgerStore:
             db.execute("PRAGMA synchronous = FULL")
             with store.write():
                 if not store._has_schema():
+                    if not create:
+                        raise MissingLedger(f"{path} holds no ledger (an empty file)")
                     store._create(kind, meta)
                 store._check_identity(kind, meta)
         except (sqlite3.DatabaseError, UnicodeDecodeError) as err:

@@ -45,6 +45,7 @@ from privfl.privacy.keys import (
     save_private_key,
     save_public_key,
 )
+from privfl.privacy.ledger.node_head import enrol_owner_ledger
 from privfl.privacy.policy import OwnerPolicy, describe_policy_keys, write_policy_file
 from privfl.settings import SettingsError
 
@@ -242,6 +243,7 @@ def create_institution(folder: str | Path, owner_id: str, *, superlink: str,
         credentials.supernode_auth_key_pair(where.supernode_key, where.supernode_public_key,
                                             f"privfl-supernode-{owner_id}")
         write_policy_file(policy_object, where.policy, header=policy_header(owner_id))
+        enrol_owner_ledger(where.ledger, owner_id, key, where.signing_key)  # the node itself never creates one
         if ca_cert is not None:
             credentials.write_public(where.ca_cert, Path(ca_cert).read_bytes())
         if trusted_entities is not None:

@@ -24,7 +24,9 @@
         trusted-entities.yaml         the app publishers this SuperNode runs apps from
         data/                         train.npz (and evaluation.npz): the institution's own data
         start-supernode.sh, report.sh
-        ledger.db, flwr-home/         written once the SuperNode runs
+        ledger.db                     its privacy ledger, created here (the SuperNode never creates one)
+        signing.key.ledger-head       the node's signed record of its ledger's last head (privacy/ledger/node_head.py)
+        flwr-home/                    written once the SuperNode runs
 """
 
 from __future__ import annotations
