@@ -49,6 +49,7 @@ from privfl.devices import resolve_device
 from privfl.logs import get_logger
 from privfl.privacy.events import NonPrivateRelease
 from privfl.privacy.ledger import UnsupportedEvent
+from privfl.privacy.ledger.bridge import split_bridge
 from privfl.privacy.policy import OWNER, RECORD
 from privfl.protocol import OwnerRound, ProtocolError, RoundRequest
 
@@ -134,9 +135,15 @@ class _Round:
         self.anchored = 0  # the head sequence the coordinator anchored for this owner
 
     def _receipt(self, entry: Any) -> Any:
-        """The signed entry and the owner's entries since the anchored head, for the coordinator to link."""
-        bridge = [e.signed_bytes() for e in self.owner.ledger.entries_between(self.anchored, entry.sequence)]
-        return protocol.signed_receipt(entry.signed_bytes(), bridge)
+        """The signed entry and the owner's entries since the anchored head, for the coordinator to link.
+
+        Only this experiment's entries go in full; every other entry (another federation's, another
+        experiment's) goes as its hashes alone (privacy/ledger/bridge.py), so a coordinator that sends
+        anchor 0 learns where the owner's chain stands, not what it released to others.
+        """
+        between = self.owner.ledger.entries_between(self.anchored, entry.sequence)
+        bridge, elided = split_bridge(between, (self.experiment_id, OwnerRound.charge_key(self.experiment_id)))
+        return protocol.signed_receipt(entry.signed_bytes(), bridge, elided)
 
     def _terms(self, request: RoundRequest | None, unit: str | None) -> dict[str, Any]:
         policy = self.owner.policy

@@ -51,6 +51,7 @@ UNSIGNED_REFUSAL = "refusal"  # reason text, when the owner could not sign a ref
 OWNER_PRIVFL_VERSION = "privfl-version"
 OWNER_PROTOCOL_VERSION = "protocol-version"
 BRIDGE = "bridge"  # the owner's signed entries between the anchored head and the receipt
+BRIDGE_ELIDED = "bridge-elided"  # the bridge's entries of other experiments: hashes only (privacy/ledger/bridge.py)
 HEAD_SEQUENCE = "head-sequence"  # an owner's answer to a query: its ledger head
 HEAD_HASH = "head-hash"
 
@@ -281,13 +282,16 @@ def _typed(record: Any, key: str, kind: type) -> Any:
     return value
 
 
-def signed_receipt(signed_entry: bytes, bridge: list[bytes] | tuple[bytes, ...] = ()) -> ConfigRecord:
+def signed_receipt(signed_entry: bytes, bridge: list[bytes] | tuple[bytes, ...] = (),
+                   elided: list[bytes] | tuple[bytes, ...] = ()) -> ConfigRecord:
     """What an owner sends about a round: its signed ledger entry, the entries since the anchored
-    head, and the code it runs."""
+    head (those of other experiments elided to their hashes), and the code it runs."""
     values: dict[str, Any] = {SIGNED_ENTRY: signed_entry, OWNER_PRIVFL_VERSION: __version__,
                               OWNER_PROTOCOL_VERSION: PROTOCOL_VERSION}
     if bridge:
         values[BRIDGE] = list(bridge)
+    if elided:
+        values[BRIDGE_ELIDED] = list(elided)
     return ConfigRecord(values)
 
 

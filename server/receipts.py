@@ -108,6 +108,9 @@ class ReceiptCheck:
         bridge = record.get(protocol.BRIDGE, [])
         if not isinstance(bridge, list) or not all(isinstance(b, bytes) for b in bridge):
             raise ReceiptRejected("the receipt's bridge is not a list of signed ledger entries")
+        elided = record.get(protocol.BRIDGE_ELIDED, [])  # other experiments' entries: hashes only
+        if not isinstance(elided, list) or not all(isinstance(b, bytes) for b in elided):
+            raise ReceiptRejected("the receipt's elided bridge is not a list of entry hashes")
         try:
             claimed = Entry.from_signed(signed)
         except LedgerError as err:
@@ -115,7 +118,8 @@ class ReceiptCheck:
         self.bind(node, claimed.owner_id)
         self._register_key(claimed.owner_id)
         try:
-            checked = self.ledger.check_received(signed, bridge=bridge, anchored=self.anchored_head(claimed.owner_id))
+            checked = self.ledger.check_received(signed, bridge=bridge, anchored=self.anchored_head(claimed.owner_id),
+                                                 elided=elided)
         except AnchorMismatch as err:
             if claimed.is_charge or protocol.ARRAYS in content.array_records:
                 raise

@@ -91,11 +91,14 @@ def _restore_triggers(path: Path) -> None:
 
 
 def _next_experiment_refuses(tmp_path, federation, capsys, expected: str) -> None:
-    run = _run(tmp_path, "run-2", federation, rounds=1)
-    history = json.loads((run / "history.json").read_text())
-    refusals = next(r["refused"] for r in history["rounds"] if r["round"] == 1)
-    failures = " ".join(f for r in history["rounds"] for f in r["failures"])
-    assert expected in refusals.get("owner-1", "") + failures, (refusals, failures)
+    """The owner's own node refuses first (its head record); without that record, the coordinator's anchor does."""
+    for name, reason in (("run-2", "but this node last wrote entry"), ("run-3", expected)):
+        run = _run(tmp_path, name, federation, rounds=1)
+        history = json.loads((run / "history.json").read_text())
+        refusals = next(r["refused"] for r in history["rounds"] if r["round"] == 1)
+        failures = " ".join(f for r in history["rounds"] for f in r["failures"])
+        assert reason in refusals.get("owner-1", "") + failures, (refusals, failures)
+        (federation / "owners" / "owner-1" / "signing.key.ledger-head").unlink()  # an owner that hides it
 
 
 def test_an_untouched_run_verifies(world, capsys):

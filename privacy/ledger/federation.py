@@ -29,6 +29,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from google.protobuf.message import DecodeError
 
 from privfl.privacy.keys import check_owner_id, fingerprint, public_key_bytes, public_key_from_bytes
+from privfl.privacy.ledger.bridge import ElidedEntry
 from privfl.privacy.ledger.chain import entry_hash
 from privfl.privacy.ledger.epsilon import EPSILON_REL_TOL, epsilon_matches
 from privfl.privacy.ledger.entry import CHARGE, KIND_TO_PROTO, Entry, decode_entry, unit_of
@@ -101,13 +102,16 @@ class FederationLedger(LedgerFile):
 
     def check_received(self, signed_entry: ledger_pb2.SignedEntry | bytes, *,
                        bridge: Sequence[ledger_pb2.SignedEntry | bytes] = (),
-                       anchored: tuple[int, bytes] | None = None, check_epsilon: bool = True) -> Checked:
+                       anchored: tuple[int, bytes] | None = None, check_epsilon: bool = True,
+                       elided: Sequence[bytes] = ()) -> Checked:
         """Verify a receipt (and its bridge) against the owner's registered key and anchored head; write nothing.
 
         ``anchored`` is the owner's last head the coordinator accepted (its registry):
         the bridge must start right after it and lead to the receipt, entry by entry,
         each signed by the owner.  A receipt behind the anchored head is a rollback or a
         truncated ledger; one that does not link to it is a rewritten history.
+        ``elided``: the bridge's entries of other experiments, as hashes alone
+        (:mod:`privfl.privacy.ledger.bridge`); the hashes must link like the entries.
         Raises ReceiptRejected saying which.
         """
         signed = _parse(signed_entry)
@@ -133,10 +137,13 @@ class FederationLedger(LedgerFile):
             problem = signature_problem(item, key)
             if problem:
                 raise ReceiptRejected(f"receipt rejected: owner {owner}, entry {entry.sequence}: {problem}")
+        links = sorted([*entries, *(ElidedEntry.from_bytes(owner, raw) for raw in elided)], key=lambda e: e.sequence)
+        if links[-1] is not claimed:
+            raise ReceiptRejected(f"receipt rejected: owner {owner}'s bridge reaches past its receipt")
         if anchored is not None:
-            _check_against_anchor(owner, entries, anchored)  # raises AnchorMismatch: signatures already hold
-        for previous, entry in zip(entries, entries[1:]):
-            if entry.sequence != previous.sequence + 1 or entry.previous_hash != entry_hash(previous.entry_bytes):
+            _check_against_anchor(owner, links, anchored)  # raises AnchorMismatch: signatures already hold
+        for previous, entry in zip(links, links[1:]):
+            if entry.sequence != previous.sequence + 1 or entry.previous_hash != previous.hash:
                 raise ReceiptRejected(f"receipt rejected: owner {owner}'s bridge is not a chain at entry "
                                       f"{entry.sequence}")
         existing = self._store.at_sequence(owner, claimed.sequence)
@@ -146,7 +153,7 @@ class FederationLedger(LedgerFile):
             raise ReceiptRejected(
                 f"receipt rejected: owner {owner} already has a different entry {claimed.sequence} here "
                 "(the owner's chain forked)")
-        self._check_extends_chain(entries[0])
+        self._check_extends_chain(links[0])
         if check_epsilon and claimed.is_charge:
             self._check_epsilon(claimed, entries[:-1])
         return Checked(claimed, tuple(e for e in entries[:-1] if self._store.at_sequence(owner, e.sequence) is None))
@@ -231,7 +238,7 @@ class FederationLedger(LedgerFile):
             self._held[owner_id] = held
         return self._held[owner_id]
 
-    def _check_extends_chain(self, entry: Entry) -> None:
+    def _check_extends_chain(self, entry: Entry | ElidedEntry) -> None:
         head = self._store.head(entry.owner_id)
         if head is None:
             return
@@ -306,7 +313,7 @@ class AnchorMismatch(ReceiptRejected):
     """A genuinely signed receipt whose chain does not continue the owner's anchored head."""
 
 
-def _check_against_anchor(owner: str, entries: list[Entry], anchored: tuple[int, bytes]) -> None:
+def _check_against_anchor(owner: str, entries: list[Entry | ElidedEntry], anchored: tuple[int, bytes]) -> None:
     """The chain sent (bridge + receipt) must continue the owner's anchored head."""
     sequence, head_hash = anchored
     first, last = entries[0], entries[-1]
