@@ -1,4 +1,4 @@
-"""``privfl ledger``: read, verify, export and serve privacy ledgers (never alters one)."""
+"""``privfl ledger``: read, verify, export and serve privacy ledgers, and rebuild a lost one (never alters one)."""
 
 from __future__ import annotations
 
@@ -56,6 +56,34 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        help="which stated epsilons to recompute (default: all; 'last' is faster for PRV/PLD)")
     check.add_argument("--json", action="store_true", help="print the report as JSON")
     check.set_defaults(handler=run_verify)
+
+    recover = sub.add_parser(
+        "recover", help="rebuild a lost owner ledger from the coordinators' copies of its signed entries",
+        description="Rebuilds an owner's ledger (a lost disk, a deleted file) from the copies of its own signed "
+        "entries that others hold: the federation ledgers of the coordinators it sent receipts to (and any older "
+        "copy of its own ledger). Every entry must be signed by the owner's own key (--public-key), the entries "
+        "must run from 1 without a gap and link, and each coordinator registry given must be signed by its "
+        "coordinator's key and its anchored head must be in the rebuilt chain. Otherwise nothing is written and "
+        "the command says what is missing. A coordinator keeps only the hashes of entries of other federations, "
+        "so an owner of several federations names every federation's ledgers. Never overwrites a file. Exit 0 "
+        "when the ledger was written.",
+        epilog="example:\n"
+        "  privfl ledger recover st-mary/ledger.db --owner st-mary --public-key st-mary/signing.pub \\\n"
+        "      --from coordinator/runs --registry coordinator/registry.db --coordinator-key coordinator/coordinator.pub",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    recover.add_argument("out", type=Path, help="the ledger file to write (must not exist)")
+    recover.add_argument("--owner", required=True, help="the owner id")
+    recover.add_argument("--public-key", type=Path, required=True,
+                         help="the owner's own public key (.pub): every recovered entry must be signed by it")
+    recover.add_argument("--from", dest="copies", type=Path, action="append", required=True, metavar="PATH",
+                         help="a federation ledger (.db), an older copy of the owner's ledger, or a folder searched "
+                         "for federation.db files (a coordinator's runs/ folder); repeatable")
+    recover.add_argument("--registry", type=Path, action="append", required=True, metavar="REGISTRY_DB",
+                         help="a coordinator's registry: its anchored head must be in the rebuilt ledger; repeatable")
+    recover.add_argument("--coordinator-key", type=Path, action="append", required=True, metavar="COORDINATOR_PUB",
+                         help="the public key of each --registry's coordinator, in the same order")
+    recover.set_defaults(handler=run_recover)
 
     export = sub.add_parser("export", help="write all entries as JSON or CSV (with the signed bytes)")
     export.add_argument("path", type=Path, help="ledger file (.db)")
@@ -257,6 +285,35 @@ def _verify_run(args: argparse.Namespace) -> int:
         for report in audit.reports:
             print(report.summary() if not report.ok else f"{report.path}: INTACT ({report.ledger_kind} ledger)")
     return 0 if audit.ok else 1
+
+
+def run_recover(args: argparse.Namespace) -> int:
+    from privfl.cli import UsageError
+    from privfl.privacy.ledger import LedgerError
+    from privfl.privacy.ledger.recover import recover_owner_ledger
+
+    if len(args.registry) != len(args.coordinator_key):
+        raise UsageError(f"give one --coordinator-key per --registry ({len(args.registry)} registries, "
+                         f"{len(args.coordinator_key)} keys)")
+    copies = []
+    for path in args.copies:
+        found = sorted(path.rglob("federation.db")) if path.is_dir() else [path]
+        if not found:
+            raise UsageError(f"--from {path}: no federation.db under this folder")
+        copies.extend(found)
+    registries = [(path, _load_key(key)) for path, key in zip(args.registry, args.coordinator_key)]
+    try:
+        result = recover_owner_ledger(args.out, args.owner, _load_key(args.public_key), copies, registries)
+    except (LedgerError, ValueError) as err:
+        raise UsageError(f"nothing was written: {err}") from None
+    print(f"wrote {result.path}: {result.head[0]} entries of {result.owner_id}, head {result.head[1].hex()[:16]}..., "
+          "verified against the owner's key")
+    for source, count in result.sources.items():
+        print(f"  {count} entries from {source}")
+    for source, sequence in result.anchored:
+        print(f"  anchored head {sequence} of {source}: present")
+    print("the owner's node checks it against its own head record before it trains (docs/ledger.md)")
+    return 0
 
 
 def run_export(args: argparse.Namespace) -> int:
