@@ -79,9 +79,10 @@ def test_each_institution_folder_holds_its_own_secrets_only(made):
     for owner in OWNERS:
         files = [p for p in made.institution(owner).path.rglob("*") if p.is_file()]
         names_found = sorted(str(p.relative_to(made.institution(owner).path)) for p in files)
-        assert names_found == sorted(["README.md", "ca.pem", "data/README.txt", "policy.toml", "report.sh",
-                                      "signing.key", "signing.pub", "start-supernode.sh", "supernode-auth.key",
-                                      "supernode-auth.pub", "trusted-entities.yaml"])
+        assert names_found == sorted(["README.md", "ca.pem", "data/README.txt", "ledger.db", "policy.toml",
+                                      "report.sh", "signing.key", "signing.key.ledger-head", "signing.pub",
+                                      "start-supernode.sh", "supernode-auth.key", "supernode-auth.pub",
+                                      "trusted-entities.yaml"])
         contents = b"".join(p.read_bytes() for p in files)
         for other, secrets in secret_bytes.items():
             if other != owner:

@@ -193,7 +193,10 @@ which runs:
 
 Back up `ledger.db` (it is the record of your data's lifetime privacy spend) and
 `signing.key`. Never restore an older copy of the ledger: the coordinator anchored its
-head and your SuperNode would then refuse every round (docs/ledger.md).
+head, and so did your node (`signing.key.ledger-head`): your SuperNode would then refuse
+every round. Your SuperNode never creates a ledger: a moved or lost `ledger.db` stops it
+until the policy names the real one, or until you rebuild it from the coordinators'
+copies with `privfl ledger recover` (docs/ledger.md).
 """
 
 
