@@ -228,7 +228,12 @@ class _Round:
 
 
 def anchor_problem(ledger: Any, request: RoundRequest) -> str | None:
-    """Why the owner cannot vouch for its own spend: it lacks the head the coordinator anchored."""
+    """Why the owner cannot vouch for its own spend: it lacks the head the coordinator anchored.
+
+    Anchor 0 ("this coordinator never anchored this owner") skips only the coordinator's
+    half: before any round the node has already held its ledger to its own head record
+    (:mod:`privfl.privacy.ledger.node_head`), whatever anchor the request names.
+    """
     if not request.anchor_sequence:
         return None
     held = ledger.entry(request.anchor_sequence)

@@ -31,6 +31,7 @@ from privfl.privacy.ledger.verify import Problem, VerificationReport, verify
 __all__ = [
     "CHARGE", "OWNER", "RECORD", "REFUSAL", "GENESIS_HASH", "SIGNING_CONTEXT",
     "BudgetExceeded", "ChargeConflict", "Entry", "FederationLedger", "LedgerError", "LedgerKeyMismatch",
-    "MissingLedger", "NotALedgerError", "OwnerLedger", "Problem", "ReceiptRejected", "UnsupportedEvent", "VerificationReport",
+    "MissingLedger", "NotALedgerError", "OwnerLedger", "Problem", "ReceiptRejected", "UnsupportedEvent",
+    "VerificationReport",
     "compute_epsilon", "decode_entry", "entry_hash", "sign_entry", "signature_problem", "update_hash", "verify",
 ]

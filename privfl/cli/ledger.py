@@ -69,7 +69,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "when the ledger was written.",
         epilog="example:\n"
         "  privfl ledger recover st-mary/ledger.db --owner st-mary --public-key st-mary/signing.pub \\\n"
-        "      --from coordinator/runs --registry coordinator/registry.db --coordinator-key coordinator/coordinator.pub",
+        "      --from coordinator/runs --registry coordinator/registry.db \\\n"
+        "      --coordinator-key coordinator/coordinator.pub",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     recover.add_argument("out", type=Path, help="the ledger file to write (must not exist)")
