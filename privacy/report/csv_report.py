@@ -3,7 +3,9 @@
 The columns (:data:`COLUMNS`) are stable (new ones are only appended); numbers are
 written as Python writes floats (full precision), ``inf`` for an infinite epsilon,
 empty for a value that does not apply (e.g. the epsilon of a refusal's requested
-release).  The CSV always holds every entry, however many the HTML and PDF list.
+release).  Text that starts with a spreadsheet formula trigger (``= + - @``, tab, carriage
+return) gets a leading apostrophe (OWASP's CSV-injection rule), so a purpose the
+coordinator chose never runs as a formula on a DPO's machine.  The CSV always holds every entry, however many the HTML and PDF list.
 
 Each row also carries its privacy unit's totals for the owner (the ``unit_*``
 columns, schema 1.2): the unit's lifetime epsilon, the same charges under PLD and
@@ -35,12 +37,27 @@ COLUMNS = (
 )
 
 
+# A spreadsheet runs a cell that starts with one of these as a formula (=HYPERLINK(...), +cmd|...).
+FORMULA_TRIGGERS = ("=", "+", "-", "@", "\t", "\r")
+
+
 def _cell(value: Any) -> Any:
     if value is None:
         return ""
     if isinstance(value, bool):
         return "true" if value else "false"
+    if isinstance(value, str):
+        return neutralise_formula(value)
     return value
+
+
+def neutralise_formula(text: str) -> str:
+    """Text a spreadsheet shows as text: a leading apostrophe before a formula trigger.
+
+    Purposes, refusal reasons and run ids are written by the coordinator, who is the
+    adversary of the DPO opening this file; numbers are written as numbers, untouched.
+    """
+    return "'" + text if text.startswith(FORMULA_TRIGGERS) else text
 
 
 def _unit_cells(unit: UnitAccount | None) -> tuple:
@@ -57,7 +74,7 @@ def _unit_cells(unit: UnitAccount | None) -> tuple:
 
 def render_csv(report: Report) -> str:
     buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
+    writer = csv.writer(buffer, lineterminator="\r\n")  # RFC 4180; a cell holding \r or \n is then quoted
     writer.writerow(COLUMNS)
     for owner in report.owners:
         integrity = owner.integrity
