@@ -321,7 +321,7 @@ def flwr_config_toml(where: CoordinatorFolder, host: str, port: int) -> str:
     return (f"# The `flwr` CLI's connections (FLWR_HOME={where.flwr_home}); written by privfl deploy.\n"
             f'[superlink]\ndefault = "{names.CONNECTION}"\n\n'
             f"[superlink.{names.CONNECTION}]\n"
-            f'address = "{superlink_address(host, port)}"\n'
+            f"address = {settings.toml_value(superlink_address(host, port))}\n"
             f"root-certificates = {settings.toml_value(str(where.ca_cert))}\n")
 
 

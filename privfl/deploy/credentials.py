@@ -27,6 +27,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
 from privfl.deploy.errors import DeployError
 from privfl.privacy.files import write_file_atomically
+from privfl.privacy.keys import check_private_file_mode
 
 NIST_CURVES = ("secp256r1", "secp384r1", "secp521r1")
 APP_KEY_ID_PREFIX = "privfl-app-"
@@ -112,6 +113,7 @@ def load_app_signing_key(path: str | Path) -> ed25519.Ed25519PrivateKey:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no app-signing key at {path}")
+    check_private_file_mode(path, "app-signing key")
     try:
         key = serialization.load_ssh_private_key(path.read_bytes(), password=None)
     except (ValueError, TypeError, UnsupportedAlgorithm) as err:
