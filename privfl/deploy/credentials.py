@@ -6,9 +6,11 @@
   ``load_ssh_private_key(data, None)``), the public half one OpenSSH line
   (``ecdsa-sha2-nistp384 AAAA... comment``: what ``flwr supernode register`` reads).
   It is what ``ssh-keygen -t ecdsa -b 384`` writes, made with ``cryptography``.
-- **App signing**: an Ed25519 key pair (OpenSSH format) that signs the Flower app
-  bundle; the SuperNodes trust its public half through ``--trusted-entities``, a YAML
-  map ``{key id: "ssh-ed25519 AAAA..."}``.
+- **App signing**: Ed25519 key pairs (OpenSSH format) that sign the Flower app bundle.
+  Each institution's SuperNode trusts only its own (``app-trust.key``, see
+  :mod:`privfl.deploy.endorsement`) through ``--trusted-entities``, a YAML map
+  ``{key id: "ssh-ed25519 AAAA..."}``; the coordinator's (``app-signing.key``) is trusted
+  by no SuperNode.
 
 Private keys are created exclusively with mode 0600 (never overwritten); public keys
 with 0644.  Writes go through a temporary file linked into place, so a reader never
@@ -139,9 +141,10 @@ def load_app_public_key(path: str | Path) -> ed25519.Ed25519PublicKey:
 
 def trusted_entities_yaml(keys: dict[str, ed25519.Ed25519PublicKey]) -> str:
     """The ``--trusted-entities`` file: app publishers' key ids mapped to their ssh-ed25519 keys."""
-    lines = ["# Flower SuperNode --trusted-entities: the only publishers whose apps this SuperNode runs.",
+    lines = ["# Flower SuperNode --trusted-entities: the only keys whose signature makes this SuperNode run an app.",
              "# Written by privfl deploy; key id: 'ssh-ed25519 AAAA...' (a FAB must carry a valid signature by one).",
-             "# Replace this file (and restart the SuperNode) when the coordinator rotates its app-signing key."]
+             "# It names this institution's own app-trust key only: the SuperNode runs the bundle the institution",
+             "# built and signed itself (app-endorsement.json), never one that only the coordinator signed."]
     # JSON strings are valid YAML scalars: no quoting surprises.
     lines += [f"{json.dumps(key_id)}: {json.dumps(openssh_public_line(key, ''))}" for key_id, key in keys.items()]
     return "\n".join(lines) + "\n"
