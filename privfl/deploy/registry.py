@@ -14,7 +14,10 @@ refuses it ("The FAB could not be verified").
 A federation that cannot reach Flower Hub (or does not want to publish there) runs
 :class:`AppRegistry` next to its SuperLink: a small HTTP server on loopback that knows
 one app, privfl's bundle (:mod:`privfl.app_bundle`, built with Flower's own builder),
-signed with the deployment's app-signing key (``privfl deploy init``).  The SuperLink is
+signed with the coordinator's app-signing key, which no SuperNode trusts, and served with
+the institutions' endorsements of that very bundle (:mod:`privfl.deploy.endorsement`):
+each SuperNode trusts only its own institution's key, so the signature that makes it run
+the bundle is the institution's, over the bundle it built itself.  The SuperLink is
 started with ``FLWR_SUPERGRID_API_URL=http://127.0.0.1:PORT/v1`` and runs are submitted as
 ``flwr run @privfl/privfl-app==<privfl version> <connection>``.
 
