@@ -24,6 +24,7 @@ hostile bundle's module was imported at each institution.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import io
 import os
 import subprocess
@@ -34,16 +35,19 @@ import zipfile
 from pathlib import Path
 
 import pytest
+import yaml
 
-from privfl.app_bundle import CLIENT_APP, app_pyproject
+from privfl.app_bundle import CLIENT_APP, app_pyproject, build_fab
+from privfl.cli import main as cli_main
+from privfl.deploy import DeployError, credentials
 from privfl.deploy import layout as names
+from privfl.deploy.create import CoordinatorOptions, add_owner, init_deployment
 from privfl.deploy.credentials import load_app_signing_key
 from privfl.deploy.demo_data import write_digits_data
 from privfl.deploy.endorsement import load_endorsement
-from privfl.deploy.registry import AppRegistry, build_app_fab, sign_app
+from privfl.deploy.layout import DeploymentFolder
+from privfl.deploy.registry import AppRegistry, build_app_fab, sign_app, with_endorsements
 from tests.deployment_harness import Deployment
-
-pytestmark = pytest.mark.e2e
 
 OWNERS = ["st-mary", "st-john"]
 PURPOSE = "digit recognition study"
@@ -62,6 +66,88 @@ def hostile_app(folder: Path, marker: Path) -> Path:
         f"pathlib.Path({str(marker)!r}).write_text(f'coordinator code ran in {{os.getcwd()}} as pid {{os.getpid()}}')\n"
         "from privfl.client.app import app  # and then behave, so nothing looks wrong\n", encoding="utf-8")
     return folder
+
+
+# -- in-process: Flower's own SuperNode check, with the files privfl deploy writes ---------------
+
+
+@pytest.fixture(scope="module")
+def made(tmp_path_factory):
+    root = tmp_path_factory.mktemp("made") / "deployment"
+    init_deployment(root, OWNERS, options=CoordinatorOptions(purpose=PURPOSE))
+    return DeploymentFolder(root)
+
+
+def _flower_fab(fab: bytes, verifications: list[dict]):
+    from flwr.supercore.fab import Fab
+    from flwr.superlink.servicer.control.control_handlers import _format_verification
+
+    return Fab(hashlib.sha256(fab).hexdigest(), fab, _format_verification(verifications))
+
+
+def test_flowers_supernode_check_passes_the_endorsed_bundle_and_refuses_the_coordinators(made, tmp_path):
+    from flwr.supernode.start_client_internal import _verify_fab
+
+    coordinator_key = load_app_signing_key(made.coordinator.app_signing_key)
+    genuine = with_endorsements(sign_app(build_fab(), coordinator_key), made.coordinator.app_endorsements)
+    bad = sign_app(build_app_fab(hostile_app(tmp_path / "app", tmp_path / "marker")), coordinator_key)
+    replayed = dataclasses.replace(bad, endorsements=tuple(dataclasses.replace(e, fab_sha256=bad.fab_hash)
+                                                          for e in genuine.endorsements))
+    for owner in OWNERS:
+        trusted = yaml.safe_load(made.institution(owner).trusted_entities.read_text())
+        assert len(trusted) == 1 and credentials.app_key_id(coordinator_key.public_key()) not in trusted
+        assert _verify_fab(_flower_fab(genuine.fab, genuine.verifications()), trusted), owner
+        assert not _verify_fab(_flower_fab(bad.fab, bad.verifications()), trusted), owner
+        assert not _verify_fab(_flower_fab(replayed.fab, replayed.verifications()), trusted), owner
+
+
+def test_an_endorsement_that_does_not_verify_is_refused(made, tmp_path):
+    path = made.institution(OWNERS[0]).app_endorsement
+    good = load_endorsement(path)
+    other = load_endorsement(made.institution(OWNERS[1]).app_endorsement)
+    forged = [dataclasses.replace(good, fab_sha256="0" * 64), dataclasses.replace(good, signed_at=good.signed_at + 1),
+              dataclasses.replace(good, signature=other.signature),
+              dataclasses.replace(good, public_key=other.public_key, key_id=other.key_id),
+              dataclasses.replace(good, key_id=other.key_id)]
+    for i, endorsement in enumerate(forged):
+        (tmp_path / f"{i}.json").write_text(endorsement.to_json())
+        with pytest.raises(DeployError, match="endorsement of"):
+            load_endorsement(tmp_path / f"{i}.json")
+    (tmp_path / "junk.json").write_text("{}")
+    with pytest.raises(DeployError, match="not an app endorsement"):
+        load_endorsement(tmp_path / "junk.json")
+
+
+def test_add_owner_keeps_an_institutions_endorsement_and_refuses_anothers(made):
+    a, b = (made.institution(owner) for owner in OWNERS)
+    with pytest.raises(DeployError, match=f"names owner {OWNERS[1]}"):
+        add_owner(made.coordinator.path, OWNERS[0], ledger_key=a.signing_public_key,
+                  supernode_key=a.supernode_public_key, app_endorsement=b.app_endorsement)
+    done = add_owner(made.coordinator.path, OWNERS[0], ledger_key=a.signing_public_key,
+                     supernode_key=a.supernode_public_key, app_endorsement=a.app_endorsement)
+    assert made.coordinator.app_endorsement(OWNERS[0]) in done.files
+
+
+def test_endorse_app_signs_the_installed_build_again(made, capsys):
+    where = made.institution(OWNERS[0])
+    before = load_endorsement(where.app_endorsement)
+    assert cli_main(["deploy", "endorse-app", str(where.path)]) == 0
+    after = load_endorsement(where.app_endorsement)
+    assert after.fab_sha256 == before.fab_sha256 == hashlib.sha256(build_fab()).hexdigest()
+    assert after.key_id == before.key_id and after.owner_id == OWNERS[0]
+    assert "send it to the coordinator" in capsys.readouterr().out
+
+
+def test_the_registry_serves_only_endorsements_of_the_bundle_it_serves(made, tmp_path):
+    coordinator_key = load_app_signing_key(made.coordinator.app_signing_key)
+    other = sign_app(build_app_fab(hostile_app(tmp_path / "app", tmp_path / "marker")), coordinator_key)
+    said: list[str] = []
+    served = with_endorsements(other, made.coordinator.app_endorsements, log=said.append)
+    assert served.endorsements == () and len(served.verifications()) == 1
+    assert len(said) == len(OWNERS) and all("will refuse runs" in line for line in said)
+
+
+# -- the deployment: real Flower processes on loopback -------------------------------------------
 
 
 @pytest.fixture(scope="module")
@@ -94,6 +180,7 @@ def hostile(deployment, tmp_path_factory):
     return dataclasses.replace(app, endorsements=replayed), marker
 
 
+@pytest.mark.e2e
 def test_the_hostile_bundle_runs_its_code_when_flower_loads_it(hostile, tmp_path):
     """The control: Flower's own ClientApp loader, given this FAB, imports the shipped module (marker written)."""
     app, marker = hostile
@@ -117,6 +204,7 @@ def test_the_hostile_bundle_runs_its_code_when_flower_loads_it(hostile, tmp_path
         control_marker.unlink(missing_ok=True)
 
 
+@pytest.mark.e2e
 def test_a_coordinator_signed_bundle_with_code_never_runs_at_an_institution(deployment, hostile):
     app, marker = hostile
     marker.unlink(missing_ok=True)
@@ -145,6 +233,7 @@ def test_a_coordinator_signed_bundle_with_code_never_runs_at_an_institution(depl
     assert not marker.exists()
 
 
+@pytest.mark.e2e
 def test_privfls_own_bundle_still_runs_at_every_institution(deployment, hostile):
     _, marker = hostile
     if not any(s.name == "app-registry" and s.process.poll() is None for s in deployment.started):
