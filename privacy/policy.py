@@ -235,6 +235,7 @@ def write_policy_file(policy: OwnerPolicy, path: str | Path, *, header: str = ""
     lines += [f"{key} = {settings.toml_value(value)}" for key, value in policy.to_mapping().items()
               if value is not None]  # an unset optional key is left out (TOML has no null)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)  # an existing file keeps its mode through O_CREAT: set it, or a 0666 one stays refused
     with os.fdopen(fd, "w", encoding="utf-8") as handle:
         handle.write("\n".join(lines) + "\n")
     return path

@@ -75,6 +75,14 @@ def test_an_app_signing_key_others_can_read_is_refused(tmp_path):
         load_app_signing_key(tmp_path / "app.key")
 
 
+def test_writing_a_policy_over_a_file_others_could_write_makes_it_0600(tmp_path):
+    path = _policy_file(tmp_path, "# an old file\n", 0o666)
+    os.chmod(path, 0o666)  # whatever the umask
+    write_policy_file(OwnerPolicy(**{k.replace("-", "_"): v for k, v in BASE.items()}), path)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert load_policy_file(path).owner_id == "st-mary"
+
+
 def test_deploy_init_writes_secrets_that_the_checks_accept(tmp_path):
     """What privfl writes itself passes its own checks: keys 0600, policies not writable by others."""
     init_deployment(tmp_path / "d", ["st-mary"], options=CoordinatorOptions(signed_apps=False))

@@ -138,7 +138,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     inst.add_argument("--ca-cert", type=Path, help="the federation CA certificate the coordinator sent (copied to "
                       "ca.pem; or copy it there later)")
     inst.add_argument("--unsigned-apps", action="store_true",
-                      help="start the SuperNode without --trusted-entities (it then runs unsigned apps)")
+                      help="start the SuperNode without --trusted-entities: it then runs any app the SuperLink "
+                      "hands it, code included (not recommended)")
     _policy_options(inst)
     inst.set_defaults(handler=run_institution)
 
