@@ -22,6 +22,7 @@ institution changes the bundle: ``privfl deploy endorse-app`` signs the new one.
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import re
 import time
@@ -96,8 +97,6 @@ def _b64decode(text: str) -> bytes:
 
 def endorse(fab: bytes, key: ed25519.Ed25519PrivateKey, owner_id: str, *, signed_at: int | None = None) -> Endorsement:
     """Sign ``fab`` (built here) in the way Flower's SuperNode verifies."""
-    import hashlib
-
     from privfl.deploy.registry import fab_identity
 
     app_id, version = fab_identity(fab)

@@ -44,6 +44,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from privfl.deploy.credentials import app_key_id
+from privfl.deploy.endorsement import load_endorsement
 from privfl.deploy.endorsement import message_to_sign as message_for_hash
 from privfl.deploy.errors import DeployError
 
@@ -71,6 +72,7 @@ class SignedApp:
     key_id: str
     signature: str  # base64url, no padding
     signed_at: int  # unix seconds
+    endorsements: tuple = ()  # the institutions' Endorsements of this very FAB (privfl.deploy.endorsement)
 
     @property
     def fab_hash(self) -> str:
@@ -80,8 +82,6 @@ class SignedApp:
     def spec(self) -> str:
         """What to pass to ``flwr run``."""
         return f"{self.app_id}=={self.version}"
-
-    endorsements: tuple = ()  # the institutions' Endorsements of this very FAB (privfl.deploy.endorsement)
 
     def verifications(self) -> list[dict[str, Any]]:
         """The coordinator's own signature (trusted by no SuperNode) and every institution's endorsement of this FAB."""
@@ -121,8 +121,6 @@ def with_endorsements(app: SignedApp, folder: str | Path, log=print) -> SignedAp
     out and said: that institution's SuperNode will refuse the run until both sides run the
     same privfl.  A file that does not verify is refused outright.
     """
-    from privfl.deploy.endorsement import load_endorsement  # noqa: PLC0415 - beside its one caller
-
     folder = Path(folder)
     if not folder.is_dir():
         raise DeployError(f"--endorsements {folder}: no such folder (privfl deploy add-owner --app-endorsement "
