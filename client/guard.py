@@ -27,7 +27,7 @@ def review_request(policy: OwnerPolicy, request: RoundRequest, data: OwnerData, 
     For training, the plan is checked next (:func:`plan_problem`), once the owner has
     planned its own noise if the coordinator sent a target.
     """
-    if policy.allowed_purposes and request.purpose not in policy.allowed_purposes:
+    if not policy.allows_purpose(request.purpose):
         return (f"purpose {request.purpose!r} is not among the purposes this owner allows "
                 f"(allowed-purposes: {', '.join(policy.allowed_purposes)})")
     if request.privacy_unit not in policy.privacy_units:

@@ -15,7 +15,9 @@ name their signer by it.
 from __future__ import annotations
 
 import hashlib
+import os
 import re
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,7 +29,7 @@ from privfl.privacy.files import write_file_atomically
 
 PRIVATE_SUFFIX = ".key"
 PUBLIC_SUFFIX = ".pub"
-_OWNER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_OWNER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")  # used with fullmatch: '$' would accept a final newline
 
 
 class KeyFileError(ValueError):
@@ -65,7 +67,7 @@ def fingerprint(key: Ed25519PrivateKey | Ed25519PublicKey) -> str:
 
 def check_owner_id(owner_id: str) -> str:
     """Owner ids name files and ledger rows: letters, digits, '.', '_', '-'."""
-    if not _OWNER_ID.match(owner_id):
+    if not isinstance(owner_id, str) or not _OWNER_ID.fullmatch(owner_id):
         raise ValueError(
             f"owner id {owner_id!r} is not usable: use 1-128 letters, digits, '.', '_' or '-', "
             "starting with a letter or digit"
@@ -112,6 +114,18 @@ def _read(path: str | Path, what: str) -> bytes:
     return path.read_bytes()
 
 
+def check_private_file_mode(path: str | Path, what: str = "private key") -> None:
+    """Refuse a secret file that others may read or write, as ssh does ("UNPROTECTED PRIVATE KEY FILE").
+
+    A key readable by the group or the world can be copied by another account on the host and
+    used to sign in the owner's name; a writable one can be swapped.  The error says the chmod.
+    """
+    mode = stat.S_IMODE(os.stat(path).st_mode)
+    if mode & 0o077:
+        raise KeyFileError(f"{path}: this {what} is accessible by others (mode {mode:04o}); it must be readable by "
+                           f"its owner only: run  chmod 600 {path}")
+
+
 def load_private_key(path: str | Path, passphrase: str | bytes | None = None) -> Ed25519PrivateKey:
     data = _read(path, "private key file")
     if b"PUBLIC KEY-----" in data:
@@ -133,6 +147,7 @@ def load_private_key(path: str | Path, passphrase: str | bytes | None = None) ->
             f"{path} holds a {type(key).__name__.removeprefix('_')}, not an Ed25519 key; "
             "create one with 'privfl keys generate'"
         )
+    check_private_file_mode(path)
     return key
 
 

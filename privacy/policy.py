@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import stat
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -44,6 +45,7 @@ RECORD, OWNER = "record", "owner"
 PRIVACY_UNITS = (RECORD, OWNER)
 DEVICES = ("auto", "cpu", "cuda")
 PATH_KEYS = ("data", "evaluation_data", "ledger", "signing_key")
+ANY_PURPOSE = "*"  # allowed-purposes = ["*"]: the owner allows any purpose, explicitly
 
 # File names inside a simulated (or `privfl deploy`-made) owner folder.
 POLICY_FILE = "policy.toml"
@@ -60,6 +62,16 @@ def _owner_id(value: str) -> str | None:
         check_owner_id(value)
     except ValueError as err:
         return str(err)
+    return None
+
+
+def _purposes(values: tuple) -> str | None:
+    """Any purpose only when the owner wrote '*': an empty list is a mistake, not a wildcard."""
+    if not values or any(not v.strip() for v in values):
+        return ("lists no purpose (or an empty one): name the purposes this data may be used for, e.g. "
+                f'allowed-purposes = ["sepsis risk model"], or allow any purpose explicitly with ["{ANY_PURPOSE}"]')
+    if ANY_PURPOSE in values and len(values) > 1:
+        return f"'{ANY_PURPOSE}' (any purpose) cannot be combined with named purposes: keep one or the other"
     return None
 
 
@@ -97,8 +109,8 @@ class OwnerPolicy:
     max_round_epsilon: float = setting(
         0.0, "the largest epsilon one round may cost on its own (0: no limit beyond the budget)", non_negative)
     allowed_purposes: tuple = setting(
-        (), "purposes this data may be processed for (empty: any purpose; every entry records the purpose)",
-        kind=tuple)
+        (ANY_PURPOSE,), "purposes this data may be processed for ('*' alone: any purpose; every entry records the "
+        "purpose)", _purposes, kind=tuple)
     privacy_units: tuple = setting(
         (RECORD,), "privacy units accepted: record (DP-SGD protects one record) and/or owner (DP over whole "
         "contributions)", each_one_of(PRIVACY_UNITS), kind=tuple)
@@ -149,6 +161,10 @@ class OwnerPolicy:
             raise PolicyError(f"owner {self.owner_id}: answer-evaluation = true needs evaluation-data = \"PATH\"")
         return self
 
+    def allows_purpose(self, purpose: str) -> bool:
+        """The one home of the purpose rule: '*' allows any purpose, otherwise the purpose must be listed."""
+        return self.allowed_purposes == (ANY_PURPOSE,) or purpose in self.allowed_purposes
+
     def passphrase(self) -> str | None:
         if not self.key_passphrase_env:
             return None
@@ -173,6 +189,7 @@ def load_policy_file(path: str | Path) -> OwnerPolicy:
     """Read a policy TOML file; relative paths in it are relative to the file's folder."""
     path = Path(path)
     try:
+        check_policy_file_mode(path)
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise PolicyError(f"owner policy file not found: {path}") from None
@@ -182,6 +199,17 @@ def load_policy_file(path: str | Path) -> OwnerPolicy:
         raise PolicyError(f"owner policy file {path}: not valid TOML: {err}") from None
     policy = settings.load_settings(OwnerPolicy, data, source=str(path), error=PolicyError)
     return _resolve_paths(policy, path.parent)
+
+
+def check_policy_file_mode(path: Path) -> None:
+    """Refuse a policy that another account could rewrite (group- or world-writable), as ssh refuses its config.
+
+    Whoever can write the policy can raise the budget or drop DP; the error says the chmod to run.
+    """
+    mode = stat.S_IMODE(os.stat(path).st_mode)
+    if mode & 0o022:
+        raise PolicyError(f"owner policy file {path} is writable by others (mode {mode:04o}): whoever can write it "
+                          f"decides this owner's protection; run  chmod go-w {path}")
 
 
 def load_owner_policy(node_config: Mapping[str, Any]) -> OwnerPolicy:
@@ -207,6 +235,7 @@ def write_policy_file(policy: OwnerPolicy, path: str | Path, *, header: str = ""
     lines += [f"{key} = {settings.toml_value(value)}" for key, value in policy.to_mapping().items()
               if value is not None]  # an unset optional key is left out (TOML has no null)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)  # an existing file keeps its mode through O_CREAT: set it, or a 0666 one stays refused
     with os.fdopen(fd, "w", encoding="utf-8") as handle:
         handle.write("\n".join(lines) + "\n")
     return path
@@ -226,7 +255,7 @@ def simulated_owner_policy(config: ExperimentConfig, owner_id: str, owner_dir: P
     """
     return OwnerPolicy(
         owner_id=owner_id, epsilon_budget=config.epsilon_budget, delta=config.delta,
-        accountant=config.accountant, dp_required=config.dp, allowed_purposes=(),
+        accountant=config.accountant, dp_required=config.dp, allowed_purposes=(ANY_PURPOSE,),
         privacy_units=(RECORD, OWNER) if config.owner_dp else (RECORD,), allowed_models=("*",),
         owner_epsilon_budget=config.owner_epsilon_budget if config.owner_dp else None,
         min_owner_sample_rate=0.0,  # the experimenter draws the owners: its stated rate is the one used

@@ -8,10 +8,18 @@ code at every institution.  privfl's bundle carries no code at all: its componen
 node has installed and pinned, so an institution runs the version it chose.  The
 bundle declares the run-config keys Flower accepts, generated from
 :class:`privfl.config.ExperimentConfig` so they can never drift from it.
+
+Carrying no code is what privfl builds; it is not what a coordinator can be trusted to
+send.  A SuperNode runs whatever FAB a key in its ``--trusted-entities`` signed, so each
+institution builds this bundle itself (:func:`build_fab`, deterministic: the same privfl
+gives the same bytes) and signs *its* hash with a key of its own that only its SuperNode
+trusts (:mod:`privfl.deploy.endorsement`): any other bundle, whoever signed it, is refused
+by Flower before anything in it is imported.
 """
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 from privfl import __version__, settings
@@ -54,3 +62,14 @@ def export_app(folder: str | Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "pyproject.toml").write_text(app_pyproject(), encoding="utf-8")
     return folder
+
+
+def build_fab(version: str = __version__) -> bytes:
+    """privfl's FAB as Flower's own builder makes it from :func:`app_pyproject` (fixed zip dates: deterministic)."""
+    from flwr.cli.build import build_fab_from_disk
+
+    with tempfile.TemporaryDirectory(prefix="privfl-app-") as scratch:
+        folder = Path(scratch) / APP_NAME
+        folder.mkdir()
+        (folder / "pyproject.toml").write_text(app_pyproject(version), encoding="utf-8")
+        return build_fab_from_disk(folder.resolve())

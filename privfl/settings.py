@@ -159,17 +159,37 @@ def each_one_of(choices: tuple[str, ...]) -> Check:
 
 def toml_value(value: Any) -> str:
     """One value as TOML (strings quoted and escaped, lists of scalars)."""
-    import json
-
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, str):
-        return json.dumps(value)  # a JSON string is a valid TOML basic string
+        return toml_string(value)
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(toml_value(v) for v in value) + "]"
     if isinstance(value, float) and not math.isfinite(value):
         return "inf" if value > 0 else ("-inf" if value < 0 else "nan")
     return repr(value)
+
+
+def toml_string(text: str) -> str:
+    """``text`` as a TOML basic string that ``tomllib`` reads back unchanged, whatever it holds.
+
+    TOML forbids raw control characters (U+0000-U+001F, U+007F) and has no surrogate escapes,
+    so JSON's escaping (``\\ud83d\\ude00`` for an emoji) is not TOML: escape only quote,
+    backslash and control characters, write every other character as itself (UTF-8).
+    """
+    out = []
+    for char in text:
+        code = ord(char)
+        if 0xD800 <= code <= 0xDFFF:
+            raise SettingsError(f"{text!r} is not valid Unicode text (it holds a lone surrogate, e.g. bytes that "
+                                "were not UTF-8)")
+        if char in ('"', "\\"):
+            out.append("\\" + char)
+        elif code < 0x20 or code == 0x7F:
+            out.append(f"\\u{code:04X}")
+        else:
+            out.append(char)
+    return '"' + "".join(out) + '"'
 
 
 def toml_dumps(values: Mapping[str, Any]) -> str:

@@ -215,6 +215,9 @@ class Deployment:
                     os.kill(pid, signal.SIGKILL)
                 except (ProcessLookupError, PermissionError):
                     pass
+        deadline = time.monotonic() + 15  # SIGKILL is not instant on a loaded machine: let the kernel finish
+        while self.alive() and time.monotonic() < deadline:
+            time.sleep(0.2)
         if self.ray_tmp is not None:
             shutil.rmtree(self.ray_tmp, ignore_errors=True)
 

@@ -63,7 +63,7 @@ def test_private_keys_are_0600_and_folders_with_secrets_0700(made):
     secrets = [coordinator.coordinator_key, coordinator.ca_key, coordinator.superlink_key, coordinator.app_signing_key]
     for owner in OWNERS:
         where = made.institution(owner)
-        secrets += [where.signing_key, where.supernode_key, where.policy]
+        secrets += [where.signing_key, where.supernode_key, where.policy, where.app_trust_key]
         assert mode(where.path) == 0o700
     assert all(mode(path) == 0o600 for path in secrets), {str(p): oct(mode(p)) for p in secrets}
     assert mode(made.path) == 0o700 and mode(coordinator.path) == 0o700 and mode(coordinator.tls) == 0o700
@@ -73,7 +73,8 @@ def test_private_keys_are_0600_and_folders_with_secrets_0700(made):
 
 def test_each_institution_folder_holds_its_own_secrets_only(made):
     secret_bytes = {owner: [made.institution(owner).signing_key.read_bytes(),
-                            made.institution(owner).supernode_key.read_bytes()] for owner in OWNERS}
+                            made.institution(owner).supernode_key.read_bytes(),
+                            made.institution(owner).app_trust_key.read_bytes()] for owner in OWNERS}
     coordinator_secrets = [made.coordinator.coordinator_key.read_bytes(), made.coordinator.ca_key.read_bytes(),
                            made.coordinator.superlink_key.read_bytes(), made.coordinator.app_signing_key.read_bytes()]
     for owner in OWNERS:
@@ -82,7 +83,8 @@ def test_each_institution_folder_holds_its_own_secrets_only(made):
         assert names_found == sorted(["README.md", "ca.pem", "data/README.txt", "ledger.db", "policy.toml",
                                       "report.sh", "signing.key", "signing.key.ledger-head", "signing.pub",
                                       "start-supernode.sh", "supernode-auth.key", "supernode-auth.pub",
-                                      "trusted-entities.yaml"])
+                                      "trusted-entities.yaml", "app-trust.key", "app-trust.pub",
+                                      "app-endorsement.json"])
         contents = b"".join(p.read_bytes() for p in files)
         for other, secrets in secret_bytes.items():
             if other != owner:
@@ -170,13 +172,16 @@ def test_flwr_reads_the_connection(made, monkeypatch):
 
 
 def test_the_trusted_entities_file_is_what_the_supernode_validates(made):
+    """Each SuperNode trusts one key: its own institution's app-trust key, never the coordinator's."""
     trusted = yaml.safe_load(made.institution(OWNERS[0]).trusted_entities.read_text())
     assert len(trusted) == 1
     (key_id, line), = trusted.items()
     key = serialization.load_ssh_public_key(line.encode())  # flower-supernode's _validate_public_keys_ed25519
     assert isinstance(key, ed25519.Ed25519PublicKey)
-    signing = load_app_signing_key(made.coordinator.app_signing_key)
-    assert key.public_bytes_raw() == signing.public_key().public_bytes_raw()
+    own = load_app_signing_key(made.institution(OWNERS[0]).app_trust_key)
+    assert key.public_bytes_raw() == own.public_key().public_bytes_raw()
+    coordinator = load_app_signing_key(made.coordinator.app_signing_key)
+    assert key.public_bytes_raw() != coordinator.public_key().public_bytes_raw()
     assert key_id.startswith("privfl-app-")
 
 
@@ -274,8 +279,7 @@ def test_signed_apps_need_a_released_version(tmp_path, monkeypatch):
 
 def test_an_institution_made_alone_is_registered_with_its_public_keys(made, tmp_path):
     where = InstitutionFolder(tmp_path / "north-clinic")
-    create_institution(where.path, "north-clinic", superlink="127.0.0.1:9092", ca_cert=made.coordinator.ca_cert,
-                       trusted_entities=made.coordinator.trusted_entities)
+    create_institution(where.path, "north-clinic", superlink="127.0.0.1:9092", ca_cert=made.coordinator.ca_cert)
     assert load_policy_file(where.policy).owner_id == "north-clinic"
     done = add_owner(made.coordinator.path, "north-clinic", ledger_key=where.signing_public_key,
                      supernode_key=where.supernode_public_key)
@@ -317,7 +321,7 @@ def test_the_registry_refuses_a_new_ledger_key_for_a_known_owner(tmp_path):
 
 def test_an_institution_without_the_coordinators_files_is_told_what_to_copy(tmp_path):
     made = create_institution(tmp_path / "x", "x", superlink="fl.example.org:9092")
-    assert any("ca.pem" in note for note in made.notes) and any("trusted-entities" in n for n in made.notes)
+    assert any("ca.pem" in note for note in made.notes) and any("app-endorsement.json" in n for n in made.notes)
     result = subprocess.run(["bash", str(tmp_path / "x" / names.START_SUPERNODE)], capture_output=True, text=True,
                             check=False)
     assert result.returncode == 2 and "ca.pem is missing" in result.stderr
@@ -352,8 +356,14 @@ def _flower_fab(fab: bytes, verifications: list[dict]):
 def test_a_signed_fab_passes_the_supernodes_own_check(made, signed):
     from flwr.supernode.start_client_internal import _verify_fab
 
+    from privfl.deploy.registry import with_endorsements
+
     trusted = yaml.safe_load(made.institution(OWNERS[0]).trusted_entities.read_text())
     assert signed.spec == f"@privfl/privfl-app=={signed.version}"
+    # The coordinator's signature alone is trusted by no SuperNode; with the institutions' endorsements it runs.
+    assert not _verify_fab(_flower_fab(signed.fab, signed.verifications()), trusted)
+    signed = with_endorsements(signed, made.coordinator.app_endorsements)
+    assert sorted(e.owner_id for e in signed.endorsements) == sorted(OWNERS)
     assert _verify_fab(_flower_fab(signed.fab, signed.verifications()), trusted)
     assert verify_app(signed.fab, signed.verifications(),
                       {signed.key_id: load_app_public_key(made.coordinator.app_signing_public_key)})
@@ -407,8 +417,7 @@ def test_cli_init_and_its_errors(tmp_path, capsys):
 def test_cli_institution_and_add_owner(tmp_path, capsys):
     assert main(["deploy", "init", str(tmp_path / "dep"), "--owners", "a"]) == 0
     assert main(["deploy", "institution", str(tmp_path / "b"), "--owner", "b", "--superlink", "127.0.0.1:9092",
-                 "--ca-cert", str(tmp_path / "dep/coordinator/tls/ca.pem"),
-                 "--trusted-entities", str(tmp_path / "dep/coordinator/trusted-entities.yaml")]) == 0
+                 "--ca-cert", str(tmp_path / "dep/coordinator/tls/ca.pem")]) == 0
     assert "never a .key file" in capsys.readouterr().out
     assert main(["deploy", "add-owner", str(tmp_path / "dep/coordinator"), "--owner", "b",
                  "--ledger-key", str(tmp_path / "b/signing.pub"),

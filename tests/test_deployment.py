@@ -69,13 +69,12 @@ def _start_strangers(deployment: Deployment, root: Path) -> dict:
     first = free_port_range(2)
     unregistered = InstitutionFolder(root / "unregistered")
     create_institution(unregistered.path, "unregistered", superlink=superlink, supernode_port=first,
-                       ca_cert=deployment.coordinator.ca_cert,
-                       trusted_entities=deployment.coordinator.trusted_entities)
+                       ca_cert=deployment.coordinator.ca_cert)
     other_ca = pki.create_ca("some other CA")
     pki.write_certificate(other_ca.certificate, root / "other-ca.pem")
     wrong_ca = InstitutionFolder(root / "wrong-ca")
     create_institution(wrong_ca.path, "wrong-ca", superlink=superlink, supernode_port=first + 1,
-                       ca_cert=root / "other-ca.pem", trusted_entities=deployment.coordinator.trusted_entities)
+                       ca_cert=root / "other-ca.pem")
     # Registered, so that only the CA can be what stops it.
     add_owner(deployment.coordinator.path, "wrong-ca", ledger_key=wrong_ca.signing_public_key,
               supernode_key=wrong_ca.supernode_public_key)
@@ -197,10 +196,10 @@ def test_an_unsigned_app_is_refused_by_every_supernode(deployment, unsigned_run)
 def _bad_policy_node(deployment: Deployment, owner: str, port: int, edit) -> object:
     folder = InstitutionFolder(deployment.root / owner)
     create_institution(folder.path, owner, superlink=f"127.0.0.1:{deployment.port}", supernode_port=port,
-                       ca_cert=deployment.coordinator.ca_cert, trusted_entities=deployment.coordinator.trusted_entities)
+                       ca_cert=deployment.coordinator.ca_cert)
     folder.policy.write_text(edit(folder.policy.read_text()))
     add_owner(deployment.coordinator.path, owner, ledger_key=folder.signing_public_key,
-              supernode_key=folder.supernode_public_key)
+              supernode_key=folder.supernode_public_key, app_endorsement=folder.app_endorsement)
     deployment.register(owner)
     return deployment.start_supernode(folder)
 

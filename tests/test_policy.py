@@ -56,8 +56,8 @@ def test_a_broken_policy_file_is_named(tmp_path):
 
 
 @given(budget=st.floats(0.01, 100), delta=st.floats(1e-12, 0.1), purposes=st.lists(
-    st.text(st.characters(min_codepoint=32, max_codepoint=0x2FF, blacklist_characters='"\\'), min_size=1,
-            max_size=12), max_size=3), minimum=st.floats(0, 10), units=st.sampled_from([("record",), ("record", "owner")]))
+    st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=12).filter(
+        lambda p: p.strip() and p != "*"), min_size=1, max_size=3), minimum=st.floats(0, 10), units=st.sampled_from([("record",), ("record", "owner")]))
 def test_a_written_policy_reads_back_identical(tmp_path_factory, budget, delta, purposes, minimum, units):
     folder = tmp_path_factory.mktemp("p")
     policy = OwnerPolicy(owner_id="o-1", epsilon_budget=budget, delta=delta, allowed_purposes=tuple(purposes),

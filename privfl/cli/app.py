@@ -10,7 +10,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "app", help="export privfl's Flower app for `flwr run`",
         description="privfl's Flower app bundle holds only a pyproject.toml: its ServerApp and ClientApp are "
-        "the privfl installed at each node, so a coordinator cannot ship code to the institutions.",
+        "the privfl installed at each node. In a deployment each institution's SuperNode runs only this bundle as "
+        "its own privfl builds it (privfl deploy endorse-app), so a coordinator cannot ship code to it.",
     )
     sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
     export = sub.add_parser("export", help="write the app's pyproject.toml into a folder",

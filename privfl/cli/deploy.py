@@ -15,10 +15,11 @@ example (every part on one disk, for a demonstration or a test):
   cat federation/README.md        # the exact commands, in order
 
 The folder then holds coordinator/ (the coordinator's part: SuperLink TLS, its Ed25519
-key, the owners' registered public keys, the app-signing key, flwr's connection,
+key, the owners' registered public keys and app endorsements, flwr's connection,
 experiment.toml and start scripts) and institutions/<owner>/ (each institution's part:
-its policy, ledger key, SuperNode key, the CA certificate and its start scripts; none of
-the other institutions' secrets). In a real deployment each institution runs
+its policy, ledger key, SuperNode key, the CA certificate, its own app-trust key (the
+only key its SuperNode trusts) and its start scripts; none of the other institutions'
+secrets). In a real deployment each institution runs
 `privfl deploy institution` on its own premises and sends only its public keys, which
 the coordinator registers with `privfl deploy add-owner`. See docs/deployment.md.
 """
@@ -26,28 +27,37 @@ the coordinator registers with `privfl deploy add-owner`. See docs/deployment.md
 _INSTITUTION_EPILOG = """\
 example (at the institution):
   privfl deploy institution /srv/privfl/st-mary --owner st-mary --superlink fl.example.org:9092 \\
-      --ca-cert ca.pem --trusted-entities trusted-entities.yaml --purpose "sepsis risk model"
-  # then send signing.pub and supernode-auth.pub (never a .key file) to the coordinator
+      --ca-cert ca.pem --purpose "sepsis risk model"
+  # then send signing.pub, supernode-auth.pub and app-endorsement.json (never a .key file) to the coordinator
+"""
+
+_ENDORSE_EPILOG = """\
+example (at the institution, after upgrading privfl):
+  privfl deploy endorse-app /srv/privfl/st-mary
+  # then send the new app-endorsement.json to the coordinator (privfl deploy add-owner ... --app-endorsement)
 """
 
 _ADD_OWNER_EPILOG = """\
 example (at the coordinator, with the public keys st-mary sent):
   privfl deploy add-owner federation/coordinator --owner st-mary \\
-      --ledger-key st-mary-signing.pub --supernode-key st-mary-supernode-auth.pub
+      --ledger-key st-mary-signing.pub --supernode-key st-mary-supernode-auth.pub \\
+      --app-endorsement st-mary-app-endorsement.json
   federation/coordinator/register-supernodes.sh st-mary     # once the SuperLink runs
 """
 
 _REGISTRY_EPILOG = """\
 example (what coordinator/start-app-registry.sh runs):
   privfl app export coordinator/app
-  privfl deploy app-registry coordinator/app --signing-key coordinator/app-signing.key --port 9093
+  privfl deploy app-registry coordinator/app --signing-key coordinator/app-signing.key \\
+      --endorsements coordinator/app-endorsements --port 9093
   # then: FLWR_SUPERGRID_API_URL=http://127.0.0.1:9093/v1 flower-superlink ...
   #       flwr run @privfl/privfl-app==<privfl version> privfl-deployment --run-config experiment.toml
 
 Why: Flower 1.42 verifies an app's signature (SuperNode --trusted-entities) only for apps
 the SuperLink fetched from Flower Hub (FLWR_SUPERGRID_API_URL, POST /hub/fetch-fab).
-This serves that endpoint for privfl's one app, signed with the deployment's Ed25519
-app-signing key, on loopback only; it runs until stopped (Ctrl-C or SIGTERM).
+This serves that endpoint for privfl's one app with each institution's endorsement (its
+own signature on the bundle it built; its SuperNode trusts nothing else), on loopback
+only; it runs until stopped (Ctrl-C or SIGTERM).
 """
 
 
@@ -81,7 +91,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "init", help="a whole deployment folder: coordinator/ and institutions/<owner>/ (demo or test)",
         description=_fill("Create a deployment folder: a CA and the SuperLink's TLS certificate, one SuperNode key and "
         "one ledger key per institution (public halves registered at the coordinator), the coordinator's key, the "
-        "app-signing key and trusted-entities file, each institution's policy, flwr's connection, experiment.toml, "
+        "app-signing key, each institution's app-trust key and endorsement of privfl's bundle, each institution's policy, flwr's connection, experiment.toml, "
         "and the start scripts with a README.md of the exact commands."),
         epilog=_INIT_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     init.add_argument("folder", type=Path, metavar="DIR", help="the deployment folder (new, or empty)")
@@ -116,7 +126,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     inst = sub.add_parser(
         "institution", help="one institution's folder alone (run it on the institution's premises)",
         description=_fill("Create one institution's folder: its ledger signing key, its SuperNode key, its policy file "
-        "and its start scripts. Send the coordinator only signing.pub and supernode-auth.pub."),
+        "and its start scripts, and its app-trust key: the only key its SuperNode trusts, which signs privfl's app "
+        "bundle as this installation builds it (app-endorsement.json). Send the coordinator only signing.pub, "
+        "supernode-auth.pub and app-endorsement.json."),
         epilog=_INSTITUTION_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     inst.add_argument("folder", type=Path, metavar="DIR", help="the institution's folder (new, or empty)")
     inst.add_argument("--owner", required=True, help="this institution's owner id")
@@ -125,9 +137,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                       help="this SuperNode's local port (Flower's Runtime API on 127.0.0.1; default: 9094)")
     inst.add_argument("--ca-cert", type=Path, help="the federation CA certificate the coordinator sent (copied to "
                       "ca.pem; or copy it there later)")
-    inst.add_argument("--trusted-entities", type=Path, help="the trusted-entities.yaml the coordinator sent")
     inst.add_argument("--unsigned-apps", action="store_true",
-                      help="start the SuperNode without --trusted-entities (it then runs unsigned apps)")
+                      help="start the SuperNode without --trusted-entities: it then runs any app the SuperLink "
+                      "hands it, code included (not recommended)")
     _policy_options(inst)
     inst.set_defaults(handler=run_institution)
 
@@ -141,7 +153,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add.add_argument("--owner", required=True, help="the institution's owner id")
     add.add_argument("--ledger-key", type=Path, required=True, help="its signing.pub (Ed25519, PEM)")
     add.add_argument("--supernode-key", type=Path, required=True, help="its supernode-auth.pub (OpenSSH ECDSA)")
+    add.add_argument("--app-endorsement", type=Path, help="its app-endorsement.json (signed apps: without it its "
+                     "SuperNode refuses every run); given again after an upgrade, it replaces the old one")
     add.set_defaults(handler=run_add_owner)
+
+    endorse = sub.add_parser(
+        "endorse-app", help="sign privfl's app bundle as the installed privfl builds it (at an institution)",
+        description=_fill("Build privfl's code-free app bundle from the installed privfl and sign its hash with this "
+        "institution's app-trust key, rewriting app-endorsement.json. Its SuperNode runs that bundle only: do this "
+        "after upgrading privfl, and send the new file to the coordinator."),
+        epilog=_ENDORSE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    endorse.add_argument("folder", type=Path, metavar="DIR", help="the institution's folder")
+    endorse.set_defaults(handler=run_endorse_app)
 
     reg = sub.add_parser(
         "app-registry", help="serve privfl's signed Flower app to the SuperLink (loopback; signed apps)",
@@ -150,6 +173,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--trusted-entities accept it."), epilog=_REGISTRY_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     reg.add_argument("app", type=Path, metavar="APP_DIR", help="the folder `privfl app export` wrote")
     reg.add_argument("--signing-key", type=Path, required=True, help="the app-signing key (OpenSSH Ed25519)")
+    reg.add_argument("--endorsements", type=Path, help="the institutions' endorsements (<owner>.json) to serve with "
+                     "the bundle; an institution's SuperNode runs it only with its own")
     reg.add_argument("--host", default="127.0.0.1", help="loopback address to listen on (default: 127.0.0.1)")
     reg.add_argument("--port", type=argtypes.tcp_port, default=9093, help="port to listen on (default: 9093)")
     reg.set_defaults(handler=run_app_registry)
@@ -211,12 +236,13 @@ def run_institution(args: argparse.Namespace) -> int:
     try:
         made = create_institution(args.folder, args.owner, superlink=args.superlink,
                                   supernode_port=args.supernode_port, ca_cert=args.ca_cert,
-                                  trusted_entities=args.trusted_entities, signed_apps=not args.unsigned_apps,
+                                  signed_apps=not args.unsigned_apps,
                                   policy=_policy(args, args.purpose or DEFAULT_PURPOSE))
     except DeployError as err:
         raise _usage(err) from None
     print(f"privfl deploy: wrote institution {args.owner}'s folder {made.root}")
-    print(f"  send the coordinator: {made.root / 'signing.pub'} and {made.root / 'supernode-auth.pub'} "
+    endorsement = " and app-endorsement.json" if not args.unsigned_apps else ""
+    print(f"  send the coordinator: {made.root / 'signing.pub'}, {made.root / 'supernode-auth.pub'}{endorsement} "
           "(never a .key file)")
     for note in made.notes:
         print(f"  {note}")
@@ -229,7 +255,8 @@ def run_add_owner(args: argparse.Namespace) -> int:
     from privfl.deploy.create import add_owner
 
     try:
-        made = add_owner(args.coordinator, args.owner, ledger_key=args.ledger_key, supernode_key=args.supernode_key)
+        made = add_owner(args.coordinator, args.owner, ledger_key=args.ledger_key, supernode_key=args.supernode_key,
+                         app_endorsement=args.app_endorsement)
     except DeployError as err:
         raise _usage(err) from None
     for path in made.files:
@@ -239,23 +266,49 @@ def run_add_owner(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_endorse_app(args: argparse.Namespace) -> int:
+    from privfl.app_bundle import build_fab
+    from privfl.deploy import DeployError
+    from privfl.deploy.endorsement import load_endorsement, write_endorsement
+    from privfl.deploy.layout import InstitutionFolder
+    from privfl.privacy.keys import KeyFileError
+
+    where = InstitutionFolder(args.folder.resolve())
+    if not where.app_trust_key.is_file():
+        raise _usage(ValueError(f"{where.app_trust_key} is missing: {args.folder} is not an institution folder made "
+                                "with signed apps (privfl deploy institution)"))
+    try:
+        owner = load_endorsement(where.app_endorsement).owner_id  # the owner id it was made for
+        made = write_endorsement(build_fab(), where.app_trust_key, where.app_endorsement, owner, overwrite=True)
+    except (DeployError, KeyFileError, FileNotFoundError) as err:
+        raise _usage(err) from None
+    print(f"wrote {where.app_endorsement}: {made.app} (sha256 {made.fab_sha256}) signed by {made.key_id}")
+    print("  send it to the coordinator: privfl deploy add-owner COORDINATOR_DIR --owner "
+          f"{owner} ... --app-endorsement app-endorsement.json")
+    return 0
+
+
 def run_app_registry(args: argparse.Namespace) -> int:
     from privfl.deploy import DeployError
     from privfl.deploy.credentials import load_app_signing_key
-    from privfl.deploy.registry import AppRegistry, build_app_fab, sign_app
+    from privfl.deploy.registry import AppRegistry, build_app_fab, sign_app, with_endorsements
 
     if not (args.app / "pyproject.toml").is_file():
         raise FileNotFoundError(f"{args.app}/pyproject.toml is missing: write the app first with "
                                 f"`privfl app export {args.app}`")
     try:
         app = sign_app(build_app_fab(args.app), load_app_signing_key(args.signing_key))
-        server = AppRegistry(app, args.host, args.port, log=lambda line: print(f"app-registry: {line}", flush=True))
-    except DeployError as err:
+        log = lambda line: print(f"app-registry: {line}", flush=True)  # noqa: E731
+        if args.endorsements is not None:
+            app = with_endorsements(app, args.endorsements, log=log)  # refuse a bad folder before serving
+        server = AppRegistry(app, args.host, args.port, log=log, endorsements=args.endorsements)
+    except (DeployError, ValueError) as err:  # ValueError: a KeyFileError (an app-signing key others can read)
         raise _usage(err) from None
     except OSError as err:
         raise _usage(f"cannot listen on {args.host}:{args.port}: {err.strerror or err}") from None
-    print(f"privfl deploy app-registry: serving {app.spec} (FAB sha256 {app.fab_hash}, signed by {app.key_id}) at "
-          f"{server.api_url}", flush=True)
+    endorsed = ", ".join(e.owner_id for e in app.endorsements) or "no institution"
+    print(f"privfl deploy app-registry: serving {app.spec} (FAB sha256 {app.fab_hash}, signed by {app.key_id}; "
+          f"endorsed by {endorsed}) at {server.api_url}", flush=True)
     print(f"  start the SuperLink with FLWR_SUPERGRID_API_URL={server.api_url}; submit runs with "
           f"flwr run {app.spec} <connection>", flush=True)
     try:

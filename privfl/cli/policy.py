@@ -47,7 +47,7 @@ def run_check(args: argparse.Namespace) -> int:
         signer = "?"
     print(f"owner {policy.owner_id}: budget epsilon {policy.epsilon_budget:g} at delta {policy.delta:g} "
           f"({policy.accountant}); DP {'required' if policy.dp_required else 'not required'}; "
-          f"purposes {', '.join(policy.allowed_purposes) or 'any'}; units {', '.join(policy.privacy_units)}; "
+          f"purposes {', '.join(policy.allowed_purposes)}; units {', '.join(policy.privacy_units)}; "
           f"models {', '.join(policy.allowed_models)}; evaluation {'answered' if policy.answer_evaluation else 'no'}")
     print(f"ledger {policy.ledger}; signing key {policy.signing_key} (fingerprint {signer[:16]}...)")
     for problem in problems:

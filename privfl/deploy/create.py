@@ -3,8 +3,11 @@
 Three entry points, one per way a federation comes together:
 
 - :func:`create_institution` (``privfl deploy institution``): what an institution runs on
-  its own premises: its ledger key, its SuperNode key, its policy, its start scripts.
-  It sends the coordinator only ``signing.pub`` and ``supernode-auth.pub``.
+  its own premises: its ledger key, its SuperNode key, its policy, its start scripts,
+  and its app-trust key with its endorsement of privfl's bundle as it builds it
+  (:mod:`privfl.deploy.endorsement`: its SuperNode runs that bundle and nothing else).
+  It sends the coordinator only ``signing.pub``, ``supernode-auth.pub`` and
+  ``app-endorsement.json``.
 - :func:`add_owner` (``privfl deploy add-owner``): the coordinator registers the public
   keys an institution sent (its ledger key in ``owner-keys/``, which the ServerApp
   verifies every receipt against; its SuperNode key in ``supernode-keys/``, which
@@ -33,6 +36,7 @@ from privfl import pki, settings
 from privfl.config import ConfigError, ExperimentConfig
 from privfl.deploy import credentials, scripts
 from privfl.deploy import layout as names
+from privfl.deploy.endorsement import institution_app_trust, load_endorsement
 from privfl.deploy.errors import DeployError
 from privfl.deploy.layout import CoordinatorFolder, DeploymentFolder, InstitutionFolder
 from privfl.deploy.registry import VERSION as APP_VERSION
@@ -211,16 +215,19 @@ def _institution_policy(owner_id: str, defaults: PolicyDefaults) -> OwnerPolicy:
 
 def create_institution(folder: str | Path, owner_id: str, *, superlink: str,
                        supernode_port: int = names.DEFAULT_SUPERNODE_PORT, ca_cert: str | Path | None = None,
-                       trusted_entities: str | Path | None = None, signed_apps: bool = True,
-                       policy: PolicyDefaults = PolicyDefaults()) -> Created:
-    """One institution's folder: its keys, policy and scripts (no one else's secrets)."""
+                       signed_apps: bool = True, policy: PolicyDefaults = PolicyDefaults()) -> Created:
+    """One institution's folder: its keys, policy and scripts (no one else's secrets).
+
+    With signed apps (the default) its SuperNode trusts one key, made here: the bundle it
+    runs is the one this institution built from its installed privfl and signed; there is
+    no way to make it trust a key the coordinator holds.
+    """
     owner_id = check_owner(owner_id)
     check_port(supernode_port, "--supernode-port")
     if not superlink or any(c.isspace() for c in superlink) or ":" not in superlink:
         raise DeployError(f"--superlink {superlink!r}: give the SuperLink's HOST:PORT, e.g. superlink.example.org:9092")
-    for given, what in ((ca_cert, "--ca-cert"), (trusted_entities, "--trusted-entities")):
-        if given is not None and not Path(given).is_file():
-            raise FileNotFoundError(f"{what} {given}: no such file")
+    if ca_cert is not None and not Path(ca_cert).is_file():
+        raise FileNotFoundError(f"--ca-cert {ca_cert}: no such file")
     if ca_cert is not None:
         try:
             pki.load_ca_certificates(ca_cert)
@@ -246,8 +253,9 @@ def create_institution(folder: str | Path, owner_id: str, *, superlink: str,
         enrol_owner_ledger(where.ledger, owner_id, key, where.signing_key)  # the node itself never creates one
         if ca_cert is not None:
             credentials.write_public(where.ca_cert, Path(ca_cert).read_bytes())
-        if trusted_entities is not None:
-            credentials.write_public(where.trusted_entities, Path(trusted_entities).read_bytes())
+        if signed_apps:
+            endorsement = institution_app_trust(where.app_trust_key, where.app_trust_public_key,
+                                                where.trusted_entities, where.app_endorsement, owner_id)
         _write_text(where.script(names.START_SUPERNODE), scripts.start_supernode(superlink, supernode_port, signed_apps),
                     EXECUTABLE)
         _write_text(where.script(names.REPORT), scripts.institution_report(), EXECUTABLE)
@@ -256,8 +264,9 @@ def create_institution(folder: str | Path, owner_id: str, *, superlink: str,
         made.notes.append(f"ledger key fingerprint {fingerprint(key)}")
         if ca_cert is None:
             made.notes.append("copy the federation's CA certificate from the coordinator to ca.pem")
-        if signed_apps and trusted_entities is None:
-            made.notes.append("copy trusted-entities.yaml from the coordinator (the app publishers you trust)")
+        if signed_apps:
+            made.notes.append(f"your SuperNode runs only {endorsement.app} as built here (sha256 "
+                              f"{endorsement.fab_sha256[:16]}...): send the coordinator {where.app_endorsement.name}")
         return made
     except BaseException:
         _undo(where.path, created)
@@ -323,7 +332,7 @@ def flwr_config_toml(where: CoordinatorFolder, host: str, port: int) -> str:
     return (f"# The `flwr` CLI's connections (FLWR_HOME={where.flwr_home}); written by privfl deploy.\n"
             f'[superlink]\ndefault = "{names.CONNECTION}"\n\n'
             f"[superlink.{names.CONNECTION}]\n"
-            f'address = "{superlink_address(host, port)}"\n'
+            f"address = {settings.toml_value(superlink_address(host, port))}\n"
             f"root-certificates = {settings.toml_value(str(where.ca_cert))}\n")
 
 
@@ -355,10 +364,9 @@ def create_coordinator(folder: str | Path, options: CoordinatorOptions = Coordin
         pki.write_pair(ca, where.ca_cert, where.ca_key)
         pki.write_pair(server, where.superlink_cert, where.superlink_key)
         if s.signed_apps:
-            key_id = credentials.app_signing_key_pair(where.app_signing_key, where.app_signing_public_key,
-                                                      "privfl-app-signing")
-            public = credentials.load_app_public_key(where.app_signing_public_key)
-            _write_text(where.trusted_entities, credentials.trusted_entities_yaml({key_id: public}))
+            credentials.app_signing_key_pair(where.app_signing_key, where.app_signing_public_key,
+                                             "privfl-app-signing")
+            _mkdir(where.app_endorsements, 0o755)
         _mkdir(where.flwr_home)
         _write_text(where.flwr_home / "config.toml", flwr_config_toml(where, options.host, options.port))
         _write_text(where.experiment, experiment_toml(config))
@@ -386,11 +394,14 @@ def coordinator_scripts(s: scripts.CoordinatorSettings) -> dict[str, str]:
 
 
 def add_owner(coordinator_dir: str | Path, owner_id: str, *, ledger_key: str | Path,
-              supernode_key: str | Path) -> Created:
+              supernode_key: str | Path, app_endorsement: str | Path | None = None) -> Created:
     """Register an institution's ledger key and SuperNode key (public halves) at the coordinator.
 
     Idempotent for the same keys; a different ledger key for a known owner is refused
     (the registry accepts one key per owner: see docs/deployment.md, key rotation).
+    ``app_endorsement`` (the institution's ``app-endorsement.json``) is kept in
+    ``app-endorsements/<owner>.json``, replacing an older one (an upgrade re-endorses), for
+    the app registry to serve: without it the institution's SuperNode refuses every run.
     """
     owner_id = check_owner(owner_id)
     where = CoordinatorFolder(Path(coordinator_dir).resolve())
@@ -402,6 +413,9 @@ def add_owner(coordinator_dir: str | Path, owner_id: str, *, ledger_key: str | P
     except KeyFileError as err:
         raise DeployError(f"--ledger-key: {err} (the institution's signing.pub)") from None
     auth_public = credentials.load_supernode_public_key(supernode_key)
+    endorsement = load_endorsement(app_endorsement) if app_endorsement is not None else None
+    if endorsement is not None and endorsement.owner_id != owner_id:
+        raise DeployError(f"--app-endorsement names owner {endorsement.owner_id}, not {owner_id}")
     auth_line = credentials.openssh_public_line(auth_public, f"privfl-supernode-{owner_id}")
 
     made = Created(where.path)
@@ -436,6 +450,11 @@ def add_owner(coordinator_dir: str | Path, owner_id: str, *, ledger_key: str | P
     if not known_auth.exists():
         credentials.write_public(known_auth, (auth_line + "\n").encode())
         made.files.append(known_auth)
+    if endorsement is not None:
+        if not where.app_endorsements.is_dir():
+            raise DeployError(f"{where.path} has no {where.app_endorsements.name}/: it was made with --unsigned-apps")
+        credentials.write_public(where.app_endorsement(owner_id), endorsement.to_json().encode(), overwrite=True)
+        made.files.append(where.app_endorsement(owner_id))
     made.notes.append(f"{owner_id}: ledger key {fingerprint(ledger_public)[:16]}...; register its SuperNode with "
                       f"{where.script(names.REGISTER_SUPERNODES)} {owner_id} once the SuperLink runs")
     return made
@@ -488,11 +507,10 @@ def init_deployment(folder: str | Path, owners: str | Sequence[str], *, options:
         for owner_id, port in zip(owner_ids, ports):
             where = root.institution(owner_id)
             create_institution(where.path, owner_id, superlink=superlink, supernode_port=port,
-                               ca_cert=root.coordinator.ca_cert,
-                               trusted_entities=root.coordinator.trusted_entities if s.signed_apps else None,
-                               signed_apps=s.signed_apps, policy=policy)
+                               ca_cert=root.coordinator.ca_cert, signed_apps=s.signed_apps, policy=policy)
             add_owner(root.coordinator.path, owner_id, ledger_key=where.signing_public_key,
-                      supernode_key=where.supernode_public_key)
+                      supernode_key=where.supernode_public_key,
+                      app_endorsement=where.app_endorsement if s.signed_apps else None)
             if not institution_texts:
                 institution_texts = {name: where.script(name).read_text() for name in (names.START_SUPERNODE,
                                                                                         names.REPORT)}

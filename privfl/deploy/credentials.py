@@ -6,9 +6,11 @@
   ``load_ssh_private_key(data, None)``), the public half one OpenSSH line
   (``ecdsa-sha2-nistp384 AAAA... comment``: what ``flwr supernode register`` reads).
   It is what ``ssh-keygen -t ecdsa -b 384`` writes, made with ``cryptography``.
-- **App signing**: an Ed25519 key pair (OpenSSH format) that signs the Flower app
-  bundle; the SuperNodes trust its public half through ``--trusted-entities``, a YAML
-  map ``{key id: "ssh-ed25519 AAAA..."}``.
+- **App signing**: Ed25519 key pairs (OpenSSH format) that sign the Flower app bundle.
+  Each institution's SuperNode trusts only its own (``app-trust.key``, see
+  :mod:`privfl.deploy.endorsement`) through ``--trusted-entities``, a YAML map
+  ``{key id: "ssh-ed25519 AAAA..."}``; the coordinator's (``app-signing.key``) is trusted
+  by no SuperNode.
 
 Private keys are created exclusively with mode 0600 (never overwritten); public keys
 with 0644.  Writes go through a temporary file linked into place, so a reader never
@@ -27,6 +29,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
 from privfl.deploy.errors import DeployError
 from privfl.privacy.files import write_file_atomically
+from privfl.privacy.keys import check_private_file_mode
 
 NIST_CURVES = ("secp256r1", "secp384r1", "secp521r1")
 APP_KEY_ID_PREFIX = "privfl-app-"
@@ -112,6 +115,7 @@ def load_app_signing_key(path: str | Path) -> ed25519.Ed25519PrivateKey:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no app-signing key at {path}")
+    check_private_file_mode(path, "app-signing key")
     try:
         key = serialization.load_ssh_private_key(path.read_bytes(), password=None)
     except (ValueError, TypeError, UnsupportedAlgorithm) as err:
@@ -137,9 +141,10 @@ def load_app_public_key(path: str | Path) -> ed25519.Ed25519PublicKey:
 
 def trusted_entities_yaml(keys: dict[str, ed25519.Ed25519PublicKey]) -> str:
     """The ``--trusted-entities`` file: app publishers' key ids mapped to their ssh-ed25519 keys."""
-    lines = ["# Flower SuperNode --trusted-entities: the only publishers whose apps this SuperNode runs.",
+    lines = ["# Flower SuperNode --trusted-entities: the only keys whose signature makes this SuperNode run an app.",
              "# Written by privfl deploy; key id: 'ssh-ed25519 AAAA...' (a FAB must carry a valid signature by one).",
-             "# Replace this file (and restart the SuperNode) when the coordinator rotates its app-signing key."]
+             "# It names this institution's own app-trust key only: the SuperNode runs the bundle the institution",
+             "# built and signed itself (app-endorsement.json), never one that only the coordinator signed."]
     # JSON strings are valid YAML scalars: no quoting surprises.
     lines += [f"{json.dumps(key_id)}: {json.dumps(openssh_public_line(key, ''))}" for key_id, key in keys.items()]
     return "\n".join(lines) + "\n"

@@ -10,8 +10,8 @@
         supernode-keys/<owner>.pub    each institution's SuperNode key (OpenSSH ECDSA P-384), for `flwr supernode register`
         tls/ca.pem, ca.key            the federation's CA (keep ca.key offline once the SuperLink certificate is issued)
         tls/superlink.pem, .key       the SuperLink's TLS certificate and key
-        app-signing.key / .pub        Ed25519 (OpenSSH): signs the Flower app bundle
-        trusted-entities.yaml         the app-signing public key, for the SuperNodes' --trusted-entities
+        app-signing.key / .pub        Ed25519 (OpenSSH): the registry's own signature on the bundle (no SuperNode trusts it)
+        app-endorsements/<owner>.json each institution's signature on its own build of privfl's bundle, served with it
         flwr-home/config.toml         the `flwr` CLI's connection to the SuperLink (root-certificates = tls/ca.pem)
         experiment.toml               the run config (deployment = true, dataset = "none", ...)
         start-superlink.sh, start-app-registry.sh, register-supernodes.sh, submit-run.sh, report.sh
@@ -21,7 +21,9 @@
         signing.key / .pub            Ed25519: signs the institution's ledger (privacy/keys.py)
         supernode-auth.key / .pub     OpenSSH ECDSA P-384: authenticates the SuperNode to the SuperLink
         ca.pem                        the federation CA: the only root the SuperNode trusts for the SuperLink
-        trusted-entities.yaml         the app publishers this SuperNode runs apps from
+        app-trust.key / .pub          Ed25519 (OpenSSH): the institution's own key; its SuperNode trusts this key only
+        trusted-entities.yaml         that one key, for the SuperNode's --trusted-entities
+        app-endorsement.json          its signature on the bundle it built from its installed privfl (sent to the coordinator)
         data/                         train.npz (and evaluation.npz): the institution's own data
         start-supernode.sh, report.sh
         ledger.db                     its privacy ledger, created here (the SuperNode never creates one)
@@ -72,7 +74,7 @@ class CoordinatorFolder:
     superlink_key = property(lambda self: self.path / "tls" / "superlink.key")
     app_signing_key = property(lambda self: self.path / "app-signing.key")
     app_signing_public_key = property(lambda self: self.path / "app-signing.pub")
-    trusted_entities = property(lambda self: self.path / "trusted-entities.yaml")
+    app_endorsements = property(lambda self: self.path / "app-endorsements")
     flwr_home = property(lambda self: self.path / "flwr-home")
     experiment = property(lambda self: self.path / "experiment.toml")
     app = property(lambda self: self.path / "app")
@@ -84,6 +86,9 @@ class CoordinatorFolder:
 
     def supernode_key(self, owner_id: str) -> Path:
         return self.supernode_keys / f"{owner_id}.pub"
+
+    def app_endorsement(self, owner_id: str) -> Path:
+        return self.app_endorsements / f"{owner_id}.json"
 
     def script(self, name: str) -> Path:
         return self.path / name
@@ -103,6 +108,9 @@ class InstitutionFolder:
     supernode_public_key = property(lambda self: self.path / "supernode-auth.pub")
     ca_cert = property(lambda self: self.path / "ca.pem")
     trusted_entities = property(lambda self: self.path / "trusted-entities.yaml")
+    app_trust_key = property(lambda self: self.path / "app-trust.key")
+    app_trust_public_key = property(lambda self: self.path / "app-trust.pub")
+    app_endorsement = property(lambda self: self.path / "app-endorsement.json")
     data = property(lambda self: self.path / "data")
     train_data = property(lambda self: self.path / "data" / "train.npz")
     evaluation_data = property(lambda self: self.path / "data" / "evaluation.npz")

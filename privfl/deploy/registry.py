@@ -14,7 +14,10 @@ refuses it ("The FAB could not be verified").
 A federation that cannot reach Flower Hub (or does not want to publish there) runs
 :class:`AppRegistry` next to its SuperLink: a small HTTP server on loopback that knows
 one app, privfl's bundle (:mod:`privfl.app_bundle`, built with Flower's own builder),
-signed with the deployment's app-signing key (``privfl deploy init``).  The SuperLink is
+signed with the coordinator's app-signing key, which no SuperNode trusts, and served with
+the institutions' endorsements of that very bundle (:mod:`privfl.deploy.endorsement`):
+each SuperNode trusts only its own institution's key, so the signature that makes it run
+the bundle is the institution's, over the bundle it built itself.  The SuperLink is
 started with ``FLWR_SUPERGRID_API_URL=http://127.0.0.1:PORT/v1`` and runs are submitted as
 ``flwr run @privfl/privfl-app==<privfl version> <connection>``.
 
@@ -26,6 +29,7 @@ loopback addresses only.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import ipaddress
 import json
@@ -40,6 +44,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from privfl.deploy.credentials import app_key_id
+from privfl.deploy.endorsement import load_endorsement
+from privfl.deploy.endorsement import message_to_sign as message_for_hash
 from privfl.deploy.errors import DeployError
 
 API_PREFIX = "/v1"
@@ -51,7 +57,7 @@ VERSION = re.compile(r"^\d+\.\d+\.\d+$")  # Flower's APP_VERSION_PATTERN
 
 def message_to_sign(fab: bytes, signed_at: int) -> bytes:
     """What Flower's SuperNode verifies: signed_at (8 bytes big-endian) + sha256(FAB)."""
-    return signed_at.to_bytes(8, byteorder="big") + hashlib.sha256(fab).digest()
+    return message_for_hash(hashlib.sha256(fab).hexdigest(), signed_at)
 
 
 def _b64url(data: bytes) -> str:
@@ -66,6 +72,7 @@ class SignedApp:
     key_id: str
     signature: str  # base64url, no padding
     signed_at: int  # unix seconds
+    endorsements: tuple = ()  # the institutions' Endorsements of this very FAB (privfl.deploy.endorsement)
 
     @property
     def fab_hash(self) -> str:
@@ -77,7 +84,9 @@ class SignedApp:
         return f"{self.app_id}=={self.version}"
 
     def verifications(self) -> list[dict[str, Any]]:
-        return [{"public_key_id": self.key_id, "signature": self.signature, "signed_at": self.signed_at}]
+        """The coordinator's own signature (trusted by no SuperNode) and every institution's endorsement of this FAB."""
+        own = [{"public_key_id": self.key_id, "signature": self.signature, "signed_at": self.signed_at}]
+        return own + [e.verification() for e in self.endorsements if e.fab_sha256 == self.fab_hash]
 
 
 def build_app_fab(app_dir: str | Path) -> bytes:
@@ -103,6 +112,29 @@ def sign_app(fab: bytes, key: ed25519.Ed25519PrivateKey, *, signed_at: int | Non
     signed_at = int(time.time()) if signed_at is None else signed_at
     signature = key.sign(message_to_sign(fab, signed_at))
     return SignedApp(app_id, version, fab, app_key_id(key.public_key()), _b64url(signature), signed_at)
+
+
+def with_endorsements(app: SignedApp, folder: str | Path, log=print) -> SignedApp:
+    """``app`` with the endorsements in ``folder`` (``<owner>.json``) that sign this very FAB.
+
+    An endorsement of another FAB (the institution runs another privfl version) is left
+    out and said: that institution's SuperNode will refuse the run until both sides run the
+    same privfl.  A file that does not verify is refused outright.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DeployError(f"--endorsements {folder}: no such folder (privfl deploy add-owner --app-endorsement "
+                          "fills it)")
+    kept = []
+    for path in sorted(folder.glob("*.json")):
+        endorsement = load_endorsement(path)
+        if endorsement.fab_sha256 == app.fab_hash:
+            kept.append(endorsement)
+        else:
+            log(f"{path.name}: {endorsement.owner_id} endorsed {endorsement.app} (sha256 "
+                f"{endorsement.fab_sha256[:16]}...), not the bundle served here ({app.spec}, sha256 "
+                f"{app.fab_hash[:16]}...): its SuperNode will refuse runs until both run the same privfl")
+    return dataclasses.replace(app, endorsements=tuple(kept))
 
 
 def verify_app(fab: bytes, verifications: list[dict[str, Any]], trusted: dict[str, ed25519.Ed25519PublicKey]) -> bool:
@@ -135,9 +167,11 @@ def _check_loopback(host: str) -> str:
 class AppRegistry(HTTPServer):
     """Serves one signed app the way Flower Hub's fetch-fab endpoint does."""
 
-    def __init__(self, app: SignedApp, host: str = "127.0.0.1", port: int = 0, *, log=None) -> None:
+    def __init__(self, app: SignedApp, host: str = "127.0.0.1", port: int = 0, *, log=None,
+                 endorsements: str | Path | None = None) -> None:
         self.app = app
         self.log = log or (lambda line: None)
+        self.endorsements = None if endorsements is None else Path(endorsements)
         super().__init__((_check_loopback(host), port), _Handler)
 
     @property
@@ -152,6 +186,12 @@ class AppRegistry(HTTPServer):
 
     def fab_url(self) -> str:
         return f"{self.api_url}/fabs/{self.app.fab_hash}.fab"
+
+    def current_app(self) -> SignedApp:
+        """The app with the endorsements in the folder now: an institution registered later is served too."""
+        if self.endorsements is None:
+            return self.app
+        return with_endorsements(self.app, self.endorsements, log=self.log)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -190,12 +230,19 @@ class _Handler(BaseHTTPRequestHandler):
         except (ValueError, KeyError, TypeError):
             self._json(400, {"detail": "the body is not {\"app_id\": ..., \"app_version\": ...}"})
             return
-        app = self.server.app
+        try:
+            app = self.server.current_app()
+        except DeployError as err:  # a corrupt endorsement file: say so, serve nothing rather than guess
+            self.server.log(f"refused to serve: {err}")
+            self._json(500, {"detail": "the app registry's endorsements cannot be read; see its log"})
+            return
         if app_id != app.app_id or version not in (None, app.version):
             self.server.log(f"refused a request for {app_id}=={version}: this registry serves {app.spec} only")
             self._json(404, {"detail": {"available_app_versions": [app.version] if app_id == app.app_id else []}})
             return
-        self.server.log(f"served {app.spec} (sha256 {app.fab_hash[:16]}..., signed by {app.key_id})")
+        endorsed = ", ".join(e.owner_id for e in app.endorsements) or "no institution"
+        self.server.log(f"served {app.spec} (sha256 {app.fab_hash[:16]}..., signed by {app.key_id}, endorsed by "
+                        f"{endorsed})")
         self._json(200, {"fab_url": self.server.fab_url(), "verifications": app.verifications()})
 
     def do_GET(self) -> None:

@@ -68,10 +68,12 @@ def start_superlink(s: CoordinatorSettings) -> str:
 
 
 def start_app_registry(s: CoordinatorSettings) -> str:
-    return (_prelude("Export privfl's Flower app, sign it with the app-signing key and serve it to the SuperLink "
-                     "(loopback only).")
+    return (_prelude("Export privfl's Flower app and serve it to the SuperLink (loopback only) with each institution's "
+                     "endorsement (app-endorsements/): an institution's SuperNode runs it only if it is the very "
+                     "bundle that institution built and signed.")
             + 'privfl app export "$HERE/app"\n'
             'exec privfl deploy app-registry "$HERE/app" --signing-key "$HERE/app-signing.key" \\\n'
+            '    --endorsements "$HERE/app-endorsements" \\\n'
             f"    --host 127.0.0.1 --port {s.registry_port}\n")
 
 
@@ -115,8 +117,9 @@ def coordinator_report() -> str:
 
 def start_supernode(superlink: str, port: int, signed_apps: bool) -> str:
     trust = '    --trusted-entities "$HERE/trusted-entities.yaml" \\\n' if signed_apps else ""
-    check = ('[ -f "$HERE/trusted-entities.yaml" ] || { echo "trusted-entities.yaml is missing: copy the one the '
-             'coordinator sent (the app publishers this SuperNode trusts)" >&2; exit 2; }\n') if signed_apps else ""
+    check = ('[ -f "$HERE/trusted-entities.yaml" ] || { echo "trusted-entities.yaml is missing: privfl deploy '
+             'institution writes it (this institution\'s own app-trust key, the only one its SuperNode trusts)" >&2; '
+             'exit 2; }\n') if signed_apps else ""
     return (_prelude("Start this institution's SuperNode: it trusts only ca.pem for the SuperLink, authenticates "
                      "with supernode-auth.key, runs only signed apps and enforces policy.toml.")
             + '[ -f "$HERE/ca.pem" ] || { echo "ca.pem is missing: copy the federation CA certificate the '
@@ -146,7 +149,10 @@ def _script_block(text: str) -> str:
 
 
 def institution_readme(owner_id: str, superlink: str, signed_apps: bool) -> str:
-    trusted = ("- `trusted-entities.yaml`: the app publishers this SuperNode runs apps from (from the coordinator)\n"
+    trusted = ("- `app-trust.key` (secret) / `app-trust.pub`, `trusted-entities.yaml`, `app-endorsement.json`: your\n"
+               "  SuperNode trusts only your own `app-trust` key, which signed privfl's app bundle as your installed\n"
+               "  privfl builds it (`app-endorsement.json`): it runs that bundle and refuses any other, whoever\n"
+               "  signed it. After upgrading privfl, sign the new bundle: `privfl deploy endorse-app .`\n"
                if signed_apps else "")
     return f"""# privfl institution folder: {owner_id}
 
@@ -168,11 +174,11 @@ SuperNode (the folder is mode 0700, the keys and policy 0600).
 
 ## Steps
 
-1. Send the coordinator your two public keys, `signing.pub` and `supernode-auth.pub`
+1. Send the coordinator your two public keys, `signing.pub` and `supernode-auth.pub`{", and `app-endorsement.json`" if signed_apps else ""}
    (never a `.key` file). It registers them:
-   `privfl deploy add-owner COORDINATOR_DIR --owner {owner_id} --ledger-key signing.pub --supernode-key supernode-auth.pub`
+   `privfl deploy add-owner COORDINATOR_DIR --owner {owner_id} --ledger-key signing.pub --supernode-key supernode-auth.pub{" --app-endorsement app-endorsement.json" if signed_apps else ""}`
    and `register-supernodes.sh {owner_id}`.
-2. Put `ca.pem`{" and `trusted-entities.yaml`" if signed_apps else ""} from the coordinator in this folder.
+2. Put `ca.pem` from the coordinator in this folder.
 3. Start the SuperNode (it only dials out to the SuperLink; its own port is local):
 
 ```bash
@@ -203,6 +209,8 @@ copies with `privfl ledger recover` (docs/ledger.md).
 def deployment_readme(owners: list[str], s: CoordinatorSettings, coordinator_script: dict[str, str],
                       institution_scripts: dict[str, str]) -> str:
     first = owners[0]
+    endorsement_sent = " and its signature on privfl's app bundle (`app-endorsement.json`)" if s.signed_apps else ""
+    endorsement_flag = " --app-endorsement app-endorsement.json" if s.signed_apps else ""
     owners_text = ", ".join(f"`{o}`" for o in owners)
     registry_step = (f"""
 # 1. the app registry: exports privfl's Flower app, signs it, serves it on loopback
@@ -213,12 +221,17 @@ coordinator/{names.START_APP_REGISTRY}
     signed_note = (f"""
 ## Signed apps
 
-The SuperNodes run only apps signed by the app-signing key (`--trusted-entities
-trusted-entities.yaml`). Flower verifies signatures only on apps the SuperLink fetched
-from a hub, so the coordinator runs its own (`privfl deploy app-registry`, loopback
-only) and the SuperLink is pointed at it with `FLWR_SUPERGRID_API_URL`; runs are
-submitted as `{s.app_spec}`. A locally built app (`flwr run coordinator/app ...`) is
-refused by every SuperNode ("The FAB could not be verified").
+Each SuperNode trusts one key (`--trusted-entities trusted-entities.yaml`): its own
+institution's `app-trust` key, which signed privfl's app bundle as that institution built
+it from its installed privfl (`app-endorsement.json`, sent to the coordinator and kept in
+`coordinator/app-endorsements/`). So a SuperNode runs that code-free bundle and refuses
+any other, whoever signed it: the coordinator cannot ship code to an institution. Flower
+verifies signatures only on apps the SuperLink fetched from a hub, so the coordinator
+runs its own (`privfl deploy app-registry`, loopback only), which serves the bundle with
+the institutions' endorsements, and the SuperLink is pointed at it with
+`FLWR_SUPERGRID_API_URL`; runs are submitted as `{s.app_spec}`. A locally built app
+(`flwr run coordinator/app ...`) is refused by every SuperNode ("The FAB could not be
+verified").
 """ if s.signed_apps else "")
     return f"""# privfl deployment
 
@@ -228,9 +241,9 @@ Made by `privfl deploy init` with every part on one disk, for a demonstration or
 
 **In a real deployment each institution generates its own keys on its own premises** with
 `privfl deploy institution DIR --owner NAME --superlink {s.host}:{s.port}` and sends the
-coordinator only its two public keys (`signing.pub`, `supernode-auth.pub`); the coordinator
-registers them with `privfl deploy add-owner coordinator --owner NAME --ledger-key signing.pub
---supernode-key supernode-auth.pub` and sends back `coordinator/tls/ca.pem`{" and `coordinator/trusted-entities.yaml`" if s.signed_apps else ""}.
+coordinator only its two public keys (`signing.pub`, `supernode-auth.pub`){endorsement_sent}; the coordinator
+registers them with `privfl deploy add-owner coordinator --owner NAME --ledger-key signing.pub --supernode-key
+supernode-auth.pub{endorsement_flag}` and sends back `coordinator/tls/ca.pem`.
 Hand each institution its own `institutions/<owner>/` folder and nothing else; the
 coordinator keeps `coordinator/`. Folders holding secrets are mode 0700, private keys 0600.
 Move `coordinator/tls/ca.key` offline once the SuperLink has its certificate.
