@@ -40,6 +40,29 @@ from privfl.privacy.ledger.signing import signature_problem
 from privfl.privacy.ledger.store import FEDERATION_LEDGER, LedgerFile, LedgerStore, StoredRow
 from privfl.protos import ledger_pb2
 
+# What this coordinator composes, whoever signed it: beyond these an accountant's work grows without bound
+# (PRV and PLD take minutes and GBs for 10^5-10^6 steps or a noise multiplier of 0.005, measured here), and an
+# event beyond them protects nothing (epsilon in the hundreds per step) or fits no training round.
+MAX_SEQUENCE = 2**53 - 1  # exact in JSON and floats; SQLite's integers end at 2^63 - 1
+MAX_BRIDGE_ENTRIES = 100_000
+MAX_EVENT_STEPS = 10_000
+MIN_EVENT_NOISE = 0.1
+
+
+def event_bound_problem(event: object) -> str | None:
+    """Why this coordinator will not compose ``event`` (None: it will); cheap, so it runs before any accountant."""
+    if event is None:
+        return None
+    noise = getattr(event, "noise_multiplier", None)
+    if isinstance(noise, (int, float)) and not noise >= MIN_EVENT_NOISE:
+        return (f"its noise multiplier {noise:g} is below {MIN_EVENT_NOISE:g}, the least this coordinator composes "
+                "(such a release protects nothing)")
+    steps = getattr(event, "steps", 1)
+    if isinstance(steps, int) and steps > MAX_EVENT_STEPS:
+        return f"it takes {steps} steps, more than the {MAX_EVENT_STEPS} this coordinator composes for one release"
+    return None
+
+
 @dataclass
 class _Held:
     """What this ledger holds of one owner's chain, kept in memory so a receipt's check does not
@@ -114,6 +137,9 @@ class FederationLedger(LedgerFile):
         (:mod:`privfl.privacy.ledger.bridge`); the hashes must link like the entries.
         Raises ReceiptRejected saying which.
         """
+        if len(bridge) + len(elided) > MAX_BRIDGE_ENTRIES:
+            raise ReceiptRejected(f"receipt rejected: its bridge holds {len(bridge) + len(elided)} entries, more "
+                                  f"than the {MAX_BRIDGE_ENTRIES} this coordinator reads")
         signed = _parse(signed_entry)
         chain = [_parse(b) for b in bridge] + [signed]
         entries = []
@@ -138,6 +164,8 @@ class FederationLedger(LedgerFile):
             if problem:
                 raise ReceiptRejected(f"receipt rejected: owner {owner}, entry {entry.sequence}: {problem}")
         links = sorted([*entries, *(ElidedEntry.from_bytes(owner, raw) for raw in elided)], key=lambda e: e.sequence)
+        if not 1 <= links[0].sequence <= links[-1].sequence <= MAX_SEQUENCE:
+            raise ReceiptRejected(f"receipt rejected: owner {owner}'s entry sequences are outside 1..{MAX_SEQUENCE}")
         if links[-1] is not claimed:
             raise ReceiptRejected(f"receipt rejected: owner {owner}'s bridge reaches past its receipt")
         if anchored is not None:
@@ -154,9 +182,21 @@ class FederationLedger(LedgerFile):
                 f"receipt rejected: owner {owner} already has a different entry {claimed.sequence} here "
                 "(the owner's chain forked)")
         self._check_extends_chain(links[0])
-        if check_epsilon and claimed.is_charge:
-            self._check_epsilon(claimed, entries[:-1])
-        return Checked(claimed, tuple(e for e in entries[:-1] if self._store.at_sequence(owner, e.sequence) is None))
+        checked = Checked(claimed, tuple(e for e in entries[:-1] if self._store.at_sequence(owner, e.sequence) is None))
+        if check_epsilon:
+            self.check_stated_epsilon(checked)
+        return checked
+
+    def check_stated_epsilon(self, checked: Checked) -> None:
+        """The receipt's stated epsilon against the charges this ledger holds and the bridge brings.
+
+        The costly step of :meth:`check_received` (an accountant composes the owner's charges), so
+        a caller that first compares the receipt with what it asked for may run it after
+        (``check_received(..., check_epsilon=False)``).  Every event is bounded first (:func:`event_bound_problem`).
+        """
+        if checked.duplicate or not checked.entry.is_charge:
+            return
+        self._check_epsilon(checked.entry, checked.bridge)
 
     def record_round(self, accepted: Sequence[tuple[Checked, str]], coordinator_key: Ed25519PrivateKey,
                      experiment_id: str, server_round: int) -> list[AnchorRecord]:
@@ -256,12 +296,17 @@ class FederationLedger(LedgerFile):
         new = [e for e in bridge if e.sequence not in held.sequences]
         events = [*held.charges.get(unit_of(entry), []),
                   *(e.event for e in new if e.is_charge and unit_of(e) == unit_of(entry))]
+        for event in (*events, entry.event):
+            problem = event_bound_problem(event)
+            if problem:
+                raise ReceiptRejected(f"receipt rejected: owner {entry.owner_id}, entry {entry.sequence}: a charge "
+                                      f"in its chain is not composed here: {problem}")
         try:
             recomputed = compute_epsilon(entry.accountant, [*events, entry.event], entry.delta)
         except (UnsupportedEvent, ValueError) as err:
             raise ReceiptRejected(f"receipt rejected: owner {entry.owner_id}, entry {entry.sequence}: {err}") from None
         sequences = held.sequences | {e.sequence for e in new} | {entry.sequence}
-        complete = sequences == set(range(1, max(sequences) + 1))
+        complete = min(sequences) == 1 and len(sequences) == max(sequences)  # distinct positive integers 1..max
         stored = entry.cumulative_epsilon
         if complete and not epsilon_matches(stored, recomputed):
             raise ReceiptRejected(
