@@ -10,14 +10,19 @@ not a ledger entry: evaluation spends no epsilon.
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 from flwr.app import Context, Message, MetricRecord, RecordDict
 
 from privfl import protocol
 from privfl.client.data import OwnerDataError
 from privfl.client.guard import review_request
-from privfl.client.owner import OwnerSetupError, node_owner
+from privfl.client.owner import Owner, OwnerSetupError, node_owner
 from privfl.devices import resolve_device
 from privfl.logs import get_logger
+from privfl.privacy.keys import KeyFileError, load_private_key
+from privfl.privacy.ledger.identity import NONCE_BYTES, sign_answer
 from privfl.protocol import ProtocolError, RoundRequest
 
 log = get_logger("client")
@@ -68,4 +73,19 @@ def run_query(msg: Message, context: Context) -> RecordDict:
         owner = node_owner(context, str(asked.get("owners-dir", "")))
     except OwnerSetupError as err:
         return _refuse(str(err), err.owner_id)
-    return RecordDict({protocol.OWNER: protocol.head_answer(owner.owner_id, owner.ledger.head())})
+    head = owner.ledger.head()
+    return RecordDict({protocol.OWNER: protocol.head_answer(owner.owner_id, head, _signed_answer(owner, asked, head))})
+
+
+def _signed_answer(owner: Owner, asked: Any, head: tuple[int, bytes]) -> bytes:
+    """The owner's signature over its answer and the query's nonce: what binds this node to the owner at the
+    coordinator (b"" when the query carried no usable nonce; the coordinator then binds the node to no owner)."""
+    nonce, experiment_id = asked.get(protocol.QUERY_NONCE), asked.get("experiment-id")
+    if not (isinstance(nonce, str) and len(nonce) == 2 * NONCE_BYTES and isinstance(experiment_id, str)):
+        return b""
+    try:
+        key = load_private_key(Path(owner.policy.signing_key).resolve(), owner.policy.passphrase())
+    except (KeyFileError, OSError) as err:
+        log.error("%s cannot sign its answer to the query: %s", owner.owner_id, err)
+        return b""
+    return sign_answer(key, experiment_id, nonce, owner.owner_id, head[0], head[1].hex())

@@ -54,6 +54,8 @@ BRIDGE = "bridge"  # the owner's signed entries between the anchored head and th
 BRIDGE_ELIDED = "bridge-elided"  # the bridge's entries of other experiments: hashes only (privacy/ledger/bridge.py)
 HEAD_SEQUENCE = "head-sequence"  # an owner's answer to a query: its ledger head
 HEAD_HASH = "head-hash"
+QUERY_NONCE = "query-nonce"  # in a query: fresh random hex the owner signs with its answer
+ANSWER_SIGNATURE = "answer-signature"  # the owner's signature over its answer (privacy/ledger/identity.py)
 
 # SecAgg+ (owner-level rounds summed securely).  privfl's secure_sum
 # (privfl.server.secure_aggregation) adds the SECAGG_RECORD ConfigRecord to the
@@ -295,10 +297,14 @@ def signed_receipt(signed_entry: bytes, bridge: list[bytes] | tuple[bytes, ...] 
     return ConfigRecord(values)
 
 
-def head_answer(owner_id: str, head: tuple[int, bytes]) -> ConfigRecord:
-    """An owner's answer to the coordinator's query: who it is and where its ledger stands."""
-    return ConfigRecord({OWNER_ID: owner_id, HEAD_SEQUENCE: head[0], HEAD_HASH: head[1].hex(),
-                         OWNER_PRIVFL_VERSION: __version__, OWNER_PROTOCOL_VERSION: PROTOCOL_VERSION})
+def head_answer(owner_id: str, head: tuple[int, bytes], signature: bytes = b"") -> ConfigRecord:
+    """An owner's answer to the coordinator's query: who it is and where its ledger stands, signed over
+    the query's nonce when the query carried one (only a signed answer binds the node to the owner)."""
+    values: dict[str, Any] = {OWNER_ID: owner_id, HEAD_SEQUENCE: head[0], HEAD_HASH: head[1].hex(),
+                              OWNER_PRIVFL_VERSION: __version__, OWNER_PROTOCOL_VERSION: PROTOCOL_VERSION}
+    if signature:
+        values[ANSWER_SIGNATURE] = signature
+    return ConfigRecord(values)
 
 
 def unsigned_refusal(reason: str, owner_id: str = "") -> ConfigRecord:
