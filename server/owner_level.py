@@ -37,7 +37,7 @@ from privfl.privacy.ledger.anchor import AGGREGATED, CHARGED, REFUSED, UPDATE_DR
 from privfl.protocol import OWNER_CHARGE_STAGE, OwnerRound
 from privfl.server.owner_dp import OwnerLevelDP, OwnerSampling, noise_rng, sum_clipped_updates
 from privfl.server.receipts import Accepted, ReleaseMismatch
-from privfl.server.strategy import BudgetAwareFedAvg
+from privfl.server.strategy import MALFORMED, BudgetAwareFedAvg, _short
 
 log = get_logger("server")
 
@@ -136,13 +136,16 @@ class OwnerLevelFedAvg(BudgetAwareFedAvg):
                 continue
             try:
                 accepted = self.receipts.accept(reply, server_round, owner_round=terms, stage=OWNER_CHARGE_STAGE)
-            except ReceiptRejected as err:
-                self._fail(record, server_round, node, f"owner-level charge rejected: {err}")
+            except (ReceiptRejected, *MALFORMED) as err:
+                self._fail(record, server_round, node, f"owner-level charge rejected: {_short(err)}")
+                continue
+            if node not in population:  # only the nodes asked to charge may be drawn
+                self._fail(record, server_round, node, "answered an owner-level charge it was not asked for")
                 continue
             self.history.record_receipt(server_round, accepted.receipt)
             if accepted.receipt.status == protocol.REFUSED:
                 kept.append((accepted, REFUSED))
-                self._refuse(node, accepted.receipt.reason)
+                self._refuse(node, accepted.receipt.reason, signed=accepted.receipt.signed)
                 log.warning("round %d: owner %s refused the owner-level round: %s", server_round,
                             accepted.receipt.owner_id, accepted.receipt.reason)
                 continue
@@ -185,8 +188,8 @@ class OwnerLevelFedAvg(BudgetAwareFedAvg):
                 kept.append((err.accepted, UPDATE_DROPPED))
                 self._fail(record, server_round, node, f"update dropped: {err} (its charge stands)")
                 continue
-            except ReceiptRejected as err:
-                self._fail(record, server_round, node, f"rejected: {err}")
+            except (ReceiptRejected, *MALFORMED) as err:
+                self._fail(record, server_round, node, f"rejected: {_short(err)}")
                 continue
             receipt = accepted.receipt
             if receipt.privacy_unit == "record":  # both units: the DP-SGD charge of this release
@@ -196,7 +199,10 @@ class OwnerLevelFedAvg(BudgetAwareFedAvg):
                 record.refused[receipt.owner_id] = receipt.reason
                 continue
             if secure is None:
-                problem = self._update_problem(reply)
+                try:
+                    problem = self._update_problem(reply, accepted)
+                except MALFORMED as err:
+                    problem = f"malformed update: {_short(err)}"
                 if problem:
                     kept.append((accepted, UPDATE_DROPPED))
                     record.rejected_updates[receipt.owner_id] = problem
@@ -224,5 +230,6 @@ class OwnerLevelFedAvg(BudgetAwareFedAvg):
                                          for k in global_arrays))
         return arrays, MetricRecord({"owners-aggregated": aggregated})
 
-    def _norm_problem(self, update: ArrayRecord, reference: ArrayRecord | None, examples: int) -> str | None:
+    def _norm_problem(self, update: ArrayRecord, reference: ArrayRecord | None, examples: int,
+                      noise: float | None = None) -> str | None:
         return None  # an owner-level update is a difference clipped to C, and is clipped again when summed

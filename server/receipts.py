@@ -18,16 +18,18 @@ import dataclasses
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from flwr.app import Message
 
 from privfl import protocol
 from privfl.logs import get_logger
 from privfl.privacy.accountants import get_accountant
-from privfl.privacy.keys import KeyFileError, load_public_key, owner_key_paths
+from privfl.privacy.keys import KeyFileError, check_owner_id, load_public_key, owner_key_paths
 from privfl.privacy.ledger import Entry, FederationLedger, LedgerError, ReceiptRejected
-from privfl.privacy.ledger.federation import AnchorMismatch, Checked
+from privfl.privacy.ledger.federation import AnchorMismatch, Checked, event_bound_problem
+from privfl.privacy.ledger.identity import answer_problem
 from privfl.privacy.ledger.registry import CoordinatorRegistry
 from privfl.protocol import OWNER_CHARGE_STAGE, TRAIN_STAGE, OwnerRound, PrivacyReceipt, TrainingPlan
 
@@ -48,6 +50,9 @@ class Accepted:
 
     receipt: PrivacyReceipt
     checked: Checked | None = None
+    # The records a record-level DP charge implies (batch size / sample rate): the most this owner's update
+    # may weigh in FedAvg, whatever count it claims.  None: no such charge (refusal, non-private, owner-level).
+    records: int | None = None
 
 
 class ReceiptCheck:
@@ -64,12 +69,43 @@ class ReceiptCheck:
     def owner_of(self, node: int) -> str | None:
         return self._owner_of_node.get(node)
 
+    def label(self, node: int) -> str:
+        """The name a node's words are kept under: its bound owner, else the node itself (never a claimed owner)."""
+        return self._owner_of_node.get(node) or f"node-{node}"
+
     def bind(self, node: int, owner_id: str) -> str:
-        """One node speaks for one owner for the whole experiment."""
+        """One node speaks for one owner for the whole experiment.
+
+        Called only once the owner's key has vouched for the node: a signed answer to the
+        coordinator's query (:meth:`bind_answer`) or a verified ledger entry (:meth:`accept`).
+        """
         known = self._owner_of_node.setdefault(node, owner_id)
         if known != owner_id:
             raise ReceiptRejected(f"node {node} spoke for owner {known}, now claims to be {owner_id}")
         return owner_id
+
+    def bind_answer(self, node: int, answer: Any, experiment_id: str, nonce: str) -> tuple[str, int]:
+        """Bind ``node`` to the owner its query answer names, if that owner's key signed the answer over ``nonce``.
+
+        Returns (owner id, the head sequence it reports); raises ReceiptRejected saying why
+        not (a malformed answer, an owner without a registered key, a signature that is not the owner's).
+        """
+        owner, sequence = answer.get(protocol.OWNER_ID), answer.get(protocol.HEAD_SEQUENCE)
+        head_hash, signature = answer.get(protocol.HEAD_HASH), answer.get(protocol.ANSWER_SIGNATURE)
+        if not isinstance(owner, str) or not isinstance(head_hash, str) or not isinstance(sequence, int) \
+                or isinstance(sequence, bool) or not 0 <= sequence < 2**63:
+            raise ReceiptRejected(f"node {node}'s answer to the query is malformed (owner id {owner!r:.80}, head "
+                                  f"{sequence!r:.40} {head_hash!r:.80})")
+        try:
+            check_owner_id(owner)
+        except ValueError as err:
+            raise ReceiptRejected(f"node {node}'s answer to the query: {err}") from None
+        if not isinstance(signature, bytes) or not signature:
+            raise ReceiptRejected(f"node {node} answered as owner {owner} without signing the query's nonce")
+        problem = answer_problem(self._owner_key(owner), signature, experiment_id, nonce, owner, sequence, head_hash)
+        if problem:
+            raise ReceiptRejected(f"node {node} answered as owner {owner}: {problem}")
+        return self.bind(node, owner), sequence
 
     def anchored_head(self, owner_id: str) -> tuple[int, bytes] | None:
         """The last head of ``owner_id`` the coordinator accepted, in any experiment."""
@@ -94,12 +130,15 @@ class ReceiptCheck:
         if protocol.UNSIGNED_REFUSAL in record:
             if protocol.ARRAYS in content.array_records:
                 raise ReceiptRejected("an unsigned refusal came with an update")
-            owner = str(record.get(protocol.OWNER_ID, "")) or f"node-{node}"
-            return Accepted(PrivacyReceipt.unsigned_refusal(owner, str(record[protocol.UNSIGNED_REFUSAL])))
+            return Accepted(PrivacyReceipt.unsigned_refusal(self.label(node), self.unsigned_reason(node, record)))
         if record.get(protocol.NON_PRIVATE):
             if self.plan.dp:
                 raise ReceiptRejected("a non-private update in a DP run")
-            return Accepted(PrivacyReceipt.non_private(self.bind(node, str(record[protocol.OWNER_ID]))))
+            owner = self.owner_of(node)
+            if owner is None or record.get(protocol.OWNER_ID, owner) != owner:
+                raise ReceiptRejected(f"a non-private update from node {node}, which no owner's key vouched for "
+                                      f"as owner {record.get(protocol.OWNER_ID)!r}")
+            return Accepted(PrivacyReceipt.non_private(owner))
         if self.ledger is None:
             raise ReceiptRejected("a signed DP receipt in a non-private run")
         signed = record.get(protocol.SIGNED_ENTRY)
@@ -113,14 +152,18 @@ class ReceiptCheck:
             raise ReceiptRejected("the receipt's elided bridge is not a list of entry hashes")
         try:
             claimed = Entry.from_signed(signed)
-        except LedgerError as err:
+            check_owner_id(claimed.owner_id)
+        except (LedgerError, ValueError) as err:
             raise ReceiptRejected(str(err)) from None
-        self.bind(node, claimed.owner_id)
+        known = self.owner_of(node)
+        if known is not None and known != claimed.owner_id:
+            raise ReceiptRejected(f"node {node} spoke for owner {known}, now claims to be {claimed.owner_id}")
         self._register_key(claimed.owner_id)
-        try:
+        try:  # signatures, chain and anchor: cheap; the epsilon is composed only once the release is the one asked
             checked = self.ledger.check_received(signed, bridge=bridge, anchored=self.anchored_head(claimed.owner_id),
-                                                 elided=elided)
+                                                 elided=elided, check_epsilon=False)
         except AnchorMismatch as err:
+            self.bind(node, claimed.owner_id)  # signatures held: the owner's key vouches for this node
             if claimed.is_charge or protocol.ARRAYS in content.array_records:
                 raise
             # A signed refusal from a ledger that lost its anchored head: the owner released nothing and says
@@ -128,6 +171,7 @@ class ReceiptCheck:
             log.error("owner %s refused with a ledger that does not continue its anchored head: %s",
                       claimed.owner_id, err)
             return Accepted(PrivacyReceipt.from_entry(claimed))
+        self.bind(node, checked.entry.owner_id)  # the owner's key vouches for this node
         accepted = Accepted(PrivacyReceipt.from_entry(checked.entry), checked)
         try:
             owner_key = OwnerRound.charge_key(self.experiment_id)
@@ -141,8 +185,20 @@ class ReceiptCheck:
                 self._check_release(checked.entry, server_round, content,
                                     secure=owner_round is not None and owner_round.secure)
         except ReceiptRejected as err:
+            self.ledger.check_stated_epsilon(checked)  # kept only if its stated epsilon holds (ReceiptRejected)
             raise ReleaseMismatch(str(err), accepted) from None
+        self.ledger.check_stated_epsilon(checked)
+        entry = checked.entry
+        if entry.is_charge and entry.privacy_unit != "owner" and entry.mechanism == "poisson_subsampled_gaussian":
+            accepted = dataclasses.replace(accepted, records=self.plan.batch_size * round(1 / entry.event.sample_rate))
         return accepted
+
+    @staticmethod
+    def unsigned_reason(node: int, record: Any) -> str:
+        """An unsigned refusal's reason, with the owner it names (a claim no key vouches for)."""
+        reason = str(record.get(protocol.UNSIGNED_REFUSAL, "no reason given"))[:2000]
+        claimed = record.get(protocol.OWNER_ID, "")
+        return f"{reason} (unsigned; node {node} names owner {str(claimed)[:200]!r})" if claimed else reason
 
     def _check_owner_charge(self, entry: Entry, server_round: int, content: object, terms: OwnerRound,
                             stage: str) -> None:
@@ -167,17 +223,28 @@ class ReceiptCheck:
         records = self.ledger.record_round(signed, self.coordinator_key, self.experiment_id, server_round)
         self.registry.record(records)
 
+    def _owner_key(self, owner_id: str) -> Ed25519PublicKey:
+        """The owner's registered public key (registering it on first sight); raises ReceiptRejected if none."""
+        if self.ledger is not None:
+            self._register_key(owner_id)
+            return self.ledger.public_key(owner_id)
+        return self._folder_key(owner_id)
+
+    def _folder_key(self, owner_id: str) -> Ed25519PublicKey:
+        public_path = owner_key_paths(self.owner_keys_dir, owner_id)[1]
+        try:
+            return load_public_key(public_path)
+        except (KeyFileError, OSError):
+            raise ReceiptRejected(
+                f"owner {owner_id} has no registered public key ({public_path} is missing or unreadable)"
+            ) from None
+
     def _register_key(self, owner_id: str) -> None:
         """Register the owner's public key from the coordinator's key folder on first sight."""
         if self.ledger.public_key(owner_id) is not None:
             return
         public_path = owner_key_paths(self.owner_keys_dir, owner_id)[1]
-        try:
-            key = load_public_key(public_path)
-        except (KeyFileError, FileNotFoundError):
-            raise ReceiptRejected(
-                f"owner {owner_id} has no registered public key ({public_path} is missing or unreadable)"
-            ) from None
+        key = self._folder_key(owner_id)
         try:
             if self.registry is not None:
                 self.registry.register_owner(owner_id, key)  # a key other than the first one ever seen is refused
@@ -200,13 +267,7 @@ class ReceiptCheck:
         plan = self.plan
         if event is None or entry.mechanism != "poisson_subsampled_gaussian":
             raise ReceiptRejected(f"{where} charges {entry.mechanism or 'no mechanism'}, not DP-SGD")
-        if plan.owner_planned:  # each owner planned its own noise for the target; it must not be below it
-            allowed = get_accountant(entry.accountant).epsilon([dataclasses.replace(event, steps=event.steps
-                                                                                    * plan.num_rounds)], entry.delta)
-            if not event.noise_multiplier > 0 or allowed > plan.target_epsilon * (1 + 1e-3):
-                raise ReceiptRejected(f"{where} ran noise {event.noise_multiplier}: its {plan.num_rounds} rounds "
-                                      f"would cost epsilon {allowed:.4g}, more than the target {plan.target_epsilon:g}")
-        elif event.noise_multiplier != plan.noise_multiplier:
+        if not plan.owner_planned and event.noise_multiplier != plan.noise_multiplier:
             raise ReceiptRejected(f"{where} ran noise {event.noise_multiplier}; the server asked for noise "
                                   f"{plan.noise_multiplier}")
         if entry.clipping_norm != plan.max_grad_norm:
@@ -214,6 +275,23 @@ class ReceiptCheck:
         if not math.isclose(event.steps * event.sample_rate, plan.local_epochs, rel_tol=1e-9):
             raise ReceiptRejected(
                 f"{where} took {event.steps} steps at rate {event.sample_rate}: not {plan.local_epochs} local epochs")
+        problem = event_bound_problem(event)
+        if problem:
+            raise ReceiptRejected(f"{where}: {problem}")
+        if not math.isclose(round(1 / event.sample_rate) * event.sample_rate, 1.0, rel_tol=1e-9):
+            raise ReceiptRejected(f"{where} sampled at rate {event.sample_rate}, not 1 / batches of {plan.batch_size}")
+        if plan.owner_planned:  # each owner planned its own noise for the target; it must not be below it
+            whole_run = dataclasses.replace(event, steps=event.steps * max(plan.num_rounds, 1))
+            problem = event_bound_problem(whole_run)
+            if problem:
+                raise ReceiptRejected(f"{where}: over the run's {plan.num_rounds} rounds {problem}")
+            try:
+                allowed = get_accountant(entry.accountant).epsilon([whole_run], entry.delta)
+            except (ValueError, TypeError) as err:
+                raise ReceiptRejected(f"{where}: its accountant {entry.accountant!r} cannot compose it: {err}") from None
+            if not event.noise_multiplier > 0 or allowed > plan.target_epsilon * (1 + 1e-3):
+                raise ReceiptRejected(f"{where} ran noise {event.noise_multiplier}: its {plan.num_rounds} rounds "
+                                      f"would cost epsilon {allowed:.4g}, more than the target {plan.target_epsilon:g}")
         if secure:  # summed by SecAgg+: the coordinator never sees the update it could hash
             return
         arrays = content.array_records.get(protocol.ARRAYS)  # type: ignore[attr-defined]

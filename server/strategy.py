@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import random
+import secrets
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -29,16 +30,23 @@ import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
+from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
 
 from privfl import protocol
 from privfl.logs import get_logger
 from privfl.privacy.ledger import ReceiptRejected
 from privfl.privacy.ledger.anchor import AGGREGATED, REFUSED, UPDATE_DROPPED
+from privfl.privacy.ledger.identity import NONCE_BYTES
 from privfl.protocol import PrivacyReceipt, RoundRequest
 from privfl.server.history import RunHistory
 from privfl.server.receipts import Accepted, ReceiptCheck, ReleaseMismatch
 
 log = get_logger("server")
+
+# What a malformed reply raises when its content is read (a missing key, a value of the wrong type or size):
+# that reply is its node's failure, recorded in the round, never the run's.
+MALFORMED = (KeyError, TypeError, ValueError, AttributeError, IndexError, OverflowError, ZeroDivisionError)
+MAX_CLAIMED_EXAMPLES = 2**31  # a count an owner states without a DP event to bound it (non-private, evaluation)
 
 
 class BudgetAwareFedAvg(FedAvg):
@@ -78,10 +86,11 @@ class BudgetAwareFedAvg(FedAvg):
         self._rng.setstate(_tupled(state["rng_state"]))
         self.refused_owners = dict(state["refused_owners"])
 
-    def _refuse(self, node: int, reason: str) -> None:
+    def _refuse(self, node: int, reason: str, signed: bool = True) -> None:
+        """The node will not be asked to train again; its owner neither, if the owner signed the refusal."""
         self.refusing[node] = reason
         owner = self.receipts.owner_of(node)
-        if owner:
+        if owner and signed:  # an unsigned word marks only the node that said it
             self.refused_owners[owner] = reason
 
     # -- training ----------------------------------------------------------------------
@@ -128,36 +137,47 @@ class BudgetAwareFedAvg(FedAvg):
         """Ask nodes not yet known which owner each serves, so its request can name its anchored head."""
         if not nodes:
             return
-        record = RecordDict({protocol.TRAIN_CONFIG: self.request(server_round).to_record()})
-        questions = [Message(content=record, message_type=MessageType.QUERY, dst_node_id=n) for n in nodes]
-        for reply in grid.send_and_receive(questions, timeout=self.timeout):
+        request = self.request(server_round)
+        nonces = {n: secrets.token_hex(NONCE_BYTES) for n in nodes}  # the owner signs its answer over it
+
+        def question(node: int) -> Message:
+            config = request.to_record()
+            config[protocol.QUERY_NONCE] = nonces[node]
+            return Message(content=RecordDict({protocol.TRAIN_CONFIG: config}), message_type=MessageType.QUERY,
+                           dst_node_id=node)
+
+        for reply in grid.send_and_receive([question(n) for n in nodes], timeout=self.timeout):
             node = reply.metadata.src_node_id
-            if reply.has_error():
-                log.error("node %d did not say which owner it serves: %s", node, reply.error.reason)
-                continue
-            content = reply.content
-            if protocol.OWNER not in content.config_records:
-                refusal = content[protocol.PRIVACY] if protocol.PRIVACY in content.config_records else {}
-                reason = str(refusal.get(protocol.UNSIGNED_REFUSAL, "no answer"))
-                self._refuse(node, reason)
-                owner = str(refusal.get(protocol.OWNER_ID, "")) or f"node-{node}"
-                self.history.record_receipt(server_round, PrivacyReceipt.unsigned_refusal(owner, reason))
-                log.warning("node %d cannot act as an owner (unsigned): %s", node, reason)
-                continue
-            answer = content[protocol.OWNER]
-            owner = str(answer[protocol.OWNER_ID])
             try:
-                self.receipts.bind(node, owner)
-            except ReceiptRejected as err:
-                log.error("node %d: %s", node, err)
-                continue
-            if owner in self.refused_owners:  # it refused before this experiment was resumed
-                self.refusing[node] = self.refused_owners[owner]
-            anchored = self.receipts.anchored_head(owner)
-            held = int(answer.get(protocol.HEAD_SEQUENCE, 0))
-            if anchored is not None and held < anchored[0]:
-                log.error("owner %s's ledger is at entry %d, behind entry %d that this coordinator accepted: it was "
-                          "truncated or restored from an older copy", owner, held, anchored[0])
+                self._identified(server_round, node, reply, nonces.get(node))
+            except (ReceiptRejected, *MALFORMED) as err:
+                self._fail(self.history.round(server_round), server_round, node,
+                           f"is bound to no owner: {_short(err)}")
+
+    def _identified(self, server_round: int, node: int, reply: Message, nonce: str | None) -> None:
+        """One answer to the query: the node is bound to an owner only if that owner's key signed it."""
+        if reply.has_error():
+            log.error("node %d did not say which owner it serves: %s", node, reply.error.reason)
+            return
+        if nonce is None:
+            raise ReceiptRejected("it answered a query it was not asked")
+        content = reply.content
+        if protocol.OWNER not in content.config_records:
+            refusal = content.config_records.get(protocol.PRIVACY)
+            reason = self.receipts.unsigned_reason(node, refusal) if refusal is not None else "no answer"
+            self._refuse(node, reason, signed=False)
+            self.history.record_receipt(server_round, PrivacyReceipt.unsigned_refusal(self.receipts.label(node),
+                                                                                      reason))
+            log.warning("node %d cannot act as an owner (unsigned): %s", node, reason)
+            return
+        owner, held = self.receipts.bind_answer(node, content[protocol.OWNER], self.request(server_round).experiment_id,
+                                                nonce)
+        if owner in self.refused_owners:  # it refused before this experiment was resumed
+            self.refusing[node] = self.refused_owners[owner]
+        anchored = self.receipts.anchored_head(owner)
+        if anchored is not None and held < anchored[0]:
+            log.error("owner %s's ledger is at entry %d, behind entry %d that this coordinator accepted: it was "
+                      "truncated or restored from an older copy", owner, held, anchored[0])
 
     def _wait_for_nodes(self, grid: Grid) -> list[int]:
         while len(nodes := list(grid.get_node_ids())) < self.min_available_nodes:
@@ -174,43 +194,67 @@ class BudgetAwareFedAvg(FedAvg):
         kept: list[tuple[Accepted, str]] = []  # receipts to keep and anchor, with what became of each
         for reply in replies:
             node = reply.metadata.src_node_id
-            if reply.has_error():
-                self._fail(record, server_round, node, f"failed: {reply.error.reason}")
-                continue
             try:
-                accepted = self.receipts.accept(reply, server_round)
-            except ReleaseMismatch as err:
-                kept.append((err.accepted, UPDATE_DROPPED))
-                self.history.record_receipt(server_round, err.accepted.receipt)
-                record.rejected_updates[err.accepted.receipt.owner_id] = str(err)
-                self._fail(record, server_round, node, f"update dropped: {err} (its charge stands)")
+                update = self._settle_train_reply(record, server_round, node, reply, kept)
+            except MALFORMED as err:
+                self._fail(record, server_round, node, f"malformed reply: {_short(err)}")
                 continue
-            except ReceiptRejected as err:
-                self._fail(record, server_round, node, f"rejected: {err}")
-                continue
-            receipt = accepted.receipt
-            self.history.record_receipt(server_round, receipt)
-            if receipt.status == protocol.REFUSED:
-                kept.append((accepted, REFUSED))
-                self._refuse(node, receipt.reason)
-                log.warning("round %d: owner %s refused%s: %s", server_round, receipt.owner_id or f"of node {node}",
-                            "" if receipt.signed else " (unsigned)", receipt.reason)
-                continue
-            problem = self._update_problem(reply)
-            if problem:
-                kept.append((accepted, UPDATE_DROPPED))
-                record.rejected_updates[receipt.owner_id] = problem
-                self._fail(record, server_round, node, f"update from owner {receipt.owner_id} dropped: {problem} "
-                           "(its charge stands: the owner released it)")
-                continue
-            kept.append((accepted, AGGREGATED))
-            updates.append(reply)
+            if update is not None:
+                updates.append(update)
         self.receipts.commit(server_round, kept)  # durable before the round's model exists
         record.aggregated = len(updates)
         if not updates:
             return None, None
-        arrays, metrics = super().aggregate_train(server_round, updates)
-        if metrics is not None and "train-loss" in metrics:
+        return self._average(record, updates)
+
+    def _settle_train_reply(self, record: Any, server_round: int, node: int, reply: Message,
+                            kept: list[tuple[Accepted, str]]) -> RecordDict | None:
+        """One training reply: its receipt kept (with what became of it) and, if it can be averaged, what is averaged:
+        its arrays, weighted by the records its signed DP event implies, never by the count it claims."""
+        if reply.has_error():
+            self._fail(record, server_round, node, f"failed: {reply.error.reason}")
+            return None
+        try:
+            accepted = self.receipts.accept(reply, server_round)
+        except ReleaseMismatch as err:
+            kept.append((err.accepted, UPDATE_DROPPED))
+            self.history.record_receipt(server_round, err.accepted.receipt)
+            record.rejected_updates[err.accepted.receipt.owner_id] = str(err)
+            self._fail(record, server_round, node, f"update dropped: {err} (its charge stands)")
+            return None
+        except ReceiptRejected as err:
+            self._fail(record, server_round, node, f"rejected: {err}")
+            return None
+        receipt = accepted.receipt
+        self.history.record_receipt(server_round, receipt)
+        if receipt.status == protocol.REFUSED:
+            kept.append((accepted, REFUSED))
+            self._refuse(node, receipt.reason, signed=receipt.signed)
+            log.warning("round %d: owner %s refused%s: %s", server_round, receipt.owner_id or f"of node {node}",
+                        "" if receipt.signed else " (unsigned)", receipt.reason)
+            return None
+        problem = self._update_problem(reply, accepted)
+        if problem:
+            kept.append((accepted, UPDATE_DROPPED))
+            record.rejected_updates[receipt.owner_id] = problem
+            self._fail(record, server_round, node, f"update from owner {receipt.owner_id} dropped: {problem} "
+                       "(its charge stands: the owner released it)")
+            return None
+        kept.append((accepted, AGGREGATED))
+        metrics = {"num-examples": self._examples(reply.content, accepted)}
+        loss = _finite_metric(reply.content, "train-loss")
+        if loss is not None:
+            metrics["train-loss"] = loss
+        return RecordDict({protocol.ARRAYS: reply.content[protocol.ARRAYS], protocol.METRICS: MetricRecord(metrics)})
+
+    def _average(self, record: Any, updates: list[RecordDict]) -> tuple[ArrayRecord, MetricRecord]:
+        """FedAvg (Flower's aggregation) of the checked updates; the train loss only if every one reported it."""
+        if not all("train-loss" in u[protocol.METRICS] for u in updates):
+            for update in updates:
+                update[protocol.METRICS].pop("train-loss", None)
+        arrays = aggregate_arrayrecords(updates, self.weighted_by_key)
+        metrics = self.train_metrics_aggr_fn(updates, self.weighted_by_key)
+        if "train-loss" in metrics:
             record.train_loss = float(metrics["train-loss"])
         return arrays, metrics
 
@@ -218,20 +262,34 @@ class BudgetAwareFedAvg(FedAvg):
         record.failures.append(f"node {node}: {what}")
         log.error("round %d: node %d %s", server_round, node, what)
 
-    def _update_problem(self, reply: Message) -> str | None:
+    def _examples(self, content: RecordDict, accepted: Accepted | None) -> int | str:
+        """The update's FedAvg weight: the records its signed DP-SGD event implies; without one (a non-private
+        update), the count the owner states, if it is one.  A string says why there is none."""
+        if accepted is not None and accepted.records is not None:
+            return accepted.records
+        metrics = content.metric_records.get(protocol.METRICS)
+        examples = metrics.get("num-examples") if metrics is not None else None
+        if not (isinstance(examples, (int, float)) and not isinstance(examples, bool) and math.isfinite(examples)
+                and 0 < examples <= MAX_CLAIMED_EXAMPLES):
+            return f"num-examples {examples!r:.40} is not a positive number up to {MAX_CLAIMED_EXAMPLES}"
+        return int(examples)
+
+    def _update_problem(self, reply: Message, accepted: Accepted | None = None) -> str | None:
         """Why an update cannot be averaged into the global model (None: it can)."""
         content = reply.content
         if len(content.array_records) != 1 or protocol.ARRAYS not in content.array_records:
             return "the reply does not carry exactly one update"
-        if len(content.metric_records) != 1 or "num-examples" not in content[protocol.METRICS]:
-            return "the reply does not carry its number of examples"
-        examples = content[protocol.METRICS]["num-examples"]
-        if not (isinstance(examples, (int, float)) and math.isfinite(examples) and examples > 0):
-            return f"num-examples {examples!r} is not a positive number"
+        if len(content.metric_records) > 1 or \
+                (content.metric_records and protocol.METRICS not in content.metric_records):
+            return "the reply carries other metrics than its one metric record"
+        examples = self._examples(content, accepted)
+        if isinstance(examples, str):
+            return examples
         update, reference = content[protocol.ARRAYS], self._global
         if reference is not None:
             if list(update.keys()) != list(reference.keys()):
-                return f"its tensors {sorted(update.keys())} are not the global model's {sorted(reference.keys())}"
+                return f"its tensors {sorted(update.keys())[:20]} are not the global model's " \
+                       f"{sorted(reference.keys())}"
             for name in reference.keys():
                 got, want = update[name], reference[name]
                 if tuple(got.shape) != tuple(want.shape) or got.dtype != want.dtype:
@@ -240,13 +298,23 @@ class BudgetAwareFedAvg(FedAvg):
         for name in update.keys():
             if not np.isfinite(update[name].numpy()).all():
                 return f"tensor {name} holds NaN or Inf values"
-        return self._norm_problem(update, reference, int(examples))
+        noise = accepted.receipt.noise_multiplier if accepted is not None and accepted.records is not None else None
+        return self._norm_problem(update, reference, examples, noise)
 
-    def _norm_problem(self, update: ArrayRecord, reference: ArrayRecord | None, examples: int) -> str | None:
-        """A DP-SGD update far beyond what its plan can produce was not trained as charged."""
+    def _norm_problem(self, update: ArrayRecord, reference: ArrayRecord | None, examples: int,
+                      noise: float | None = None) -> str | None:
+        """A DP-SGD update far beyond what its plan can produce was not trained as charged.
+
+        ``examples`` is the records the owner's signed event implies (not a count it claims);
+        ``noise`` the event's noise multiplier (an owner-planned run's own noise).
+        """
         plan = self.request(0).plan
-        if reference is None or not plan.dp or plan.owner_planned:
+        if reference is None or not plan.dp:
             return None
+        if plan.owner_planned:
+            if noise is None:
+                return None
+            plan = dataclasses.replace(plan, noise_multiplier=noise)
         delta = [update[k].numpy().astype(np.float64) - reference[k].numpy() for k in reference.keys()]
         norm = math.sqrt(sum(float((d * d).sum()) for d in delta))
         bound = plan.max_update_norm(examples, sum(d.size for d in delta))
@@ -264,7 +332,9 @@ class BudgetAwareFedAvg(FedAvg):
         try:
             if not self.evaluate_rounds(server_round):
                 return []
-            nodes = sorted(n for n in grid.get_node_ids() if n not in self.not_evaluating)
+            # only nodes an owner's key vouched for: what a node says is kept under the owner it is bound to
+            nodes = sorted(n for n in grid.get_node_ids()
+                           if n not in self.not_evaluating and self.receipts.owner_of(n) is not None)
             if nodes:
                 log.info("round %d: asking %d owners to evaluate the global model on their own data",
                          server_round, len(nodes))
@@ -274,40 +344,72 @@ class BudgetAwareFedAvg(FedAvg):
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
         server_round += self.round_offset
-        answers: list[Message] = []
+        record = self.history.round(server_round)
+        answers: list[RecordDict] = []
         for reply in replies:
             node = reply.metadata.src_node_id
-            if reply.has_error():
-                log.error("round %d: evaluation at node %d failed: %s", server_round, node, reply.error.reason)
-                continue
-            content = reply.content
-            if protocol.PRIVACY in content.config_records:  # the owner declined
-                refusal = content[protocol.PRIVACY]
-                owner = str(refusal.get(protocol.OWNER_ID, "")) or f"node-{node}"
-                reason = str(refusal.get(protocol.UNSIGNED_REFUSAL, "declined"))
-                self.not_evaluating[node] = reason
-                self.history.record_evaluation_refusal(server_round, owner, reason)
-                log.info("round %d: owner %s does not evaluate: %s", server_round, owner, reason)
-                continue
-            owner = str(content[protocol.OWNER][protocol.OWNER_ID]) if protocol.OWNER in content.config_records \
-                else f"node-{node}"
-            metrics = content[protocol.METRICS] if protocol.METRICS in content.metric_records else None
-            if metrics is None or not {"loss", "accuracy", "num-examples"} <= set(metrics.keys()):
-                log.error("round %d: evaluation reply of owner %s carries no loss/accuracy/num-examples",
-                          server_round, owner)
-                continue
-            self.history.record_evaluation(server_round, owner, float(metrics["loss"]), float(metrics["accuracy"]),
-                                           int(metrics["num-examples"]))
-            answers.append(reply)
+            try:
+                answer = self._evaluation_answer(server_round, node, reply)
+            except MALFORMED as err:
+                answer = f"malformed evaluation reply: {_short(err)}"
+            if isinstance(answer, str):
+                self._fail(record, server_round, node, answer)
+            elif answer is not None:
+                answers.append(answer)
         if not answers:
             return None
-        aggregated = super().aggregate_evaluate(server_round, answers)
-        if aggregated is not None:
-            self.history.record_federated_evaluation(server_round, float(aggregated["loss"]),
-                                                     float(aggregated["accuracy"]))
+        aggregated = self.evaluate_metrics_aggr_fn(answers, self.weighted_by_key)
+        self.history.record_federated_evaluation(server_round, float(aggregated["loss"]), float(aggregated["accuracy"]))
         self.on_evaluated(server_round)
         return aggregated
 
+    def _evaluation_answer(self, server_round: int, node: int, reply: Message) -> RecordDict | str | None:
+        """One evaluation reply, kept under the owner the node is bound to: its checked figures to average, None
+        (an error or a refusal, logged), or why it is the node's failure."""
+        if reply.has_error():
+            log.error("round %d: evaluation at node %d failed: %s", server_round, node, reply.error.reason)
+            return None
+        owner = self.receipts.owner_of(node)
+        if owner is None:
+            return "answered an evaluation request, but no owner's key vouched for it: its answer is not kept"
+        content = reply.content
+        refusal = content.config_records.get(protocol.PRIVACY)
+        if refusal is not None:  # the owner declined
+            reason = str(refusal.get(protocol.UNSIGNED_REFUSAL, "declined"))[:2000]
+            self.not_evaluating[node] = reason
+            self.history.record_evaluation_refusal(server_round, owner, reason)
+            log.info("round %d: owner %s does not evaluate: %s", server_round, owner, reason)
+            return None
+        said = content.config_records.get(protocol.OWNER)
+        named = said.get(protocol.OWNER_ID) if said is not None else None
+        if named is not None and named != owner:
+            return f"its evaluation reply names owner {str(named)[:200]!r}, but the node speaks for owner {owner}"
+        metrics = content.metric_records.get(protocol.METRICS)
+        if metrics is None or len(content.metric_records) != 1:
+            return f"the evaluation reply of owner {owner} carries no single metric record"
+        loss, accuracy = _finite_metric(content, "loss"), _finite_metric(content, "accuracy")
+        examples = metrics.get("num-examples")
+        if loss is None or accuracy is None or not 0 <= accuracy <= 1 or not isinstance(examples, (int, float)) \
+                or isinstance(examples, bool) or not 0 < examples <= MAX_CLAIMED_EXAMPLES:
+            return (f"the evaluation reply of owner {owner} carries no finite loss, accuracy in [0, 1] and "
+                    f"num-examples from 1 to {MAX_CLAIMED_EXAMPLES}")
+        self.history.record_evaluation(server_round, owner, loss, accuracy, examples)
+        return RecordDict({protocol.METRICS: MetricRecord({"loss": loss, "accuracy": accuracy,
+                                                           "num-examples": examples})})
+
+
+def _finite_metric(content: RecordDict, key: str) -> float | None:
+    """A number a reply's metric record holds under ``key``, if it is one and finite (else None)."""
+    metrics = content.metric_records.get(protocol.METRICS)
+    value = metrics.get(key) if metrics is not None else None
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        return float(value)
+    return None
+
+
+def _short(err: BaseException) -> str:
+    """An exception as one bounded line for the history (a malformed reply chooses its contents)."""
+    return f"{type(err).__name__}: {str(err)[:300]}"
 
 
 def _jsonable(value: Any) -> Any:
