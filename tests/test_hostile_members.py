@@ -248,11 +248,10 @@ MALFORMED = {
     # an answer to the query without an owner id, and with a head that is not a number
     "query without owner id": ("query", lambda c: _set(c, protocol.OWNER, ConfigRecord({protocol.HEAD_SEQUENCE: 0}))),
     "query head 'abc'": ("query", lambda c: c[protocol.OWNER].__setitem__(protocol.HEAD_SEQUENCE, "abc")),
-    "train count NaN": ("train", lambda c: c[protocol.METRICS].__setitem__("num-examples", math.nan)),
-    "train count inf": ("train", lambda c: c[protocol.METRICS].__setitem__("num-examples", math.inf)),
     "train list loss": ("train", lambda c: c[protocol.METRICS].__setitem__("train-loss", [1.0, 2.0])),
     "train extra metric": ("train", lambda c: c[protocol.METRICS].__setitem__("gradient-norm", 3.0)),
     "evaluation count NaN": ("evaluate", lambda c: c[protocol.METRICS].__setitem__("num-examples", math.nan)),
+    "evaluation count inf": ("evaluate", lambda c: c[protocol.METRICS].__setitem__("num-examples", math.inf)),
     "evaluation list loss": ("evaluate", lambda c: c[protocol.METRICS].__setitem__("loss", [0.1, 0.2])),
     "evaluation extra metric": ("evaluate", lambda c: c[protocol.METRICS].__setitem__("f1", 0.5)),
     "evaluation without owner": ("evaluate", lambda c: c.pop(protocol.OWNER)),
