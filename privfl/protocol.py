@@ -148,6 +148,25 @@ class TrainingPlan:
         per_step = self.learning_rate * (num_examples * self.max_grad_norm + noise) / max(expected_batch, 1e-12)
         return steps * per_step / max(1.0 - self.momentum, 1e-12)
 
+    def update_norm_bound(self, event: PoissonSubsampledGaussian, num_parameters: int) -> float:
+        """A norm no update of this plan's DP-SGD under the signed ``event`` exceeds, except with probability
+        below 1e-12 a step, from the event alone: no count the owner states enters it.
+
+        Opacus samples at q = 1 / batches and divides each step's sum by the expected batch
+        n q, which exceeds b (batches - 1) / batches (n > b (batches - 1)) and is at least 1.
+        A Poisson batch of mean B holds more than B + 7.5 sqrt(B) + 30 records with
+        probability below 1e-12 (Chernoff), each clipped to C; the noise is as in
+        :meth:`max_update_norm`.  A step then moves the model at most
+        lr (C (B + 7.5 sqrt(B) + 30) + noise) / B, which falls as B grows, so the least B
+        gives the bound; momentum at most multiplies a step by 1 / (1 - momentum).
+        """
+        batches = max(1, round(1 / event.sample_rate))
+        expected = max(1.0, self.batch_size * (batches - 1) / batches)
+        records = expected + 7.5 * math.sqrt(expected) + 30
+        noise = event.noise_multiplier * self.max_grad_norm * (math.sqrt(num_parameters) + 7.5)
+        per_step = self.learning_rate * (records * self.max_grad_norm + noise) / expected
+        return event.steps * per_step / max(1.0 - self.momentum, 1e-12)
+
     def privacy_event(self, num_examples: int) -> PoissonSubsampledGaussian:
         """The DP event one round of this plan is, for an owner with ``num_examples`` records.
 

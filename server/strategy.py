@@ -22,11 +22,14 @@ import dataclasses
 import math
 import random
 import secrets
+import statistics
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from typing import Any
 
 import numpy as np
+import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
@@ -190,7 +193,7 @@ class BudgetAwareFedAvg(FedAvg):
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         server_round += self.round_offset
         record = self.history.round(server_round)
-        updates: list[Message] = []
+        updates: list[tuple[RecordDict, Accepted]] = []
         kept: list[tuple[Accepted, str]] = []  # receipts to keep and anchor, with what became of each
         for reply in replies:
             node = reply.metadata.src_node_id
@@ -208,7 +211,7 @@ class BudgetAwareFedAvg(FedAvg):
         return self._average(record, updates)
 
     def _settle_train_reply(self, record: Any, server_round: int, node: int, reply: Message,
-                            kept: list[tuple[Accepted, str]]) -> RecordDict | None:
+                            kept: list[tuple[Accepted, str]]) -> tuple[RecordDict, Accepted] | None:
         """One training reply: its receipt kept (with what became of it) and, if it can be averaged, what is averaged:
         its arrays, weighted by the records its signed DP event implies, never by the count it claims."""
         if reply.has_error():
@@ -245,10 +248,14 @@ class BudgetAwareFedAvg(FedAvg):
         loss = _finite_metric(reply.content, "train-loss")
         if loss is not None:
             metrics["train-loss"] = loss
-        return RecordDict({protocol.ARRAYS: reply.content[protocol.ARRAYS], protocol.METRICS: MetricRecord(metrics)})
+        content = RecordDict({protocol.ARRAYS: reply.content[protocol.ARRAYS], protocol.METRICS: MetricRecord(metrics)})
+        return content, accepted
 
-    def _average(self, record: Any, updates: list[RecordDict]) -> tuple[ArrayRecord, MetricRecord]:
-        """FedAvg (Flower's aggregation) of the checked updates; the train loss only if every one reported it."""
+    def _average(self, record: Any,
+                 checked: list[tuple[RecordDict, Accepted]]) -> tuple[ArrayRecord, MetricRecord]:
+        """FedAvg (Flower's aggregation) of the checked updates, each first brought within the round's bound;
+        the train loss only if every one reported it."""
+        updates = self._bounded(record.round, checked)
         if not all("train-loss" in u[protocol.METRICS] for u in updates):
             for update in updates:
                 update[protocol.METRICS].pop("train-loss", None)
@@ -257,6 +264,35 @@ class BudgetAwareFedAvg(FedAvg):
         if "train-loss" in metrics:
             record.train_loss = float(metrics["train-loss"])
         return arrays, metrics
+
+    def _bounded(self, server_round: int, checked: list[tuple[RecordDict, Accepted]]) -> list[RecordDict]:
+        """Every DP-SGD update's distance from the global model, scaled down to the round's bound.
+
+        Each update's own bound comes from its signed event (:meth:`TrainingPlan.update_norm_bound`);
+        the round's bound is the lower median of them, so no one owner raises it, by its
+        count, its steps or its noise: however much it weighs in FedAvg, one owner moves the
+        global model no farther than the median owner's DP-SGD could (scaling a DP release
+        is post-processing: it costs no privacy).
+        """
+        plan, reference = self.request(0).plan, self._global
+        signed = [(content, accepted.checked.entry.event) for content, accepted in checked
+                  if accepted.records is not None and accepted.checked is not None]
+        if not plan.dp or reference is None or not signed:
+            return [content for content, _ in checked]
+        size = sum(int(np.prod(reference[k].shape)) for k in reference.keys())
+        bound = statistics.median_low([plan.update_norm_bound(event, size) for _, event in signed])
+        for content, _ in signed:
+            update = content[protocol.ARRAYS]
+            origin = {k: reference[k].numpy() for k in reference.keys()}
+            delta = {k: update[k].numpy().astype(np.float64) - origin[k] for k in origin}
+            norm = math.sqrt(sum(float((d * d).sum()) for d in delta.values()))
+            if norm > bound:
+                log.warning("round %d: an update %.4g from the global model is scaled to the round's bound %.4g",
+                            server_round, norm, bound)
+                content[protocol.ARRAYS] = ArrayRecord(OrderedDict(
+                    (k, torch.from_numpy(np.ascontiguousarray(origin[k] + delta[k] * (bound / norm),
+                                                              dtype=origin[k].dtype))) for k in origin))
+        return [content for content, _ in checked]
 
     def _fail(self, record: Any, server_round: int, node: int, what: str) -> None:
         record.failures.append(f"node {node}: {what}")

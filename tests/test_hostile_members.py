@@ -309,6 +309,41 @@ def test_a_claimed_count_of_1e9_with_a_genuine_receipt_does_not_replace_the_glob
     assert max(float(v.abs().max()) for v in model.values()) < 5
 
 
+def test_a_signed_event_of_many_steps_does_not_replace_the_global_model(tmp_path):
+    """The institution signs a release of 5,000 steps (as if it held 5,000 batches) for weights of +-40: its
+    FedAvg weight and its own norm bound are then huge, yet the round's bound is the owners' median's."""
+    config = _config(tmp_path, num_rounds=1)
+
+    def tamper(asked, reply, context):
+        if _kind(asked) != "train" or protocol.PRIVACY not in reply.content.config_records:
+            return
+        from privfl.privacy.accountants import get_accountant
+
+        entry = Entry.from_signed(reply.content[protocol.PRIVACY][protocol.SIGNED_ENTRY])
+        arrays = reply.content[protocol.ARRAYS]
+        state = OrderedDict((k, torch.full_like(torch.from_numpy(v.numpy()), 40.0)) for k, v in arrays.items())
+        event = PoissonSubsampledGaussian(entry.event.noise_multiplier, 1 / 5000, 5000)
+        epsilon = get_accountant(entry.accountant).epsilon([event], entry.delta)
+        signed = _resigned(entry, _owner_key(config, HOSTILE_OWNER), event=event, cumulative_epsilon=epsilon,
+                           update_hash=protocol.update_digest(state))
+        reply.content[protocol.ARRAYS] = ArrayRecord(state)
+        reply.content[protocol.PRIVACY] = protocol.signed_receipt(signed)
+
+    history, grid = _run(config, tamper)
+    _honest_rounds_went_on(history, hostile_trained=True)
+    assert not history["rounds"][-1]["rejected_updates"]  # within its own (huge) bound: averaged, but scaled
+    initial = next(m for m in grid.sent[HOSTILE] if _kind(m) == "train").content[protocol.ARRAYS]
+    model = torch.load(Path(config.run_dir) / "model.pt")
+    moved = math.sqrt(sum(float(((model[k].double() - torch.from_numpy(initial[k].numpy()).double()) ** 2).sum())
+                          for k in model))
+    size = sum(v.numel() for v in model.values())
+    plan = TrainingPlan.from_config(config)
+    honest = max(plan.update_norm_bound(PoissonSubsampledGaussian(r["noise_multiplier"], r["sample_rate"], r["steps"]),
+                                        size) for r in history["rounds"][-1]["receipts"] if r["owner_id"] != HOSTILE_OWNER)
+    print(f"moved {moved:.4g}, the malicious update's norm {40 * math.sqrt(size):.4g}, honest bound <= {honest:.4g}")
+    assert moved <= honest  # no farther than an honest owner's DP-SGD could move it, not to the +-40 it sent
+
+
 @pytest.mark.usefixtures("flower_task_identity")
 def test_the_fedavg_weight_is_the_count_the_signed_event_implies(receipts):
     """Not the count the reply claims: batch size x 1 / sample rate of the charged DP-SGD event."""
