@@ -236,7 +236,10 @@ class BudgetAwareFedAvg(FedAvg):
             log.warning("round %d: owner %s refused%s: %s", server_round, receipt.owner_id or f"of node {node}",
                         "" if receipt.signed else " (unsigned)", receipt.reason)
             return None
-        problem = self._update_problem(reply, accepted)
+        try:
+            problem = self._update_problem(reply, accepted)
+        except MALFORMED as err:  # its receipt is genuine: kept, with its update dropped
+            problem = f"malformed update: {_short(err)}"
         if problem:
             kept.append((accepted, UPDATE_DROPPED))
             record.rejected_updates[receipt.owner_id] = problem
