@@ -210,9 +210,12 @@ def read_round_log(history_file: Path, offset: int = 0) -> tuple[dict[int, dict[
 
 
 def load_history(history_file: Path) -> dict[str, Any]:
-    """The run's history: ``history.json``, with the round log replayed over it if the run did not finish."""
+    """The run's history: ``history.json``, with the round log replayed over it if the run did not finish.
+
+    The one history reader: the audit, the report and resuming all read a run's history here.
+    """
     data = json.loads(Path(history_file).read_text(encoding="utf-8"))
-    if data.get("status") == "finished":
+    if not isinstance(data, dict) or data.get("status") == "finished":
         return data
     logged, _ = read_round_log(Path(history_file))
     if logged:

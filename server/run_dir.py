@@ -111,3 +111,31 @@ def prepare_run_dir(config: ExperimentConfig) -> Layout:
     (where.run_dir / LEDGERS).mkdir(parents=True, exist_ok=True)
     (where.run_dir / CONFIG).write_text(json.dumps(config.to_mapping(), indent=2) + "\n", encoding="utf-8")
     return where
+
+
+RUNS = "runs"  # a deployment's coordinator folder keeps its runs in runs/<name>
+
+
+def locate(run_dir: str | Path, *, federation_dir: str | Path | None = None,
+           coordinator_dir: str | Path | None = None) -> Layout:
+    """The folders of a run found from the run folder itself (and what the user named), never from its config.json.
+
+    Why: whoever can write the run folder can edit config.json, and the coordinator's
+    key and registry are the trust root every audit checks the ledgers against; so
+    they come from where the user points (``federation_dir``, ``coordinator_dir``) or,
+    by default, from where privfl puts them beside the run: the simulation's
+    ``<run-dir>.federation/`` folder next to the run, else the deployment's coordinator
+    folder that holds ``runs/<name>``.  A copied run (with its federation folder) is
+    judged by its own files.
+    """
+    run_dir = Path(run_dir)
+    federation = Path(federation_dir) if federation_dir else run_dir.with_name(run_dir.name + FEDERATION_SUFFIX)
+    if coordinator_dir:
+        coordinator = Path(coordinator_dir)
+    elif federation_dir or federation.is_dir():
+        coordinator = federation / COORDINATOR
+    elif run_dir.resolve().parent.name == RUNS and (run_dir.resolve().parent.parent / COORDINATOR_PUBLIC_KEY).is_file():
+        coordinator = run_dir.resolve().parent.parent
+    else:
+        coordinator = federation / COORDINATOR  # not there: the audit says the trust root is missing
+    return Layout(run_dir, federation, coordinator)

@@ -541,9 +541,10 @@ def _settle_run(config: ExperimentConfig, where: artefacts.Layout, marks: _Clock
     history = load_history(where.history)
     checkpoint_ledgers(where, history)
     marks.mark("ledgers_checkpointed")
-    audit = audit_run(where.run_dir) if config.dp or config.owner_dp else None
+    audit = audit_run(where.run_dir, federation_dir=where.federation_dir, coordinator_dir=where.coordinator_dir) \
+        if config.dp or config.owner_dp else None  # the one audit; the trust root is the launcher's own layout
     marks.mark("audited")
-    reports = write_run_report(where.run_dir, cross_checks=audit.problems) if audit is not None else []
+    reports = write_run_report(where.run_dir, audit=audit) if audit is not None else []
     marks.mark("reported")
     return SimulationResult(run_dir=where.run_dir, history=history, audit=audit, reports=reports,
                             timings=dict(marks.marks))

@@ -12,7 +12,8 @@ from privfl.simulations.launcher import SimulationResult
 def run_problems(result: SimulationResult, *, max_failed_updates: int = 0) -> list[str]:
     """What makes a run a failure: a ledger not intact, nothing aggregated, failed client updates."""
     history = result.history
-    problems = [f"ledgers not intact: {p}" for p in result.audit.all_problems()] if result.audit is not None else []
+    problems = [result.audit.verdict_line()] if result.audit is not None and not result.audit.ok else []
+    problems += [f"ledgers not intact: {p}" for p in result.audit.all_problems()] if result.audit is not None else []
     if history.get("status") != "finished":
         problems.append(f"the run did not finish (status {history.get('status')!r})")
     if not history.get("aggregated_rounds"):
@@ -46,9 +47,7 @@ def print_summary(runs: Sequence[SimulationResult], *, max_failed_updates: int =
         print(epsilon_table(history, result.audit.epsilon if result.audit is not None else None))
         if result.audit is not None:
             audit = result.audit
-            verdict = "all verified intact and consistent" if audit.ok else "NOT INTACT"
-            print(f"privacy ledgers:     {len(audit.owner_ledgers)} owner ledgers, the federation ledger and the "
-                  f"registry, cross-checked with the history: {verdict}")
+            print(f"privacy ledgers:     {audit.verdict_line()}")
             for note in audit.unaggregated:
                 print(f"note: {note}")
         if result.reports:

@@ -105,7 +105,7 @@ def _next_experiment_refuses(tmp_path, federation, capsys, expected: str) -> Non
 
 def test_an_untouched_run_verifies(world, capsys):
     tmp_path, federation, run = world
-    code, out = _verify(capsys, run)
+    code, out = _verify(capsys, run, "--federation", federation)
     assert code == 0 and "INTACT" in out and "NOT INTACT" not in out
     code, out = _verify(capsys, *_owner_args(federation))
     assert code == 0, out
@@ -117,7 +117,7 @@ def test_tail_truncation_is_caught(world, capsys):
     _restore_triggers(_owner_ledger(federation))
     code, out = _verify(capsys, *_owner_args(federation))
     assert code == 1 and "ends at entry 1, but the coordinator's registry accepted entry 2" in out
-    code, out = _verify(capsys, run)
+    code, out = _verify(capsys, run, "--federation", federation)
     assert code == 1 and "NOT INTACT" in out
     _next_experiment_refuses(tmp_path, federation, capsys, "does not hold entry 2")
 
@@ -131,7 +131,7 @@ def test_rollback_to_an_older_copy_is_caught(tmp_path, capsys):
     shutil.copy(older, _owner_ledger(federation))  # ... restored after the next experiment
     code, out = _verify(capsys, *_owner_args(federation))
     assert code == 1 and "ends at entry 1, but the coordinator's registry accepted entry 2" in out
-    assert _verify(capsys, run)[0] == 1
+    assert _verify(capsys, run, "--federation", federation)[0] == 1
     _next_experiment_refuses(tmp_path / "again", federation, capsys, "does not hold entry 2")
 
 
@@ -164,7 +164,7 @@ def test_a_receipt_deleted_from_the_federation_ledger_is_caught(world, capsys):
     _restore_triggers(ledger)
     code, out = _verify(capsys, ledger, "--coordinator-key", federation / "coordinator" / "coordinator.pub")
     assert code == 1 and "names is missing in this file (a receipt was deleted or replaced)" in out
-    code, out = _verify(capsys, run)
+    code, out = _verify(capsys, run, "--federation", federation)
     assert code == 1 and "missing in this file" in out
 
 
@@ -175,7 +175,7 @@ def test_the_same_entry_deleted_from_both_ledgers_is_caught(world, capsys):
          "DELETE FROM anchors WHERE owner_id = 'owner-1' AND owner_sequence = 2")
     for path in (_owner_ledger(federation), run / "ledgers" / "federation.db"):
         _restore_triggers(path)
-    code, out = _verify(capsys, run)
+    code, out = _verify(capsys, run, "--federation", federation)
     assert code == 1 and "NOT INTACT" in out
     assert "accepted entry 2" in out or "anchors" in out
 
@@ -238,7 +238,7 @@ def test_two_experiments_on_one_federation_folder_compose_the_lifetime_spend(tmp
     federation = tmp_path / "federation"
     first = _run(tmp_path, "run-1", federation, rounds=2)
     second = _run(tmp_path, "run-2", federation, rounds=2)
-    audit = audit_run(second)
+    audit = audit_run(second, federation_dir=federation)
     assert audit.ok, audit.summary()
     with OwnerLedger.open_readonly(_owner_ledger(federation)) as ledger:
         entries = ledger.entries()
@@ -251,7 +251,7 @@ def test_two_experiments_on_one_federation_folder_compose_the_lifetime_spend(tmp
     assert spend["lifetime"] == pytest.approx(lifetime, rel=1e-9)
     assert spend["experiment"] == pytest.approx(get_accountant("pld").epsilon(events[2:], 1e-5), rel=1e-9)
     assert spend["experiment"] < spend["lifetime"]
-    assert audit_run(first).ok
+    assert audit_run(first, federation_dir=federation).ok
     # The registry links both experiments' heads per owner, contiguously.
     rounds = {r["round"]: r for r in json.loads((second / "history.json").read_text())["rounds"]}
     assert {r["sequence"] for r in rounds[1]["receipts"]} == {3}  # the second experiment continues the first's

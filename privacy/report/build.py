@@ -91,6 +91,7 @@ class _Context:
     history_source: str
     federation_only: list[str]
     cross_checks: list[str]
+    cross_check_owners: dict[str, str]
     key_modes: dict[str, Any] | None
     title: str | None
     generated_at: str
@@ -109,6 +110,7 @@ def build_report(
     title: str | None = None,
     key_files_dir: str | Path | None = None,
     cross_checks: Sequence[str] | None = None,
+    cross_check_owners: Mapping[str, str] | None = None,
     owner: str | None = None,
     workers: int = 1,
     warm_up: Callable[[], object] | None = None,
@@ -122,8 +124,11 @@ def build_report(
     without them each ledger is verified against the key it records, which the report flags.
     ``key_files_dir``: a folder holding owners' private ``<owner>.key`` files whose file
     modes the report checks (Art. 32); nothing is read from them.
-    ``cross_checks``: problems an external cross-check found (owner ledgers against the
-    federation ledger and the history); each is a problem of the report.
+    ``cross_checks``: problems an external cross-check found (the run's audit: owner
+    ledgers against the registry, the federation ledger and the history; a ledger that
+    should exist and does not); any makes the report NOT INTACT.
+    ``cross_check_owners``: owner -> the first such problem naming it (those owners are
+    NOT INTACT whatever their own file says).
     ``owner``: narrow the report to this owner's statement.
     ``workers``: processes to use (1: this one only; more: the accounting in forked
     helpers while this process verifies the files, see :mod:`.parallel`).
@@ -178,12 +183,17 @@ def build_report(
         statement = account.statement
         source = sources[statement.owner_id]
         statement.integrity = _integrity(statement, source, supplied, account.epsilon_problems)
+        named = (cross_check_owners or {}).get(statement.owner_id)
+        if named is not None and statement.integrity.intact:
+            statement.integrity = replace(statement.integrity, intact=False, verdict="NOT INTACT", problem=named,
+                                          evidence=ev.LEDGER_UNVERIFIED)
         owners.append(statement)
     owners.sort(key=lambda o: o.owner_id)
 
     context = _Context(
         files=files, supplied=supplied, records=records, history=history_data, history_source=history_source,
         federation_only=federation_only, cross_checks=list(cross_checks or ()),
+        cross_check_owners=dict(cross_check_owners or {}),
         key_modes=_key_file_modes(key_files_dir) if key_files_dir else None, title=title,
         generated_at=datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z"),
         all_owners=owners)
@@ -375,7 +385,8 @@ def _assemble(context: _Context, owners: list[OwnerStatement], files: list[Ledge
     if scope_owner is not None:
         others = {o.owner_id for o in context.all_owners} - {scope_owner}
         cross_checks = [c for c in cross_checks if scope_owner in c or not any(o in c for o in others)]
-    st = status(ledgers, owners, federation_only, history, context.records, cross_checks)
+    named = sorted(o for o in context.cross_check_owners if scope_owner in (None, o))
+    st = status(ledgers, owners, federation_only, history, context.records, cross_checks, named)
     records = context.records if scope_owner is None else [
         r for r in context.records if r is records_for(context.records, scope_owner)]
     for owner in owners:

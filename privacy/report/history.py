@@ -33,7 +33,14 @@ CONFIG_KEYS = ("experiment-id", "dataset", "model", "num-owners", "num-rounds", 
 
 
 def load_history(history: str | Path | Mapping[str, Any] | None) -> tuple[dict[str, Any] | None, str]:
-    """The parsed history and where it came from (``(None, "")`` when none is given)."""
+    """The parsed history and where it came from (``(None, "")`` when none is given).
+
+    A file is read by the server's one history reader (:func:`privfl.server.history.load_history`),
+    which replays the round log (``history.jsonl``) of a run that did not finish: the report
+    of a crashed run sees every round the audit sees.
+    """
+    from privfl.server.history import load_history as read_run_history
+
     if history is None:
         return None, ""
     if isinstance(history, Mapping):
@@ -42,7 +49,7 @@ def load_history(history: str | Path | Mapping[str, Any] | None) -> tuple[dict[s
     if not path.is_file():
         raise FileNotFoundError(f"no run history at {path}")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = read_run_history(path)
     except json.JSONDecodeError as err:
         raise ValueError(f"{path} is not a run history (invalid JSON: {err})") from None
     if not isinstance(data, dict) or not isinstance(data.get("rounds"), list):

@@ -1,12 +1,17 @@
 """Reports for a simulation run folder, and one entry point for every format.
 
 ``write_run_report(run_dir)`` is what the simulation launcher calls at the end of a
-run: it reads ``ledgers/*.db`` (the federation ledger and every owner's ledger), the
-owners' public keys enrolled before the run (``keys/``, or the run's
-``owner-keys-dir``), ``history.json`` and, when the run folder holds one,
-``processing-record.toml``, and writes ``report.html``, ``report.json``,
-``report.csv`` and ``report.pdf`` next to them.  A tampered ledger does not make it
-fail: the report says so at the top (``Report.intact``).
+run, and ``privfl report RUN`` does the same: the run is judged by the one audit
+(:func:`privfl.privacy.audit.audit_run`), which finds the run's files from the folder
+named (never from config.json) and every ledger any source knows about; the report is
+built from the files that audit found, against the owners' keys registered with the
+coordinator, and carries the audit's verdict (a problem the audit found makes the report
+NOT INTACT, naming the owner).  It writes ``report.html``, ``report.json``,
+``report.csv`` and ``report.pdf``.  A tampered ledger does not make it fail: the report
+says so at the top (``Report.intact``).
+
+A folder of the earlier layout (no config.json; owner ledgers under ``ledgers/``, keys
+under ``keys/``) is read as a set of ledgers, without an audit.
 """
 
 from __future__ import annotations
@@ -52,6 +57,31 @@ def write_report(report: Report, path: str | Path, fmt: str | None = None, figur
     if fmt == "pdf":
         return write_pdf(report, path, figures)
     raise ValueError(f"unknown report format {fmt!r}; choose one of {', '.join(FORMATS)}")
+
+
+def is_legacy_folder(run_dir: str | Path) -> bool:
+    """A folder of the earlier layout: no config.json, and owner ledgers beside the federation ledger in ledgers/."""
+    run_dir = Path(run_dir)
+    return not (run_dir / "config.json").exists() and any(
+        p.name != "federation.db" for p in (run_dir / "ledgers").glob("*.db"))
+
+
+def audited_inputs(audit) -> dict:
+    """What a report of an audited run reads: exactly the files the audit found and accepted (:func:`run_inputs`'s
+    keys), with the audit's problems and the owners they name."""
+    where = audit.layout
+    ledgers = [where.federation_ledger] if where.federation_ledger.is_file() else []
+    ledgers += [audit.owner_ledgers[o] for o in sorted(audit.owner_ledgers)]
+    record = where.run_dir / PROCESSING_RECORD
+    return {
+        "ledgers": ledgers,
+        "keys_dir": audit.owner_keys_dir,
+        "key_files_dir": where.owners_dir if where.owners_dir.is_dir() else None,
+        "history": where.history if where.history.is_file() else None,
+        "processing_record": record if record.is_file() else None,
+        "cross_checks": audit.all_problems(),
+        "owners_not_intact": dict(audit.owners_not_intact),
+    }
 
 
 def run_inputs(run_dir: str | Path) -> dict:
@@ -105,6 +135,9 @@ def write_run_report(
     sign_key=None,
     owner: str | None = None,
     workers: int = 1,
+    audit=None,
+    federation_dir: str | Path | None = None,
+    coordinator_dir: str | Path | None = None,
 ) -> list[Path]:
     """Write the privacy budget report of a simulation run; returns the files written.
 
@@ -112,15 +145,15 @@ def write_run_report(
     picks) in ``out_dir`` (default: the run folder).  ``cross_checks``: problems an
     external cross-check found; ``sign_key``: an Ed25519 private key (object) that signs
     the JSON's content hash; ``owner``: one owner's statement instead of the whole
-    report; ``workers``: processes to use (see :func:`build_report`).  Raises
-    FileNotFoundError when the folder holds no ledgers; never because a ledger failed
-    verification.
+    report; ``workers``: processes to use (see :func:`build_report`); ``audit``: the
+    run's audit if already made (else made here, with ``federation_dir`` /
+    ``coordinator_dir`` as the trust root: see :func:`privfl.server.run_dir.locate`).
+    Raises FileNotFoundError when the folder holds no ledgers; never because a ledger
+    failed verification.
     """
-    inputs = run_inputs(run_dir)
-    report = build_report(inputs["ledgers"], history=inputs["history"],
-                          processing_record=processing_record or inputs["processing_record"],
-                          keys=inputs["keys_dir"], key_files_dir=inputs["key_files_dir"], cross_checks=cross_checks,
-                          owner=owner, workers=workers)
+    report = build_run_report(run_dir, processing_record=processing_record, cross_checks=cross_checks,
+                              owner=owner, workers=workers, audit=audit, federation_dir=federation_dir,
+                              coordinator_dir=coordinator_dir)
     if sign_key is not None:
         report.sign(sign_key)
     out = Path(out_dir) if out_dir is not None else Path(run_dir)
@@ -131,3 +164,26 @@ def write_run_report(
 
         figures = report_figures(report)  # drawn once, embedded in both
     return [write_report(report, out / f"{REPORT_STEM}.{fmt}", fmt, figures) for fmt in formats]
+
+
+def build_run_report(run_dir: str | Path, *, processing_record=None, cross_checks: Sequence[str] | None = None,
+                     owner: str | None = None, workers: int = 1, audit=None, federation_dir=None,
+                     coordinator_dir=None, keys=None, title: str | None = None, warm_up=None) -> Report:
+    """The report of a run folder, carrying the one audit's verdict (an earlier-layout folder: its ledgers alone)."""
+    if is_legacy_folder(run_dir) and audit is None:
+        inputs = run_inputs(run_dir)
+        inputs.update(cross_checks=[], owners_not_intact={})
+    else:
+        if audit is None:
+            from privfl.privacy.audit import audit_run
+
+            audit = audit_run(run_dir, federation_dir=federation_dir, coordinator_dir=coordinator_dir)
+        inputs = audited_inputs(audit)
+        if not inputs["ledgers"]:
+            raise FileNotFoundError(f"no ledgers found for the run {run_dir}: {audit.verdict_line()}")
+    return build_report(inputs["ledgers"], history=inputs["history"],
+                        processing_record=processing_record or inputs["processing_record"],
+                        keys=keys if keys is not None else inputs["keys_dir"], key_files_dir=inputs["key_files_dir"],
+                        cross_checks=list(dict.fromkeys([*inputs["cross_checks"], *(cross_checks or ())])),
+                        cross_check_owners=inputs["owners_not_intact"], owner=owner, workers=workers, title=title,
+                        warm_up=warm_up)

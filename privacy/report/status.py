@@ -69,7 +69,8 @@ def _alert_names(alerts: Sequence[BudgetAlert], used_word: str = "") -> str:
 
 def status(files: Sequence[LedgerIntegrity], owners: Sequence[OwnerStatement], federation_only: Sequence[str],
            history: HistorySection | None, records: Sequence[ProcessingRecord],
-           cross_checks: Sequence[str] = ()) -> Status:
+           cross_checks: Sequence[str] = (), cross_check_owners: Sequence[str] = ()) -> Status:
+    """The report's verdict: NOT INTACT when a file fails or a cross-check (the run's audit) found a problem."""
     problems: list[str] = []
     warnings: list[str] = []
     for ledger in files:
@@ -135,14 +136,18 @@ def status(files: Sequence[LedgerIntegrity], owners: Sequence[OwnerStatement], f
                             f"but the ledger's entries state {owner.delta:g}")
     if history is not None and history.matched_run_id is None:
         warnings.append(f"run history {history.source}: {history.note}")
-    intact = all(f.intact for f in files)
+    intact = all(f.intact for f in files) and not cross_checks
     ok = not problems
+    not_intact = sorted({o.owner_id for o in owners if not o.integrity.intact} | set(cross_check_owners))
+    text = headline(intact, ok, files, problems, warnings, alerts, list(cross_checks))
+    if not_intact:
+        text = text.replace(". ", f" (owners not intact: {names(not_intact, HEADLINE_NAMES)}). ", 1)
     return Status(
         intact=intact, ok=ok, verdict="INTACT" if intact else "NOT INTACT",
-        headline=headline(intact, ok, files, problems, warnings, alerts, list(cross_checks)),
+        headline=text,
         problems=problems, warnings=warnings, budget_alerts=alerts, near_budget_fraction=NEAR_BUDGET_FRACTION,
         cross_checks=list(cross_checks),
-        owners_not_intact=[o.owner_id for o in owners if not o.integrity.intact],
+        owners_not_intact=not_intact,
     )
 
 
@@ -152,8 +157,11 @@ def headline(intact: bool, ok: bool, files: Sequence[LedgerIntegrity], problems:
     files_text = "the ledger file" if n == 1 else f"all {n} ledger files"
     if not intact:
         bad = sum(1 for f in files if not f.intact)
-        text = (f"NOT INTACT: {bad} of {n} ledger file(s) failed verification. The figures below are computed "
-                "from entries that cannot be relied on.")
+        failed = [f"{bad} of {n} ledger file(s) failed verification"] if bad else []
+        if cross_checks:
+            failed.append(f"{len(cross_checks)} cross-check problem(s) (the run's audit)")
+        text = (f"NOT INTACT: {' and '.join(failed)}. The figures below are computed from entries that cannot be "
+                "relied on.")
     elif not ok:
         text = f"Ledgers intact, but {len(problems)} problem(s) found: see below."
     elif warnings:
@@ -161,8 +169,6 @@ def headline(intact: bool, ok: bool, files: Sequence[LedgerIntegrity], problems:
     else:
         text = (f"INTACT: {files_text} verified (signatures, hash chain, every stated epsilon) "
                 "against independently supplied keys.")
-    if intact and cross_checks:
-        text += f" {len(cross_checks)} cross-check problem(s)."
     over = [a for a in alerts if a.level == "over"]
     near = [a for a in alerts if a.level == "near"]
     if over:

@@ -54,6 +54,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        help="also require every entry the federation ledger holds for this owner")
     check.add_argument("--epsilon", choices=("all", "last", "none"), default="all",
                        help="which stated epsilons to recompute (default: all; 'last' is faster for PRV/PLD)")
+    check.add_argument("--federation", type=Path, metavar="DIR",
+                       help="a run folder's trust root: the federation folder holding coordinator/ (coordinator.pub, "
+                       "owner-keys/, registry.db) and owners/ (default: <run-dir>.federation beside the run, else the "
+                       "coordinator folder holding runs/<run>; never the paths in the run's config.json)")
+    check.add_argument("--coordinator", type=Path, metavar="DIR",
+                       help="a run folder's trust root: the coordinator's folder (coordinator.pub, owner-keys/, "
+                       "registry.db), when it is not inside the federation folder")
     check.add_argument("--json", action="store_true", help="print the report as JSON")
     check.set_defaults(handler=run_verify)
 
@@ -277,15 +284,19 @@ def _verify_run(args: argparse.Namespace) -> int:
 
     from privfl.privacy.audit import audit_run
 
-    audit = audit_run(args.path)
+    try:
+        audit = audit_run(args.path, federation_dir=args.federation, coordinator_dir=args.coordinator)
+    except FileNotFoundError as err:
+        raise _ledger_error(err) from None
     if args.json:
-        print(json.dumps({"ok": audit.ok, "problems": audit.all_problems(), "notes": audit.unaggregated,
-                          "files": [r.to_dict() for r in audit.reports]}, indent=2))
+        print(json.dumps({"ok": audit.ok, "verdict": audit.verdict, "owners_not_intact": audit.owners_not_intact,
+                          "problems": audit.all_problems(), "notes": audit.unaggregated, "trust_root": audit.trust_root,
+                          "read": audit.read, "files": [r.to_dict() for r in audit.reports]}, indent=2))
     else:
         print(audit.summary())
         for report in audit.reports:
             print(report.summary() if not report.ok else f"{report.path}: INTACT ({report.ledger_kind} ledger)")
-    return 0 if audit.ok else 1
+    return audit.exit_code
 
 
 def run_recover(args: argparse.Namespace) -> int:

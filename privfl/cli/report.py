@@ -72,6 +72,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--jobs", type=int, metavar="N",
                         help="processes to use (default: one per core, at most 4; 1: no helper processes)")
     parser.add_argument("--title", help="the report's title")
+    parser.add_argument("--federation", type=Path, metavar="DIR",
+                        help="for a run folder: the federation folder holding the trust root (coordinator/) and the "
+                        "owners' ledgers (default: <run-dir>.federation beside the run, else the coordinator folder "
+                        "holding runs/<run>; never the paths in the run's config.json)")
+    parser.add_argument("--coordinator", type=Path, metavar="DIR",
+                        help="for a run folder: the coordinator's folder (coordinator.pub, owner-keys/, registry.db)")
     parser.add_argument("--verify-report", type=Path, metavar="REPORT_JSON",
                         help="check a JSON report's content hash and signature (with --public-key: that the key "
                         "signed it) and exit")
@@ -179,29 +185,44 @@ def run_report(args: argparse.Namespace) -> int:
 
     from privfl.privacy.report import ProcessingRecordError, build_report, render_csv, render_json, write_report
     from privfl.privacy.report.parallel import default_workers
-    from privfl.privacy.report.run import run_inputs
+    from privfl.privacy.report.run import build_run_report, is_legacy_folder, run_inputs
 
-    ledgers: list[Path] = []
-    history, records, run_keys, run_key_files = args.history, list(args.processing_record), None, None
-    for path in args.ledgers:
-        if path.is_dir() and (path / "ledgers").is_dir():  # a run folder
-            inputs = run_inputs(path)
-            ledgers.extend(inputs["ledgers"])
-            history = history or inputs["history"]
-            run_keys = run_keys or inputs["keys_dir"]
-            run_key_files = run_key_files or inputs["key_files_dir"]
-            if not args.processing_record and inputs["processing_record"]:
-                records.append(inputs["processing_record"])
-        else:
-            ledgers.append(path)
-    keys, key_files_dir = _keys(args, run_keys)
-    if args.keys_dir is None and run_key_files is not None:
-        key_files_dir = run_key_files
+    runs = [p for p in args.ledgers if p.is_dir() and (p / "history.json").is_file() and not is_legacy_folder(p)]
+    audit = None
+    warm_up = _warm_up_renderers if fmt in ("html", "pdf") else None
     try:
-        report = build_report(ledgers, history=history, processing_record=records or None, keys=keys,
-                              title=args.title, key_files_dir=key_files_dir, owner=args.owner,
-                              workers=args.jobs or default_workers(),
-                              warm_up=_warm_up_renderers if fmt in ("html", "pdf") else None)
+        if runs:
+            if len(args.ledgers) != 1:
+                raise UsageError("a run folder is reported on its own (its ledgers are found from it): give one RUN")
+            from privfl.privacy.audit import audit_run
+
+            audit = audit_run(runs[0], federation_dir=args.federation, coordinator_dir=args.coordinator)
+            keys = None
+            if args.public_key or args.keys_dir:
+                keys, _ = _keys(args, audit.owner_keys_dir)
+            report = build_run_report(runs[0], audit=audit, processing_record=args.processing_record or None,
+                                      owner=args.owner, workers=args.jobs or default_workers(), keys=keys,
+                                      title=args.title, warm_up=warm_up)
+        else:
+            ledgers: list[Path] = []
+            history, records, run_keys, run_key_files = args.history, list(args.processing_record), None, None
+            for path in args.ledgers:
+                if path.is_dir() and (path / "ledgers").is_dir():  # a folder of the earlier layout
+                    inputs = run_inputs(path)
+                    ledgers.extend(inputs["ledgers"])
+                    history = history or inputs["history"]
+                    run_keys = run_keys or inputs["keys_dir"]
+                    run_key_files = run_key_files or inputs["key_files_dir"]
+                    if not args.processing_record and inputs["processing_record"]:
+                        records.append(inputs["processing_record"])
+                else:
+                    ledgers.append(path)
+            keys, key_files_dir = _keys(args, run_keys)
+            if args.keys_dir is None and run_key_files is not None:
+                key_files_dir = run_key_files
+            report = build_report(ledgers, history=history, processing_record=records or None, keys=keys,
+                                  title=args.title, key_files_dir=key_files_dir, owner=args.owner,
+                                  workers=args.jobs or default_workers(), warm_up=warm_up)
     except (ProcessingRecordError, ValueError) as err:
         raise UsageError(str(err)) from None
     if sign_key is not None:
@@ -214,11 +235,17 @@ def run_report(args: argparse.Namespace) -> int:
         write_report(report, args.out, fmt)
         where = str(args.out)
     status = report.status
+    if audit is not None:
+        print(audit.verdict_line(), file=sys.stderr)
     print(f"privfl report: wrote {fmt} to {where}: {status.headline}", file=sys.stderr)
     for problem in status.problems:
         print(f"  problem: {problem}", file=sys.stderr)
     for warning in status.warnings:
         print(f"  note: {warning}", file=sys.stderr)
+    from privfl.privacy.audit import EXIT_NOT_INTACT
+
+    if audit is not None and not audit.ok:
+        return audit.exit_code
     if report.fails_by_default:
-        return 1
+        return EXIT_NOT_INTACT
     return 1 if args.strict and not report.ok else 0

@@ -1,0 +1,198 @@
+"""One audit, one verdict: every command that judges a run says the same thing, exit code included.
+
+Runs are real (privfl's ServerApp and ClientApp in this process, against real ledgers,
+keys and registry; see tests/test_ledger_attacks.py), built once and copied per test.
+Each test damages a copy from outside privfl (sqlite3, file copies, deletions) and
+checks that ``privfl ledger verify RUN``, ``privfl report RUN`` and the report the run
+writes at its end (the launcher's own closing step, ``_settle_run``) all say NOT INTACT,
+exit 1 and name the owner.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from bench.inprocess_grid import run_apps
+from privfl.cli import main as privfl
+from privfl.client.app import app as client_app
+from privfl.client.owner_ledger import close_owner_ledgers
+from privfl.config import ExperimentConfig
+from privfl.server.app import app as server_app
+from privfl.server.run_dir import locate, settle
+from privfl.simulations.launcher import _settle_run
+from privfl.simulations.summary import run_problems
+
+OWNERS = 3
+
+
+def _run(run_dir: Path, federation: Path | None = None, rounds: int = 1) -> ExperimentConfig:
+    config = settle(ExperimentConfig(num_owners=OWNERS, num_rounds=rounds, run_dir=str(run_dir),
+                                     federation_dir=str(federation) if federation else "",
+                                     federated_evaluation="off"))
+    run_apps(server_app, client_app, OWNERS, config.to_mapping())
+    close_owner_ledgers()  # as a node process exits
+    return config
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory) -> Path:
+    """run-1 (its federation folder beside it, the default), then run-2 on the same federation folder; a copy of
+    owner-1's ledger taken between them (for a rollback)."""
+    root = tmp_path_factory.mktemp("one-verdict")
+    _run(root / "run-1")
+    shutil.copy(_ledger(root / "run-1", "owner-1"), root / "owner-1-after-run-1.db")
+    _run(root / "run-2", root / "run-1.federation")
+    return root
+
+
+@pytest.fixture
+def world(base, tmp_path) -> Path:
+    shutil.copytree(base, tmp_path / "w")
+    return tmp_path / "w"
+
+
+def _ledger(run: Path, owner: str, federation: Path | None = None) -> Path:
+    return (federation or run.with_name(run.name + ".federation")) / "owners" / owner / "ledger.db"
+
+
+def _sql(path: Path, *statements: str) -> None:
+    """What an attacker with the file does: drop the append-only guards, edit, put the guards back."""
+    db = sqlite3.connect(path, isolation_level=None)
+    try:
+        triggers = db.execute("SELECT name, sql FROM sqlite_master WHERE type = 'trigger'").fetchall()
+        for name, _ in triggers:
+            db.execute(f"DROP TRIGGER {name}")
+        for statement in statements:
+            db.execute(statement)
+        for _, statement in triggers:
+            db.execute(statement)
+    finally:
+        db.close()
+
+
+def _verdicts(run: Path, capsys, *trust: str, config: ExperimentConfig | None = None) -> dict:
+    """What each command says about ``run``: (exit code, text, owners named)."""
+    code, out = privfl(["ledger", "verify", str(run), *trust]), capsys.readouterr()
+    verify = (code, out.out + out.err)
+    out_json = run.parent / f"{run.name}-report.json"
+    code, out = privfl(["report", str(run), *trust, "--format", "json", "--out", str(out_json), "--jobs", "1"]), \
+        capsys.readouterr()
+    doc = json.loads(out_json.read_text())
+    report = (code, out.out + out.err, doc["status"])
+    # The end of `privfl simulate`: the launcher audits the run with its own layout and writes the report.
+    config = config or ExperimentConfig.from_mapping(json.loads((run / "config.json").read_text()))
+    where = locate(run, federation_dir=trust[1] if trust else None)
+    result = _settle_run(config, where)
+    written = json.loads((run / "report.json").read_text())["status"]
+    simulate = (1 if run_problems(result) else 0, result.audit.verdict_line(), written)
+    return {"verify": verify, "report": report, "simulate": simulate}
+
+
+def _assert_not_intact(verdicts: dict, owner: str) -> None:
+    verify_code, verify_text = verdicts["verify"]
+    report_code, report_text, report_status = verdicts["report"]
+    simulate_code, simulate_text, written = verdicts["simulate"]
+    assert verify_code == report_code == simulate_code == 1, (verify_code, report_code, simulate_code)
+    for text in (verify_text, report_text, simulate_text):
+        assert "NOT INTACT" in text and "INTACT: run" not in text.replace("NOT INTACT: run", ""), text
+        assert f"owners not intact: " in text and owner in text.split("owners not intact: ", 1)[1], text
+    for status in (report_status, written):
+        assert status["verdict"] == "NOT INTACT" and not status["intact"], status["headline"]
+        assert owner in status["owners_not_intact"], status["owners_not_intact"]
+        assert status["headline"].startswith("NOT INTACT") and owner in status["headline"]
+
+
+def test_an_untouched_run_is_intact_everywhere(world, capsys):
+    run = world / "run-1"
+    verdicts = _verdicts(run, capsys)
+    assert verdicts["verify"][0] == verdicts["report"][0] == verdicts["simulate"][0] == 0, verdicts
+    assert verdicts["verify"][1].startswith("INTACT: run")
+    assert verdicts["report"][2]["verdict"] == verdicts["simulate"][2]["verdict"] == "INTACT"
+
+
+def test_a_deleted_owner_ledger_is_not_intact(world, capsys):
+    run = world / "run-1"
+    _ledger(run, "owner-1").unlink()
+    verdicts = _verdicts(run, capsys)
+    _assert_not_intact(verdicts, "owner-1")
+    assert "owner owner-1's ledger" in verdicts["verify"][1] and "is missing" in verdicts["verify"][1]
+
+
+def test_an_owner_ledger_replaced_by_another_owners_copy_is_not_intact(world, capsys):
+    run = world / "run-1"
+    shutil.copy(_ledger(run, "owner-2"), _ledger(run, "owner-1"))
+    verdicts = _verdicts(run, capsys)
+    _assert_not_intact(verdicts, "owner-1")
+    assert "replaced by another owner's copy" in verdicts["verify"][1]
+
+
+def test_a_rolled_back_owner_ledger_is_not_intact(world, capsys):
+    run = world / "run-1"
+    shutil.copy(world / "owner-1-after-run-1.db", _ledger(run, "owner-1"))
+    _assert_not_intact(_verdicts(run, capsys), "owner-1")
+
+
+def test_a_truncated_owner_ledger_is_not_intact(world, capsys):
+    run = world / "run-1"
+    _sql(_ledger(run, "owner-0"), "DELETE FROM entries WHERE sequence = (SELECT MAX(sequence) FROM entries)")
+    _assert_not_intact(_verdicts(run, capsys), "owner-0")
+
+
+def test_a_pruned_receipt_is_not_intact(world, capsys):
+    run = world / "run-1"
+    _sql(run / "ledgers" / "federation.db", "DELETE FROM entries WHERE owner_id = 'owner-2'")
+    _assert_not_intact(_verdicts(run, capsys), "owner-2")
+
+
+def test_the_same_entry_deleted_from_both_ledgers_is_not_intact(world, capsys):
+    run = world / "run-2"
+    federation = world / "run-1.federation"
+    _sql(_ledger(run, "owner-1", federation), "DELETE FROM entries WHERE sequence = 2")
+    _sql(run / "ledgers" / "federation.db", "DELETE FROM entries WHERE owner_id = 'owner-1' AND sequence = 2",
+         "DELETE FROM anchors WHERE owner_id = 'owner-1' AND owner_sequence = 2")
+    _assert_not_intact(_verdicts(run, capsys, "--federation", str(federation)), "owner-1")
+
+
+def test_a_moved_copy_is_judged_by_its_own_files(base, tmp_path, capsys):
+    """config.json of the copy still names the original folders: they must not be read."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    shutil.copytree(base / "run-1", elsewhere / "run-1")
+    shutil.copytree(base / "run-1.federation", elsewhere / "run-1.federation")
+    copy = elsewhere / "run-1"
+    assert str(base / "run-1.federation") in (copy / "config.json").read_text()  # it names the original
+    _ledger(copy, "owner-2").unlink()
+    verdicts = _verdicts(copy, capsys)
+    _assert_not_intact(verdicts, "owner-2")
+    assert str(base / "run-1.federation") not in verdicts["verify"][1]  # nothing of the original was read
+    assert privfl(["ledger", "verify", str(base / "run-1")]) == 0  # the original is untouched
+    capsys.readouterr()
+
+
+def test_a_config_pointing_elsewhere_does_not_change_the_verdict(world, tmp_path, capsys):
+    """Issue 24 item 5: the trust root comes from beside the run, never from config.json."""
+    intact = tmp_path / "intact.federation"
+    shutil.copytree(world / "run-1.federation", intact)
+    run = world / "run-1"
+    _sql(_ledger(run, "owner-0"), "DELETE FROM entries WHERE sequence = (SELECT MAX(sequence) FROM entries)")
+    config = json.loads((run / "config.json").read_text())
+    config.update({"federation-dir": str(intact), "coordinator-dir": str(intact / "coordinator")})
+    (run / "config.json").write_text(json.dumps(config))
+    _assert_not_intact(_verdicts(run, capsys), "owner-0")
+
+
+def test_a_rollback_across_two_runs_on_one_federation_folder(world, capsys):
+    """One owner rolled back to its state after run-1, another's ledger deleted; run-3 on the same federation
+    folder refuses both, and its own report, verify and report agree: NOT INTACT, naming both."""
+    federation = world / "run-1.federation"
+    shutil.copy(world / "owner-1-after-run-1.db", _ledger(world / "run-1", "owner-1"))
+    _ledger(world / "run-1", "owner-2").unlink()
+    config = _run(world / "run-3", federation)
+    verdicts = _verdicts(world / "run-3", capsys, "--federation", str(federation), config=config)
+    _assert_not_intact(verdicts, "owner-1")
+    _assert_not_intact(verdicts, "owner-2")
