@@ -196,3 +196,18 @@ def test_a_rollback_across_two_runs_on_one_federation_folder(world, capsys):
     verdicts = _verdicts(world / "run-3", capsys, "--federation", str(federation), config=config)
     _assert_not_intact(verdicts, "owner-1")
     _assert_not_intact(verdicts, "owner-2")
+
+
+def test_the_report_of_an_unfinished_run_sees_the_rounds_of_its_round_log(world, capsys):
+    """One history reader: a crashed run's report replays history.jsonl, as the server and the audit do."""
+    from privfl.privacy.report.history import load_history as report_history
+    from privfl.server.history import load_history as server_history
+
+    run = world / "run-1"
+    assert (run / "history.jsonl").read_text().strip()
+    data = json.loads((run / "history.json").read_text())
+    data.update(status="running", rounds=[r for r in data["rounds"] if r["round"] < 1])
+    (run / "history.json").write_text(json.dumps(data))
+    replayed = server_history(run / "history.json")
+    assert any(r["round"] == 1 for r in replayed["rounds"])
+    assert report_history(run / "history.json")[0]["rounds"] == replayed["rounds"]

@@ -313,7 +313,8 @@ def test_the_command_fails_on_a_damaged_ledger_without_strict(small_run, tmp_pat
 def test_cross_check_problems_are_problems_and_fail_the_report(small_run):
     report = build_report(_ledgers(small_run), keys=small_run["keys"],
                           cross_checks=["owner clinic-c: round 4 is in the history but not in its ledger"])
-    assert report.intact and not report.ok and report.fails_by_default
+    assert not report.intact and not report.ok and report.fails_by_default  # one verdict: NOT INTACT (issue 20)
+    assert report.status.verdict == "NOT INTACT"
     assert "cross-check: owner clinic-c: round 4 is in the history but not in its ledger" in report.problems
     assert "cross-check problem" in report.status.headline
     assert report.for_owner("hospital-b").status.cross_checks == []  # about another owner
