@@ -544,7 +544,8 @@ def _settle_run(config: ExperimentConfig, where: artefacts.Layout, marks: _Clock
     audit = audit_run(where.run_dir, federation_dir=where.federation_dir, coordinator_dir=where.coordinator_dir) \
         if config.dp or config.owner_dp else None  # the one audit; the trust root is the launcher's own layout
     marks.mark("audited")
-    reports = write_run_report(where.run_dir, audit=audit) if audit is not None else []
+    reports = write_run_report(where.run_dir, audit=audit, passphrase_env=config.coordinator_key_passphrase_env) \
+        if audit is not None else []  # signed with the coordinator's key
     marks.mark("reported")
     return SimulationResult(run_dir=where.run_dir, history=history, audit=audit, reports=reports,
                             timings=dict(marks.marks))

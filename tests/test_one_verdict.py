@@ -211,3 +211,67 @@ def test_the_report_of_an_unfinished_run_sees_the_rounds_of_its_round_log(world,
     replayed = server_history(run / "history.json")
     assert any(r["round"] == 1 for r in replayed["rounds"])
     assert report_history(run / "history.json")[0]["rounds"] == replayed["rounds"]
+
+
+# --------------------------------------------------------------------------- signed by default
+
+
+def _check(*args: str, capsys) -> tuple[int, str]:
+    code = privfl(["report", "--verify-report", *args])
+    return code, capsys.readouterr().out
+
+
+def test_the_runs_report_is_signed_and_every_format_is_covered(world, tmp_path, capsys):
+    import hashlib
+
+    from privfl.privacy.keys import generate_owner_keys, load_private_key
+    from privfl.privacy.report.signing import canonical_bytes, sign_content_hash
+
+    run = world / "run-1"
+    config = ExperimentConfig.from_mapping(json.loads((run / "config.json").read_text()))
+    _settle_run(config, locate(run))  # what the end of `privfl simulate` writes
+    doc = json.loads((run / "report.json").read_text())
+    assert doc["signature"] and (run / "report.manifest.json").is_file()
+    for name in ("report.json", "report.html", "report.pdf", "report.csv"):
+        code, out = _check(str(run / name), capsys=capsys)
+        assert code == 0 and "signer pinned" in out, out
+    code, out = _check(str(run / "report.json"), "--regenerate", capsys=capsys)
+    assert code == 0 and "every figure, verdict and problem is the same" in out, out
+    # The HTML, PDF and CSV carry no hash of their own: the signed manifest does.
+    html = (run / "report.html").read_bytes()
+    (run / "report.html").write_bytes(html.replace(b"INTACT", b"INTACT!", 1))
+    code, out = _check(str(run / "report.html"), capsys=capsys)
+    assert code == 1 and "altered" in out, out
+
+    # An edited figure: caught whether or not the hash was recomputed, and whoever re-signs it.
+    spent = doc["owners"][0]
+    spent["epsilon_spent"] = (spent.get("epsilon_spent") or 1.0) / 2
+    (run / "report.json").write_text(json.dumps(doc))
+    assert _check(str(run / "report.json"), capsys=capsys)[0] == 1
+    doc["content_hash"]["value"] = hashlib.sha256(canonical_bytes(doc)).hexdigest()
+    (run / "report.json").write_text(json.dumps(doc))
+    code, out = _check(str(run / "report.json"), capsys=capsys)
+    assert code == 1 and "signature does not verify" in out, out
+    doc["signature"] = None  # unsigned: refused, even with the flag, since the run's coordinator key is pinned
+    (run / "report.json").write_text(json.dumps(doc))
+    assert _check(str(run / "report.json"), capsys=capsys)[0] == 1
+    assert _check(str(run / "report.json"), "--accept-unsigned", capsys=capsys)[0] == 1
+    forger = generate_owner_keys(tmp_path / "forger", "forger")
+    doc["signature"] = json.loads(json.dumps(sign_content_hash(doc["content_hash"]["value"],
+                                                               load_private_key(forger.private_key)).__dict__))
+    (run / "report.json").write_text(json.dumps(doc))
+    (run / "report.manifest.json").unlink()  # the forger drops the manifest it cannot sign
+    assert _check(str(run / "report.json"), capsys=capsys)[0] == 1  # not the coordinator's key
+    code, out = _check(str(run / "report.json"), "--public-key", str(forger.public_key), "--regenerate", capsys=capsys)
+    assert code == 1 and "the report differs" in out and "owners[0]" in out, out
+
+
+def test_an_unsigned_report_is_refused_unless_accepted(world, tmp_path, capsys):
+    run = world / "run-1"
+    out = tmp_path / "unsigned.json"
+    assert privfl(["report", str(run), "--unsigned", "--out", str(out), "--jobs", "1"]) == 0
+    capsys.readouterr()
+    code, text = _check(str(out), capsys=capsys)
+    assert code == 1 and "not signed" in text, text
+    code, text = _check(str(out), "--accept-unsigned", capsys=capsys)
+    assert code == 0, text

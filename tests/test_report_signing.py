@@ -37,7 +37,9 @@ def test_content_hash_is_sha256_of_the_canonical_document(run):
     assert doc["content_hash"]["algorithm"] == "sha256"
     assert doc["content_hash"]["value"] == hashlib.sha256(canonical).hexdigest()
     assert doc["signature"] is None
-    assert verify_report_json(doc) == (True, "content hash matches; the report is not signed")
+    assert verify_report_json(doc, accept_unsigned=True) == (True, "content hash matches; the report is not signed")
+    ok, reason = verify_report_json(doc)  # unsigned is refused unless accepted explicitly (issue 20)
+    assert not ok and "not signed" in reason
 
 
 def test_signed_report_verifies_and_tampering_is_detected(run, tmp_path):

@@ -138,32 +138,68 @@ def write_run_report(
     audit=None,
     federation_dir: str | Path | None = None,
     coordinator_dir: str | Path | None = None,
+    passphrase_env: str = "",
+    unsigned: bool = False,
 ) -> list[Path]:
     """Write the privacy budget report of a simulation run; returns the files written.
 
     Files: ``report.html``, ``report.json``, ``report.csv``, ``report.pdf`` (``formats``
     picks) in ``out_dir`` (default: the run folder).  ``cross_checks``: problems an
     external cross-check found; ``sign_key``: an Ed25519 private key (object) that signs
-    the JSON's content hash; ``owner``: one owner's statement instead of the whole
+    the JSON's content hash and the manifest of every file written (default: the
+    coordinator's key from the run's trust root, its passphrase in the environment
+    variable ``passphrase_env``; ``unsigned=True`` writes an unsigned report); ``owner``: one owner's statement instead of the whole
     report; ``workers``: processes to use (see :func:`build_report`); ``audit``: the
     run's audit if already made (else made here, with ``federation_dir`` /
     ``coordinator_dir`` as the trust root: see :func:`privfl.server.run_dir.locate`).
     Raises FileNotFoundError when the folder holds no ledgers; never because a ledger
     failed verification.
     """
+    if audit is None and not is_legacy_folder(run_dir):
+        from privfl.privacy.audit import audit_run
+
+        audit = audit_run(run_dir, federation_dir=federation_dir, coordinator_dir=coordinator_dir)
     report = build_run_report(run_dir, processing_record=processing_record, cross_checks=cross_checks,
-                              owner=owner, workers=workers, audit=audit, federation_dir=federation_dir,
-                              coordinator_dir=coordinator_dir)
+                              owner=owner, workers=workers, audit=audit)
+    if sign_key is None and not unsigned and audit is not None:
+        sign_key = coordinator_signing_key(audit.layout, passphrase_env)
+    out = Path(out_dir) if out_dir is not None else Path(run_dir)
+    return write_signed(report, [out / f"{REPORT_STEM}.{fmt}" for fmt in formats], sign_key)
+
+
+def coordinator_signing_key(where, passphrase_env: str = ""):
+    """The coordinator's private key from the run's trust root (a simulation's, or the coordinator's own folder),
+    or None when it is not there or cannot be opened (the report is then unsigned and says so)."""
+    import os
+
+    from privfl.privacy.keys import KeyFileError, load_private_key
+
+    path = where.coordinator_key
+    if not path.is_file():
+        return None
+    try:
+        return load_private_key(path, os.environ.get(passphrase_env) if passphrase_env else None)
+    except KeyFileError:
+        return None
+
+
+def write_signed(report: Report, paths: Sequence[str | Path], sign_key=None, fmt: str | None = None) -> list[Path]:
+    """Sign ``report`` (when a key is given), write it in every format ``paths`` name, and the manifest of them all
+    (each file's sha256, signed with the same key): one home for how a report leaves privfl."""
+    from privfl.privacy.report.manifest import write_manifest
+
     if sign_key is not None:
         report.sign(sign_key)
-    out = Path(out_dir) if out_dir is not None else Path(run_dir)
-    formats = list(formats)
+    paths = [Path(p) for p in paths]
     figures = None
-    if {"html", "pdf"} & set(formats):
+    if {"html", "pdf"} & ({fmt} if fmt else {p.suffix.lstrip(".").lower() for p in paths}):
         from privfl.privacy.report.plots import report_figures
 
         figures = report_figures(report)  # drawn once, embedded in both
-    return [write_report(report, out / f"{REPORT_STEM}.{fmt}", fmt, figures) for fmt in formats]
+    written = [write_report(report, path, fmt, figures) for path in paths]
+    if written:
+        write_manifest(written, report.content_hash, sign_key)
+    return written
 
 
 def build_run_report(run_dir: str | Path, *, processing_record=None, cross_checks: Sequence[str] | None = None,

@@ -65,14 +65,17 @@ def sign_content_hash(digest_hex: str, private_key: Ed25519PrivateKey) -> Report
 
 
 def verify_report_json(path_or_doc: str | Path | dict[str, Any],
-                       public_key: Ed25519PublicKey | str | Path | None = None) -> tuple[bool, str]:
+                       public_key: Ed25519PublicKey | str | Path | None = None, *,
+                       accept_unsigned: bool = False) -> tuple[bool, str]:
     """Check a JSON report's content hash and signature; ``(ok, reason)``.
 
     ``path_or_doc``: the report file, or the parsed document.  ``public_key``: the
     signer's public key (object or ``.pub`` file).  Without it a signature is checked
     against the key the report carries, which only shows that the report was not
-    altered after signing by whoever holds that key; the reason says so.  With it, an
-    unsigned report, or one signed by another key, is not ok.
+    altered after signing by whoever holds that key; the reason says so.  With it, a
+    report signed by another key is not ok.  An unsigned report is not ok unless
+    ``accept_unsigned``: its content hash proves nothing (anyone who edits it can
+    recompute the hash).
     """
     try:
         document = _load(path_or_doc)
@@ -95,6 +98,9 @@ def verify_report_json(path_or_doc: str | Path | dict[str, Any],
         if public_key is not None:
             return False, ("content hash matches, but the report is not signed (a signature by the given key was "
                            "expected)")
+        if not accept_unsigned:
+            return False, ("the report is not signed: its content hash proves nothing (whoever edits it can "
+                           "recompute the hash); give --accept-unsigned to accept an unsigned report")
         return True, "content hash matches; the report is not signed"
     try:
         expected = _public_key(public_key) if public_key is not None else None

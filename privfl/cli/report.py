@@ -36,6 +36,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "  privfl report federation.db --keys-dir keys/ --history history.json --format json --out report.json \\\n"
         "      --sign-key dpo.key --key-passphrase-env DPO_KEY_PASS\n"
         "  privfl report --verify-report report.json --public-key dpo.pub\n"
+        "  privfl report --verify-report runs/quickstart-20261123-120152/report.pdf\n"
+        "  privfl report --verify-report runs/quickstart-20261123-120152/report.json --regenerate\n"
         "  privfl report --example-processing-record > processing-record.toml",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -65,7 +67,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="an Ed25519 private key (PEM, e.g. from 'privfl keys generate') that signs the JSON "
                         "report's content hash")
     parser.add_argument("--key-passphrase-env", metavar="VAR",
-                        help="environment variable holding --sign-key's passphrase")
+                        help="environment variable holding the signing key's passphrase")
+    parser.add_argument("--unsigned", action="store_true",
+                        help="write an unsigned report (default: signed, with --sign-key, else the coordinator's key "
+                        "of a run's trust root, else the owner's signing.key beside its ledger)")
+    parser.add_argument("--accept-unsigned", action="store_true",
+                        help="with --verify-report: accept an unsigned report (its hash alone proves nothing)")
+    parser.add_argument("--regenerate", action="store_true",
+                        help="with --verify-report: also rebuild the report from the run's ledgers (the run folder "
+                        "holding the report, or RUN) and compare every figure, verdict and problem")
     parser.add_argument("--strict", action="store_true",
                         help="exit 1 on any problem of the report, not only a ledger that is not intact or a "
                         "cross-check problem (the report is still written)")
@@ -120,8 +130,6 @@ def _sign_key(args: argparse.Namespace):
     from privfl.privacy.keys import KeyFileError, load_private_key
 
     if args.sign_key is None:
-        if args.key_passphrase_env:
-            raise UsageError("--key-passphrase-env needs --sign-key")
         return None
     passphrase = None
     if args.key_passphrase_env:
@@ -135,17 +143,63 @@ def _sign_key(args: argparse.Namespace):
 
 
 def _verify(args: argparse.Namespace) -> int:
+    """Check a report file (any format) against its hash, signature and signed manifest; with --regenerate,
+    against the report rebuilt from the ledgers.  An unsigned report fails unless --accept-unsigned."""
     from privfl.cli import UsageError
-    from privfl.privacy.report import verify_report_json
+    from privfl.privacy.keys import KeyFileError, load_public_key
+    from privfl.privacy.report.manifest import verify_report_file
+    from privfl.server.run_dir import locate
 
     if len(args.public_key) > 1 or any("=" in k for k in args.public_key):
         raise UsageError("--verify-report takes at most one --public-key KEY (the signer's)")
-    key = Path(args.public_key[0]) if args.public_key else None
-    if key is not None and not key.is_file():
-        raise FileNotFoundError(f"no public key file at {key}")
-    ok, reason = verify_report_json(args.verify_report, key)
-    print(f"{args.verify_report}: {'OK' if ok else 'FAILED'}: {reason}")
+    key_file = Path(args.public_key[0]) if args.public_key else None
+    if key_file is not None and not key_file.is_file():
+        raise FileNotFoundError(f"no public key file at {key_file}")
+    run = args.ledgers[0] if args.ledgers else args.verify_report.parent
+    pinned = ""
+    if key_file is None:  # a run's report: the signer is the coordinator of the run's trust root (never config.json)
+        candidate = locate(run, federation_dir=args.federation, coordinator_dir=args.coordinator).coordinator_public_key
+        if (run / "history.json").is_file() and candidate.is_file():
+            key_file, pinned = candidate, f" (signer pinned: the coordinator's key {candidate})"
+    try:
+        key = load_public_key(key_file) if key_file is not None else None
+    except KeyFileError as err:
+        raise UsageError(str(err)) from None
+    ok, reason = verify_report_file(args.verify_report, key, accept_unsigned=args.accept_unsigned)
+    print(f"{args.verify_report}: {'OK' if ok else 'FAILED'}: {reason}{pinned}")
+    if ok and args.regenerate:
+        from privfl.privacy.report.regenerate import regenerate_and_compare
+
+        if args.verify_report.suffix != ".json":
+            raise UsageError("--regenerate compares a JSON report (report.json)")
+        if not (run / "history.json").is_file():
+            raise UsageError(f"--regenerate: {run} is not a run folder; give the run folder as RUN")
+        ok, why = regenerate_and_compare(args.verify_report, run, federation_dir=args.federation,
+                                         coordinator_dir=args.coordinator)
+        print(f"{args.verify_report}: {'OK' if ok else 'FAILED'}: {why}")
     return 0 if ok else 1
+
+
+def _default_sign_key(args: argparse.Namespace, audit):
+    """Signed by default: a run's report with the coordinator's key of its trust root; one owner's ledger with the
+    owner's signing.key beside it (an institution's own report)."""
+    import os
+
+    from privfl.privacy.keys import KeyFileError, load_private_key
+    from privfl.privacy.policy import SIGNING_KEY_FILE
+    from privfl.privacy.report.run import coordinator_signing_key
+
+    passphrase_env = args.key_passphrase_env or ""
+    if audit is not None:
+        return coordinator_signing_key(audit.layout, passphrase_env)
+    if len(args.ledgers) == 1 and args.ledgers[0].is_file():
+        beside = args.ledgers[0].parent / SIGNING_KEY_FILE
+        if beside.is_file():
+            try:
+                return load_private_key(beside, os.environ.get(passphrase_env) if passphrase_env else None)
+            except KeyFileError:
+                return None
+    return None
 
 
 def _warm_up_renderers() -> None:
@@ -225,14 +279,21 @@ def run_report(args: argparse.Namespace) -> int:
                                   workers=args.jobs or default_workers(), warm_up=warm_up)
     except (ProcessingRecordError, ValueError) as err:
         raise UsageError(str(err)) from None
-    if sign_key is not None:
-        report.sign(sign_key)
+    if sign_key is None and not args.unsigned:
+        sign_key = _default_sign_key(args, audit)
+    if sign_key is None and not args.unsigned:
+        print("privfl report: no signing key found (--sign-key KEY, or a run's coordinator key): the report is "
+              "unsigned, and --verify-report refuses it without --accept-unsigned", file=sys.stderr)
 
     if to_stdout:
+        if sign_key is not None:
+            report.sign(sign_key)
         sys.stdout.write(render_json(report) if fmt == "json" else render_csv(report))
         where = "standard output"
     else:
-        write_report(report, args.out, fmt)
+        from privfl.privacy.report.run import write_signed
+
+        write_signed(report, [args.out], sign_key, fmt)  # with its signed manifest (report.manifest.json)
         where = str(args.out)
     status = report.status
     if audit is not None:
