@@ -14,7 +14,7 @@ from dataclasses import replace
 from privfl.client.data import OwnerData
 from privfl.models import MODEL_NAMES
 from privfl.privacy.accountants import get_accountant
-from privfl.privacy.budget import BudgetDecision, decide_next_release, delta_problem
+from privfl.privacy.budget import BudgetDecision, decide_next_release, delta_problem, noise_problem
 from privfl.privacy.events import DpEvent
 from privfl.privacy.planning import plan_noise
 from privfl.privacy.policy import OWNER, RECORD, OwnerPolicy
@@ -50,11 +50,9 @@ def plan_problem(policy: OwnerPolicy, plan: TrainingPlan, data: OwnerData, unit:
     """
     if not plan.dp:
         return dp_required_problem(policy, plan, unit)
-    if not plan.noise_multiplier > 0:
-        return f"the request asks for noise multiplier {plan.noise_multiplier}: no privacy guarantee"
-    if plan.noise_multiplier < policy.min_noise_multiplier:
-        return (f"the request asks for noise multiplier {plan.noise_multiplier:g}; this owner's policy requires "
-                f"at least {policy.min_noise_multiplier:g} (min-noise-multiplier)")
+    noise = noise_problem(plan.noise_multiplier, policy.min_noise_multiplier)
+    if noise:
+        return noise
     problem = delta_problem(policy.delta, len(data.train))
     return f"{problem} (the owner policy's delta)" if problem else None
 

@@ -49,6 +49,7 @@ from privfl import protocol
 from privfl.client.guard import decide_release, dp_required_problem
 from privfl.client.secure_aggregation import masked_cohort
 from privfl.client.training import LocalUpdate
+from privfl.privacy.budget import noise_problem
 from privfl.privacy.ledger import ChargeConflict, UnsupportedEvent
 from privfl.privacy.owner_level import POISSON, clip_to_norm
 from privfl.privacy.policy import OWNER, PolicyError
@@ -104,9 +105,9 @@ def _terms_problem(policy: Any, terms: OwnerRound | None) -> str | None:
     if policy.require_secure_aggregation and not terms.secure:
         return ("this owner's update would reach the coordinator in the clear; its policy requires secure "
                 "aggregation (require-secure-aggregation)")
-    if not terms.noise_multiplier > 0 or terms.noise_multiplier < policy.min_noise_multiplier:
-        return (f"the owner-level noise multiplier {terms.noise_multiplier:g} is below this owner's minimum "
-                f"{policy.min_noise_multiplier:g} (min-noise-multiplier)")
+    noise = noise_problem(terms.noise_multiplier, policy.min_noise_multiplier, "owner-level noise multiplier")
+    if noise:
+        return noise
     if not (math.isfinite(terms.clipping_norm) and terms.clipping_norm > 0):
         return f"the owner-level clipping norm {terms.clipping_norm!r} is not finite and > 0"
     try:

@@ -25,8 +25,79 @@ class PrivacyBudget:
     def __post_init__(self) -> None:
         if not (math.isfinite(self.epsilon) and self.epsilon > 0):
             raise ValueError(f"epsilon budget must be finite and > 0, got {self.epsilon}")
-        if not 0 < self.delta < 1:
-            raise ValueError(f"delta must be in (0, 1), got {self.delta}")
+        check_delta(self.delta)
+
+
+# ---- the one home of each budget rule ----------------------------------------------------
+
+
+def check_delta(delta: float) -> float:
+    """0 < delta < 1, or ValueError: a delta of 0 is pure DP (not what any accountant here states), 1 is nothing."""
+    if not (isinstance(delta, (int, float)) and 0 < delta < 1):
+        raise ValueError(f"delta must be in (0, 1), got {delta!r}")
+    return float(delta)
+
+
+def fits_budget(epsilon: float, budget: float) -> bool:
+    """Whether a (projected or spent) epsilon is within a budget: ``epsilon <= budget``, with no margin.
+
+    The owner's client refuses, its ledger refuses to charge, and the report and the
+    verifier call an owner over budget, all by this one comparison: a budget is never
+    crossed, not even by a rounding difference in the owner's favour.
+    """
+    return epsilon <= budget
+
+
+def noise_problem(noise_multiplier: float, minimum: float, what: str = "noise multiplier") -> str | None:
+    """Why a requested noise multiplier is refused under an owner's minimum (min-noise-multiplier), or None."""
+    if not noise_multiplier > 0:
+        return f"the request asks for {what} {noise_multiplier:g}: no privacy guarantee"
+    if noise_multiplier < minimum:
+        return (f"the request asks for {what} {noise_multiplier:g}; this owner's policy requires at least "
+                f"{minimum:g} (min-noise-multiplier)")
+    return None
+
+
+@dataclass(frozen=True)
+class UnitSpend:
+    """What one privacy unit of an owner has spent: its charges composed alone, against its own budget."""
+
+    unit: str
+    accountant: str
+    delta: float
+    epsilon: float
+    budget: float
+    charges: int
+    refusals: int
+
+    @property
+    def remaining(self) -> float:
+        return max(0.0, self.budget - self.epsilon)
+
+    @property
+    def within(self) -> bool:
+        return fits_budget(self.epsilon, self.budget)
+
+
+def unit_spend(entries: Sequence, unit: str, accountant: str = "", run_id: str | None = None) -> UnitSpend | None:
+    """Spent per privacy unit, the one definition: the unit's charges (of ``run_id`` alone, if given) composed by
+    ``accountant`` (default: the one the unit's last charge names) at that charge's delta, against its budget.
+
+    Record-level and owner-level charges are different guarantees and never composed together.  None when the
+    owner has no entry of the unit.
+    """
+    from privfl.privacy.ledger.entry import unit_of
+    from privfl.privacy.ledger.owner import compute_epsilon
+
+    mine = [e for e in entries if unit_of(e) == unit]
+    charges = [e for e in mine if e.is_charge]
+    if not mine:
+        return None
+    last = charges[-1] if charges else mine[-1]
+    chosen = accountant or last.accountant
+    counted = [e.event for e in charges if run_id is None or e.run_id == run_id]
+    return UnitSpend(unit, chosen, last.delta, compute_epsilon(chosen, counted, last.delta), last.epsilon_budget,
+                     len(charges), len(mine) - len(charges))
 
 
 @dataclass(frozen=True)
@@ -60,7 +131,7 @@ def decide_next_release(
     projected = accountant.epsilon([*spent, planned], budget.delta)
     alone = accountant.epsilon([planned], budget.delta) if max_round_epsilon else 0.0
     return BudgetDecision(
-        allowed=projected <= budget.epsilon and (not max_round_epsilon or alone <= max_round_epsilon),
+        allowed=fits_budget(projected, budget.epsilon) and (not max_round_epsilon or fits_budget(alone, max_round_epsilon)),
         projected_epsilon=projected,
         budget=budget,
         accountant=accountant.name,
@@ -74,8 +145,7 @@ def decide_next_release(
 
 def max_rows_for_delta(delta: float) -> int:
     """The most rows ``n`` for which ``delta < 1/n`` holds (0 when none does)."""
-    if not 0 < delta < 1:
-        raise ValueError(f"delta must be in (0, 1), got {delta}")
+    check_delta(delta)
     rows = math.floor(1.0 / delta)
     while rows > 0 and not delta < 1.0 / rows:
         rows -= 1

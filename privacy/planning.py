@@ -29,6 +29,18 @@ from privfl.privacy.accountants import get_accountant
 from privfl.privacy.events import DpEvent, PoissonSubsampledGaussian, merge_repeats
 
 
+def dp_sgd_round(noise_multiplier: float, records: int, batch_size: int, local_epochs: int
+                 ) -> PoissonSubsampledGaussian:
+    """The DP event of one DP-SGD round, the one home of that rule.
+
+    Opacus's DPDataLoader samples each record with rate 1 / len(data_loader), i.e.
+    1 / ceil(n / batch_size), and takes len(data_loader) steps per epoch.  The client's
+    plan, the owner's noise planning and the coordinator's check of a receipt all ask here.
+    """
+    batches = max(1, math.ceil(records / batch_size))
+    return PoissonSubsampledGaussian(float(noise_multiplier), 1.0 / batches, local_epochs * batches)
+
+
 @dataclass(frozen=True)
 class NoisePlan:
     noise_multiplier: float
@@ -52,8 +64,8 @@ def plan_noise(*, accountant: str, target_epsilon: float, delta: float, records:
         raise ValueError(f"the target epsilon must be finite and > 0, got {target_epsilon}")
     if records < 1 or batch_size < 1 or local_epochs < 1 or rounds < 1:
         raise ValueError("records, batch size, local epochs and rounds must all be >= 1")
-    batches = max(1, math.ceil(records / batch_size))
-    return _plan(accountant, float(target_epsilon), float(delta), 1.0 / batches, local_epochs * batches, int(rounds),
+    shape = dp_sgd_round(1.0, records, batch_size, local_epochs)
+    return _plan(accountant, float(target_epsilon), float(delta), shape.sample_rate, shape.steps, int(rounds),
                  tuple(merge_repeats(spent)), None if budget is None else float(budget))
 
 

@@ -173,12 +173,9 @@ class TrainingPlan:
         Opacus's DPDataLoader samples each record with rate 1 / len(data_loader),
         i.e. 1 / ceil(n / batch_size), and takes len(data_loader) steps per epoch.
         """
-        batches = self.batches_per_epoch(num_examples)
-        return PoissonSubsampledGaussian(
-            noise_multiplier=float(self.noise_multiplier),
-            sample_rate=1.0 / batches,
-            steps=self.local_epochs * batches,
-        )
+        from privfl.privacy.planning import dp_sgd_round  # the one home of the rule
+
+        return dp_sgd_round(self.noise_multiplier, num_examples, self.batch_size, self.local_epochs)
 
 
 _PLAN_TYPES = {"local_epochs": int, "batch_size": int, "learning_rate": float, "momentum": float, "dp": bool,

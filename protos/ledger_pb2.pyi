@@ -151,12 +151,14 @@ class AnchorEntry(_message.Message):
     def __init__(self, sequence: _Optional[int] = ..., previous_hash: _Optional[bytes] = ..., experiment_id: _Optional[str] = ..., round: _Optional[int] = ..., owner_id: _Optional[str] = ..., owner_sequence: _Optional[int] = ..., owner_entry_hash: _Optional[bytes] = ..., owner_position: _Optional[int] = ..., outcome: _Optional[_Union[AnchorOutcome, str]] = ..., timestamp_unix_nanos: _Optional[int] = ...) -> None: ...
 
 class GetBudgetRequest(_message.Message):
-    __slots__ = ("owner_id", "accountant")
+    __slots__ = ("owner_id", "accountant", "privacy_unit")
     OWNER_ID_FIELD_NUMBER: _ClassVar[int]
     ACCOUNTANT_FIELD_NUMBER: _ClassVar[int]
+    PRIVACY_UNIT_FIELD_NUMBER: _ClassVar[int]
     owner_id: str
     accountant: str
-    def __init__(self, owner_id: _Optional[str] = ..., accountant: _Optional[str] = ...) -> None: ...
+    privacy_unit: PrivacyUnit
+    def __init__(self, owner_id: _Optional[str] = ..., accountant: _Optional[str] = ..., privacy_unit: _Optional[_Union[PrivacyUnit, str]] = ...) -> None: ...
 
 class GetBudgetResponse(_message.Message):
     __slots__ = ("owner_id", "accountant", "delta", "epsilon_spent", "epsilon_budget", "epsilon_remaining", "charges", "refusals", "head_sequence", "head_hash", "privacy_unit")

@@ -25,6 +25,18 @@ def epsilon_matches(stored: float, recomputed: float) -> bool:
     return math.isclose(stored, recomputed, rel_tol=EPSILON_REL_TOL, abs_tol=EPSILON_ABS_TOL)
 
 
+def stated_epsilon_holds(stated: float, recomputed: float, *, complete: bool) -> bool:
+    """Stated versus recomputed epsilon, the one rule: with the owner's chain complete from entry 1 the stated
+    figure must match its recomputation (:func:`epsilon_matches`); from part of a chain (a federation's copy)
+    the charges held compose to a lower bound, which the stated figure must not fall below.
+
+    The verifier, the coordinator's receipt check and the report all ask here.
+    """
+    if complete:
+        return epsilon_matches(stated, recomputed)
+    return not stated < recomputed * (1 - EPSILON_REL_TOL)
+
+
 class PrefixEpsilons:
     """The epsilon of an owner's charges so far, for any accountant, as charges are added.
 
@@ -53,8 +65,12 @@ class PrefixEpsilons:
             for event in self._events:
                 self._add(composition, event)
             self._compositions[accountant] = composition
-        if not 0 < delta < 1:
-            raise UnsupportedEvent(f"delta {delta!r} is not in (0, 1)")
+        from privfl.privacy.budget import check_delta
+
+        try:
+            check_delta(delta)
+        except ValueError as err:
+            raise UnsupportedEvent(str(err)) from None
         return composition.epsilon(delta)
 
     @staticmethod

@@ -32,7 +32,7 @@ from privfl.privacy.events import NonPrivateRelease
 from privfl.privacy.keys import check_owner_id, fingerprint, public_key_bytes, public_key_from_bytes
 from privfl.privacy.ledger.bridge import ElidedEntry
 from privfl.privacy.ledger.chain import entry_hash
-from privfl.privacy.ledger.epsilon import EPSILON_REL_TOL, epsilon_matches
+from privfl.privacy.ledger.epsilon import stated_epsilon_holds
 from privfl.privacy.ledger.entry import CHARGE, KIND_TO_PROTO, Entry, decode_entry, unit_of
 from privfl.privacy.ledger.errors import LedgerError, LedgerKeyMismatch, ReceiptRejected, UnsupportedEvent
 from privfl.privacy.ledger.owner import compute_epsilon
@@ -309,11 +309,11 @@ class FederationLedger(LedgerFile):
         sequences = held.sequences | {e.sequence for e in new} | {entry.sequence}
         complete = min(sequences) == 1 and len(sequences) == max(sequences)  # distinct positive integers 1..max
         stored = entry.cumulative_epsilon
-        if complete and not epsilon_matches(stored, recomputed):
+        if complete and not stated_epsilon_holds(stored, recomputed, complete=True):
             raise ReceiptRejected(
                 f"receipt rejected: owner {entry.owner_id}, entry {entry.sequence} states epsilon {stored!r}; "
                 f"its charges compose to {recomputed!r} ({entry.accountant})")
-        if not complete and stored < recomputed * (1 - EPSILON_REL_TOL):
+        if not complete and not stated_epsilon_holds(stored, recomputed, complete=False):
             raise ReceiptRejected(
                 f"receipt rejected: owner {entry.owner_id}, entry {entry.sequence} states epsilon {stored!r}, "
                 f"less than the {recomputed!r} of the charges this server has seen alone")

@@ -31,6 +31,7 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from privfl.privacy.budget import check_delta, fits_budget
 from privfl.privacy.accountants import get_accountant
 from privfl.privacy.events import DpEvent, NonPrivateRelease, PoissonSubsampledGaussian, is_event
 from privfl.privacy.keys import check_owner_id, fingerprint, public_key_bytes, public_key_from_bytes
@@ -237,7 +238,7 @@ class OwnerLedger(LedgerFile):
                 return entry
             head = self._store.head(self.owner_id)
             cumulative = compute_epsilon(accountant, [*_of_unit(self._charge_events(head), unit), event], delta)
-            if enforce_budget and not cumulative <= epsilon_budget:
+            if enforce_budget and not fits_budget(cumulative, epsilon_budget):
                 raise BudgetExceeded(
                     f"owner {self.owner_id}: this release would bring epsilon to {cumulative:.4g} > budget "
                     f"{epsilon_budget:g} at delta={delta:g} ({accountant}); nothing was charged",
@@ -357,8 +358,7 @@ def _check_release(run_id: str, round: int, delta: float, epsilon_budget: float)
         raise ValueError(f"round must be an integer, got {round!r}") from None
     if round < 0:
         raise ValueError(f"round must be >= 0, got {round}")
-    if not 0 < delta < 1:
-        raise ValueError(f"delta must be in (0, 1), got {delta}")
+    check_delta(delta)
     if not (math.isfinite(epsilon_budget) and epsilon_budget > 0):
         raise ValueError(f"epsilon_budget must be finite and > 0, got {epsilon_budget}")
     return round

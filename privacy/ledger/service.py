@@ -71,9 +71,9 @@ from google.protobuf.message import DecodeError
 from privfl import pki
 from privfl.logs import get_logger
 from privfl.privacy.ledger.chain import entry_hash
-from privfl.privacy.ledger.entry import CHARGE, UNIT_TO_PROTO, decode_entry
+from privfl.privacy.budget import unit_spend
+from privfl.privacy.ledger.entry import CHARGE, UNIT_FROM_PROTO, UNIT_TO_PROTO, decode_entry, unit_of
 from privfl.privacy.ledger.errors import LedgerError, NotALedgerError, UnsupportedEvent
-from privfl.privacy.ledger.owner import compute_epsilon
 from privfl.privacy.ledger.store import LedgerStore
 from privfl.privacy.ledger.verify import EPSILON_CHECKS, VerificationReport, verify
 from privfl.protos import ledger_pb2, ledger_pb2_grpc
@@ -381,7 +381,7 @@ class LedgerService(ledger_pb2_grpc.PrivacyLedgerServicer):
     # -- RPCs --------------------------------------------------------------------
 
     def GetBudget(self, request, context):  # noqa: N802 (gRPC's name)
-        """The owner's spend, recomputed from the charges of a ledger that verified."""
+        """The owner's spend in one privacy unit, recomputed from the charges of a ledger that verified."""
         scope = self._scope(context)
         if request.owner_id and not scope.allows(request.owner_id):
             self._deny(request.owner_id, scope, context)
@@ -399,23 +399,27 @@ class LedgerService(ledger_pb2_grpc.PrivacyLedgerServicer):
         response = ledger_pb2.GetBudgetResponse(owner_id=owner)
         if not entries:
             return response
-        last = entries[-1]
+        # Per privacy unit (privfl.privacy.budget.unit_spend, the one definition of "spent"): the requested unit,
+        # else the unit of the owner's last charge; the two units are never composed together.
         charges = [e for e in entries if e.kind == CHARGE]
-        accountant = request.accountant or (charges[-1].accountant if charges else last.accountant)
+        unit = UNIT_FROM_PROTO.get(request.privacy_unit) or unit_of(charges[-1] if charges else entries[-1])
         try:
-            spent = compute_epsilon(accountant, [e.event for e in charges], last.delta)
+            spend = unit_spend(entries, unit, request.accountant)
         except (UnsupportedEvent, ValueError) as err:
             context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(err))
-        response.accountant = accountant
-        response.delta = last.delta
-        response.epsilon_spent = spent
-        response.epsilon_budget = last.epsilon_budget
-        response.epsilon_remaining = max(0.0, last.epsilon_budget - spent)
-        response.charges = len(charges)
-        response.refusals = len(entries) - len(charges)
+        last = entries[-1]
         response.head_sequence = last.sequence
         response.head_hash = entry_hash(last.entry_bytes)
-        response.privacy_unit = UNIT_TO_PROTO.get(last.privacy_unit, 0)
+        response.privacy_unit = UNIT_TO_PROTO.get(unit, 0)
+        if spend is None:  # no entry of that unit: nothing spent, and no budget stated for it
+            return response
+        response.accountant = spend.accountant
+        response.delta = spend.delta
+        response.epsilon_spent = spend.epsilon
+        response.epsilon_budget = spend.budget
+        response.epsilon_remaining = spend.remaining
+        response.charges = spend.charges
+        response.refusals = spend.refusals
         return response
 
     def ListEntries(self, request, context):  # noqa: N802

@@ -41,10 +41,11 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from privfl.privacy.budget import fits_budget
 from privfl.privacy.keys import fingerprint, public_key_from_bytes
 from privfl.privacy.ledger.chain import GENESIS_HASH, entry_hash
 from privfl.privacy.ledger.entry import CHARGE, KIND_TO_PROTO, Entry, decode_entry, unit_of
-from privfl.privacy.ledger.epsilon import EPSILON_REL_TOL, PrefixEpsilons, epsilon_matches
+from privfl.privacy.ledger.epsilon import PrefixEpsilons, stated_epsilon_holds
 from privfl.privacy.ledger.errors import LedgerError, NotALedgerError, UnsupportedEvent
 from privfl.privacy.ledger.owner import compute_epsilon
 from privfl.privacy.ledger.signing import signature_problem
@@ -436,7 +437,7 @@ def _walk_owner(store: LedgerStore, report: VerificationReport, owner: str, key:
                     prefix.add_charge(entry.event)
                 except UnsupportedEvent as err:
                     return not report.fail(f"cannot recompute epsilon: {err}", owner, seq)
-            if entry.cumulative_epsilon > entry.epsilon_budget:
+            if not fits_budget(entry.cumulative_epsilon, entry.epsilon_budget):
                 report.notes.append(f"owner {owner}, entry {seq}: this charge took epsilon to "
                                     f"{entry.cumulative_epsilon:.4g}, past the budget {entry.epsilon_budget:g}")
         is_last = index == len(rows) - 1
@@ -463,10 +464,10 @@ def _check_epsilon(report: VerificationReport, prefix: PrefixEpsilons, charges: 
         return f"cannot recompute epsilon: {err}"
     report.epsilons_checked += 1
     stored = entry.cumulative_epsilon
-    if complete and not epsilon_matches(stored, recomputed):
+    if complete and not stated_epsilon_holds(stored, recomputed, complete=True):
         return (f"states cumulative epsilon {stored!r}, but its charges compose to {recomputed!r} "
                 f"({entry.accountant}, delta={entry.delta:g})")
-    if not complete and stored < recomputed * (1 - EPSILON_REL_TOL):
+    if not complete and not stated_epsilon_holds(stored, recomputed, complete=False):
         return (f"states cumulative epsilon {stored!r}, below the {recomputed!r} that the charges held here "
                 f"alone compose to ({entry.accountant})")
     return None

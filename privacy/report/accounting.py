@@ -36,6 +36,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
+from privfl.privacy.budget import fits_budget
 from privfl.privacy.accountants import get_accountant
 from privfl.privacy.budget import PrivacyBudget, decide_next_release
 from privfl.privacy.events import (
@@ -48,7 +49,7 @@ from privfl.privacy.events import (
 )
 from privfl.privacy.ledger import Entry
 from privfl.privacy.ledger.entry import RECORD, unit_of
-from privfl.privacy.ledger.epsilon import EPSILON_ABS_TOL, EPSILON_REL_TOL, PrefixEpsilons, epsilon_matches
+from privfl.privacy.ledger.epsilon import PrefixEpsilons, stated_epsilon_holds
 from privfl.privacy.ledger.errors import UnsupportedEvent
 from privfl.privacy.report import evidence as ev
 from privfl.privacy.report.model import (
@@ -239,7 +240,7 @@ def account_owner(given: OwnerInput, cache: EpsilonCache) -> OwnerAccounting:
             else None
         stated = entry.cumulative_epsilon
         matches = None if cumulative is None else (
-            epsilon_matches(stated, cumulative) if held_from_one else stated >= cumulative * (1 - EPSILON_REL_TOL))
+            stated_epsilon_holds(stated, cumulative, complete=held_from_one))
         if matches is not None:
             result.epsilons_checked += 1
         if matches is False:
@@ -331,7 +332,10 @@ def _unit_account(st: _UnitState, experiment_id: str | None, complete: bool, cac
         basis = ev.OWNER_SIGNED_PARTIAL
     remaining = None if spent is None or budget is None else budget - spent
     used = (spent / budget) if spent is not None and budget else None
-    over = bool(remaining is not None and remaining < -EPSILON_ABS_TOL)
+    # The one budget rule (privacy.budget.fits_budget), on the figure the owner enforced: its stated epsilon where the
+    # recomputation confirms it (they differ by rounding only), else the larger figure.
+    judged = latest.epsilon_cumulative_stated if complete and latest.epsilon_stated_matches else spent
+    over = bool(spent is not None and budget is not None and not fits_budget(judged, budget))
     latest_charge = next((e for e in reversed(st.entries) if e.is_charge), None)
     return UnitAccount(
         privacy_unit=st.unit,
