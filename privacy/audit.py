@@ -67,6 +67,7 @@ class RunAudit:
     owner_ledgers: dict[str, Path] = field(default_factory=dict)  # the owner ledgers found, each the owner's own
     owners_not_intact: dict[str, str] = field(default_factory=dict)  # owner -> the first problem naming it
     trust_root: str = ""  # where the coordinator's key and the registry came from
+    subject: str = ""  # what was judged, as the verdict line names it (default: the run and its experiment)
     layout: Layout | None = None
     owner_keys_dir: Path | None = None  # the owners' registered public keys (from the trust root)
     read: list[str] = field(default_factory=list)  # every file read, in order
@@ -91,11 +92,12 @@ class RunAudit:
 
     def verdict_line(self) -> str:
         """The one line every command prints: the verdict, and the owners it names."""
+        subject = self.subject or f"run {self.run_dir} (experiment {self.experiment_id})"
         if self.ok:
-            return (f"{INTACT}: run {self.run_dir} (experiment {self.experiment_id}): {len(self.reports)} ledger "
-                    f"files, {len(self.owner_ledgers)} owner ledgers, cross-checked with the registry and the history")
+            return (f"{INTACT}: {subject}: {len(self.reports)} ledger files, {len(self.owner_ledgers)} owner ledgers, "
+                    "cross-checked with the registry" + ("" if self.subject else " and the history"))
         named = sorted(self.owners_not_intact)
-        return (f"{NOT_INTACT}: run {self.run_dir} (experiment {self.experiment_id}): "
+        return (f"{NOT_INTACT}: {subject}: "
                 f"{len(self.all_problems())} problem(s)" + (f"; owners not intact: {', '.join(named)}" if named else ""))
 
     def summary(self) -> str:
@@ -180,6 +182,45 @@ def audit_run(run_dir: str | Path, *, owner_ledgers: dict[str, Path] | None = No
     _find_unaggregated(audit, owner_entries, federation_anchors)
     audit.epsilon = {owner: _spend(entries.values(), audit.experiment_id) for owner, entries in owner_entries.items()}
     return audit
+
+
+def audit_federation(federation_dir: str | Path, *, coordinator_dir: str | Path | None = None) -> RunAudit:
+    """Judge a simulation's federation folder (``owners/`` and ``coordinator/``) without a run: every owner ledger
+    the registry or the coordinator's keys know about must be there, be the owner's, and hold every head the
+    registry anchored for it."""
+    federation = Path(federation_dir)
+    where = Layout(federation, federation, Path(coordinator_dir) if coordinator_dir else federation / COORDINATOR_FOLDER)
+    audit = RunAudit(run_dir=federation, layout=where, subject=f"federation folder {federation}",
+                     trust_root=f"{where.coordinator_dir} (named by the user)")
+    coordinator = _coordinator_key(audit, where)
+    keys = _owner_keys(audit, where)
+    anchors: list[Anchor] = []
+    registered: set[str] = set()
+    if where.registry.is_file():
+        report = verify(where.registry, keys, coordinator_key=coordinator)
+        audit.add_report(report)
+        if report.ok:
+            anchors, registered = _anchors(where.registry), _registered_owners(where.registry)
+    else:
+        audit.fail(f"the coordinator's registry {where.registry} is missing: owner heads cannot be checked")
+    known = {a.owner_id for a in anchors} | registered | set(keys)
+    audit.owner_ledgers = _find_owner_ledgers(audit, where, known, {})
+    for owner_id, path in sorted(audit.owner_ledgers.items()):
+        audit.add_report(verify(path, keys.get(owner_id), anchored=[a for a in anchors if a.owner_id == owner_id]),
+                         owner_id)
+    return audit
+
+
+def audit_path(path: str | Path, *, federation_dir: str | Path | None = None,
+               coordinator_dir: str | Path | None = None) -> RunAudit:
+    """The one audit of whatever folder the user named: a run folder (history.json) or a federation folder."""
+    path = Path(path)
+    if (path / "history.json").is_file():
+        return audit_run(path, federation_dir=federation_dir, coordinator_dir=coordinator_dir)
+    if (path / COORDINATOR_FOLDER).is_dir() or (path / "owners").is_dir():
+        return audit_federation(federation_dir or path, coordinator_dir=coordinator_dir)
+    raise FileNotFoundError(f"{path} is neither a privfl run folder (history.json) nor a federation folder "
+                            "(coordinator/, owners/)")
 
 
 def _coordinator_key(audit: RunAudit, where: Layout) -> Ed25519PublicKey | None:
@@ -292,28 +333,27 @@ def _ledger_owner(path: Path) -> str:
 
 
 def _spend(entries, experiment_id: str) -> dict[str, Any]:
-    """Lifetime and this experiment's epsilon per privacy unit, with the accountant and delta the owner enforces.
+    """Lifetime and this experiment's epsilon per privacy unit, with the accountant and delta the owner enforces
+    (:func:`privfl.privacy.budget.unit_spend`, the one definition of spent).
 
     Keys ``lifetime``/``experiment``/``budget`` are the record level (DP-SGD); ``owner_lifetime``,
     ``owner_experiment`` and ``owner_budget`` the owner level, present when the owner has such charges.
     """
-    from privfl.privacy.ledger import compute_epsilon
-    from privfl.privacy.ledger.entry import OWNER, RECORD, unit_of
+    from privfl.privacy.budget import unit_spend
+    from privfl.privacy.ledger.entry import OWNER, RECORD
     from privfl.protocol import OwnerRound
 
     entries = list(entries)
     spend: dict[str, Any] = {"accountant": "", "delta": 0.0}
     for unit, prefix, key in ((RECORD, "", experiment_id), (OWNER, "owner_", OwnerRound.charge_key(experiment_id))):
-        charges = [e for e in entries if e.is_charge and unit_of(e) == unit]
-        if not charges:
+        lifetime = unit_spend(entries, unit)
+        if lifetime is None or not lifetime.charges:
             continue
-        last = charges[-1]
-        mine = [e.event for e in charges if e.run_id == key]
-        spend[f"{prefix}lifetime"] = compute_epsilon(last.accountant, [e.event for e in charges], last.delta)
-        spend[f"{prefix}experiment"] = compute_epsilon(last.accountant, mine, last.delta)
-        spend[f"{prefix}budget"] = last.epsilon_budget
+        spend[f"{prefix}lifetime"] = lifetime.epsilon
+        spend[f"{prefix}experiment"] = unit_spend(entries, unit, run_id=key).epsilon
+        spend[f"{prefix}budget"] = lifetime.budget
         if not spend["accountant"]:
-            spend.update(accountant=last.accountant, delta=last.delta)
+            spend.update(accountant=lifetime.accountant, delta=lifetime.delta)
     return spend
 
 

@@ -26,7 +26,7 @@ from privfl.server.history import RunHistory
 from privfl.server.receipts import ReceiptCheck
 from privfl.server.resume import Start, fresh_start, resumed_start
 from privfl.server.owner_level import OwnerLevelFedAvg
-from privfl.server.strategy import BudgetAwareFedAvg
+from privfl.server.strategy import BudgetAwareFedAvg, EveryOwnerRefused
 from privfl.server.task import federation_task
 from privfl.task import check_model
 
@@ -101,10 +101,16 @@ def main(grid: Grid, context: Context) -> None:
     evaluate_fn = make_evaluate_fn(spec, task.test, resolve_device(config.device), on_evaluation) \
         if task.test is not None else None
     with stack:
-        result = strategy.start(grid=grid, initial_arrays=ArrayRecord(model.state_dict()),
-                                num_rounds=config.num_rounds - start.completed, timeout=config.round_timeout,
-                                evaluate_fn=evaluate_fn)
-    final = result.arrays if len(result.arrays) else ArrayRecord(model.state_dict())  # no round trained
+        try:
+            result = strategy.start(grid=grid, initial_arrays=ArrayRecord(model.state_dict()),
+                                    num_rounds=config.num_rounds - start.completed, timeout=config.round_timeout,
+                                    evaluate_fn=evaluate_fn)
+            arrays = result.arrays
+        except EveryOwnerRefused as stop:  # no later round can train: end now, saying why
+            log.warning("privfl run stops: %s", stop)
+            history.stopped = str(stop)
+            arrays = strategy._global if strategy._global is not None else ArrayRecord()
+    final = arrays if len(arrays) else ArrayRecord(model.state_dict())  # no round trained
     torch.save(final.to_torch_state_dict(), where.run_dir / artefacts.MODEL)
     history.status = "finished"
     history.save(where.history)

@@ -54,6 +54,7 @@ class RunHistory:
     rounds: list[RoundRecord] = field(default_factory=list)
     owners: dict[str, dict[str, Any]] = field(default_factory=dict)  # owner -> latest privacy state
     status: str = "running"  # "finished" once the last round is saved: readers know the run is complete
+    stopped: str = ""  # why the run ended before its last round (every owner refused), "" when it ran them all
 
     @classmethod
     def load(cls, path: Path, *, up_to_round: int | None = None) -> RunHistory:
@@ -166,6 +167,7 @@ class RunHistory:
             "experiment": self.experiment,
             "experiment_id": self.experiment_id,
             "status": self.status,
+            "stopped": self.stopped,
             "aggregated_rounds": self.aggregated_rounds(),
             "failed_updates": self.failures(),
             "config": self.config,

@@ -156,6 +156,8 @@ class OwnerLevelFedAvg(BudgetAwareFedAvg):
 
     def _draw(self, charged: list[int], population: int) -> list[int]:
         sampling = self.dp.sampling
+        if not charged:  # every owner refused: nobody to draw (drawing from nobody raised, crashing the run)
+            return []
         if sampling.kind == "fixed":  # never raise an owner's chance above the announced m / N
             size = (sampling.size * len(charged)) // max(population, 1)
             return sorted(OwnerSampling("fixed", size=size).draw(charged)) if size else []

@@ -52,6 +52,20 @@ MALFORMED = (KeyError, TypeError, ValueError, AttributeError, IndexError, Overfl
 MAX_CLAIMED_EXAMPLES = 2**31  # a count an owner states without a DP event to bound it (non-private, evaluation)
 
 
+class EveryOwnerRefused(Exception):
+    """Every connected owner has refused: no later round can train, so the run ends now (server/app.py).
+
+    Both strategies find their owners through ``_eligible_nodes``, so both stop here,
+    instead of running (and waiting out) every remaining round with nobody to ask.
+    """
+
+    def __init__(self, server_round: int, reasons: dict[str, str]) -> None:
+        self.server_round, self.reasons = server_round, dict(reasons)
+        first = next(iter(sorted(self.reasons.items())), ("", ""))
+        super().__init__(f"every owner refused before round {server_round} ({len(self.reasons)} owner(s); "
+                         f"{first[0]}: {first[1]})")
+
+
 class BudgetAwareFedAvg(FedAvg):
     def __init__(
         self, *, request: Callable[[int], RoundRequest], fraction_train: float, min_owners: int,
@@ -134,7 +148,11 @@ class BudgetAwareFedAvg(FedAvg):
         nodes = self._wait_for_nodes(grid)
         self._identify(grid, server_round, [n for n in nodes if self.receipts.owner_of(n) is None
                                              and n not in self.refusing])
-        return sorted(n for n in nodes if n not in self.refusing and self.receipts.owner_of(n) is not None)
+        eligible = sorted(n for n in nodes if n not in self.refusing and self.receipts.owner_of(n) is not None)
+        if not eligible and nodes and all(n in self.refusing for n in nodes):
+            raise EveryOwnerRefused(server_round, {self.receipts.owner_of(n) or f"node-{n}": self.refusing[n]
+                                                   for n in nodes})
+        return eligible
 
     def _identify(self, grid: Grid, server_round: int, nodes: list[int]) -> None:
         """Ask nodes not yet known which owner each serves, so its request can name its anchored head."""

@@ -40,6 +40,8 @@ def print_summary(runs: Sequence[SimulationResult], *, max_failed_updates: int =
         print(f"== {history['experiment']}: {guarantee}")
         print(f"experiment id:       {history.get('experiment_id', '')}")
         print(f"run directory:       {result.run_dir}")
+        if history.get("stopped"):
+            print(f"run stopped early:   {history['stopped']}")
         accuracy = history.get("final_test_accuracy")
         print(f"final test accuracy: {accuracy:.4f}" if accuracy is not None else "final test accuracy: none")
         _print_federated_evaluation(history)

@@ -275,3 +275,95 @@ def test_an_unsigned_report_is_refused_unless_accepted(world, tmp_path, capsys):
     assert code == 1 and "not signed" in text, text
     code, text = _check(str(out), "--accept-unsigned", capsys=capsys)
     assert code == 0, text
+
+
+# --------------------------------------------------------------------------- one home per rule
+
+
+def test_get_budget_answers_per_privacy_unit_with_both_units_charged(tmp_path):
+    """The ledger service composed record-level and owner-level charges together against one budget (issue 20)."""
+    import grpc
+
+    from privfl.privacy.accountants import get_accountant
+    from privfl.privacy.events import PoissonSubsampledGaussian
+    from privfl.privacy.keys import generate_key
+    from privfl.privacy.ledger import OwnerLedger
+    from privfl.privacy.ledger.service import serve
+    from privfl.protos import ledger_pb2, ledger_pb2_grpc
+
+    record = [PoissonSubsampledGaussian(1.1, 0.05, 40), PoissonSubsampledGaussian(1.1, 0.05, 40)]
+    owner = [PoissonSubsampledGaussian(2.0, 0.3, 1)]
+    path = tmp_path / "both.db"
+    with OwnerLedger.open(path, "st-mary", generate_key()) as ledger:
+        for i, event in enumerate(record, start=1):
+            ledger.charge("exp", i, event, clipping_norm=1.0, delta=1e-5, epsilon_budget=8.0, accountant="rdp",
+                          privacy_unit="record")
+        ledger.charge("exp/owner", 1, owner[0], clipping_norm=1.0, delta=1e-5, epsilon_budget=3.0,
+                      accountant="rdp", privacy_unit="owner")
+    server, port = serve(path, "127.0.0.1:0", insecure=True)
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = ledger_pb2_grpc.PrivacyLedgerStub(channel)
+            by_unit = {unit: stub.GetBudget(ledger_pb2.GetBudgetRequest(privacy_unit=unit), timeout=60)
+                       for unit in (ledger_pb2.PRIVACY_UNIT_RECORD, ledger_pb2.PRIVACY_UNIT_OWNER)}
+            default = stub.GetBudget(ledger_pb2.GetBudgetRequest(), timeout=60)
+    finally:
+        server.stop(grace=None)
+    rdp = get_accountant("rdp")
+    rec, own = by_unit[ledger_pb2.PRIVACY_UNIT_RECORD], by_unit[ledger_pb2.PRIVACY_UNIT_OWNER]
+    assert rec.epsilon_spent == pytest.approx(rdp.epsilon(record, 1e-5), rel=1e-9)
+    assert (rec.epsilon_budget, rec.charges, rec.privacy_unit) == (8.0, 2, ledger_pb2.PRIVACY_UNIT_RECORD)
+    assert own.epsilon_spent == pytest.approx(rdp.epsilon(owner, 1e-5), rel=1e-9)
+    assert (own.epsilon_budget, own.charges, own.privacy_unit) == (3.0, 1, ledger_pb2.PRIVACY_UNIT_OWNER)
+    assert own.epsilon_spent < rdp.epsilon([*record, *owner], 1e-5)  # never the two units composed together
+    assert default.privacy_unit == ledger_pb2.PRIVACY_UNIT_OWNER and default.epsilon_spent == own.epsilon_spent
+
+
+# --------------------------------------------------------------------------- runs end
+
+
+@pytest.mark.parametrize("level", ["record", "owner"])
+def test_a_run_in_which_every_owner_refuses_ends_with_a_clear_status(tmp_path, level):
+    """Every owner refuses in round 1 (its budget is below one round's cost): the run ends there, in both
+    strategies, instead of running (and, in a deployment, waiting out) every remaining round."""
+    changes = dict(dp=True, epsilon_budget=0.01) if level == "record" else dict(
+        dp=False, owner_dp=True, owner_noise_multiplier=1.2, owner_clipping_norm=1.0, owner_epsilon_budget=0.01)
+    config = settle(ExperimentConfig(num_owners=OWNERS, num_rounds=40, run_dir=str(tmp_path / "run"),
+                                     federated_evaluation="every", round_timeout=600.0, **changes))
+    run_apps(server_app, client_app, OWNERS, config.to_mapping())
+    close_owner_ledgers()
+    history = json.loads((tmp_path / "run" / "history.json").read_text())
+    assert history["status"] == "finished"
+    assert "every owner refused before round 2" in history["stopped"], history["stopped"]
+    assert max(r["round"] for r in history["rounds"]) <= 2  # not 40 rounds of nobody
+    refused = history["rounds"][1]["refused"] if history["rounds"][0]["round"] == 0 else history["rounds"][0]["refused"]
+    assert len(refused) == OWNERS
+
+
+@pytest.mark.e2e
+def test_an_owner_level_run_in_which_every_owner_refuses_ends_in_flowers_simulation(tmp_path):
+    """The same through Flower's simulation engine (SuperLink, Ray): the run ends after round 1, not after 30."""
+    import time
+
+    from privfl.simulations.launcher import run_simulation
+
+    config = settle(ExperimentConfig(num_owners=OWNERS, num_rounds=30, run_dir=str(tmp_path / "run"),
+                                     federated_evaluation="every", round_timeout=600.0, dp=False, owner_dp=True,
+                                     owner_noise_multiplier=1.2, owner_clipping_norm=1.0, owner_epsilon_budget=0.01))
+    started = time.monotonic()
+    result = run_simulation(config, stream=False)
+    assert time.monotonic() - started < 300
+    history = result.history
+    assert "every owner refused before round 2" in history["stopped"], history.get("stopped")
+    assert max(r["round"] for r in history["rounds"]) <= 2
+    assert result.audit is not None and result.audit.ok, result.audit.summary()
+
+
+def test_a_federation_folder_is_judged_with_every_owner_it_knows(world, capsys):
+    federation = world / "run-1.federation"
+    assert privfl(["ledger", "verify", str(federation)]) == 0
+    capsys.readouterr()
+    _ledger(world / "run-1", "owner-2").unlink()
+    assert privfl(["ledger", "verify", str(federation)]) == 1
+    out = capsys.readouterr().out
+    assert out.startswith("NOT INTACT: federation folder") and "owners not intact: owner-2" in out, out

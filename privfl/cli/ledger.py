@@ -37,7 +37,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "  privfl ledger verify st-mary/ledger.db --expected-head 42:9f86d081884c7d65...",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    check.add_argument("path", type=Path, help="ledger file (.db), or a run folder (its history.json and ledgers)")
+    check.add_argument("path", type=Path, help="ledger file (.db), a run folder (its history.json and ledgers), or a "
+                       "simulation's federation folder (coordinator/ and owners/)")
     check.add_argument("--public-key", action="append", default=[], metavar="[OWNER=]KEY",
                        help="the owner's registered public key (.pub) to check against instead of the key the ledger "
                        "records; for a federation ledger give OWNER=KEY once per owner")
@@ -282,10 +283,10 @@ def _load_key(path: Path):
 def _verify_run(args: argparse.Namespace) -> int:
     import json
 
-    from privfl.privacy.audit import audit_run
+    from privfl.privacy.audit import audit_path
 
     try:
-        audit = audit_run(args.path, federation_dir=args.federation, coordinator_dir=args.coordinator)
+        audit = audit_path(args.path, federation_dir=args.federation, coordinator_dir=args.coordinator)
     except FileNotFoundError as err:
         raise _ledger_error(err) from None
     if args.json:
