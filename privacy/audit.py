@@ -211,6 +211,23 @@ def audit_federation(federation_dir: str | Path, *, coordinator_dir: str | Path 
     return audit
 
 
+def audit_ledger(path: str | Path, public_key=None, *, registry: str | Path | None = None,
+                 coordinator_key: Ed25519PublicKey | None = None, epsilon_check: str = "all") -> VerificationReport:
+    """One ledger file judged against the trust root: its own verification, and, given the coordinator's registry
+    (itself verified under ``coordinator_key``), every head the registry anchored for the file's owners.
+
+    What the ledger service answers from: a truncated or rolled-back ledger is refused, not served.
+    """
+    anchored: list[Anchor] = []
+    if registry is not None:
+        checked = verify(registry, coordinator_key=coordinator_key)
+        if not checked.ok:
+            report = VerificationReport(path=str(path), epsilon_check=epsilon_check)
+            return report.fail(f"the coordinator's registry {registry} is not intact: {checked.problem}")
+        anchored = _anchors(Path(registry))
+    return verify(path, public_key, epsilon_check=epsilon_check, anchored=anchored)
+
+
 def audit_path(path: str | Path, *, federation_dir: str | Path | None = None,
                coordinator_dir: str | Path | None = None) -> RunAudit:
     """The one audit of whatever folder the user named: a run folder (history.json) or a federation folder."""

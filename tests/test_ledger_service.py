@@ -296,13 +296,15 @@ def test_a_flipped_byte_in_the_file_gets_no_budget(owner_ledger, certs, running,
 def test_verification_is_cached_until_the_file_changes(owner_ledger, certs, running, connect, monkeypatch):
     path, key = owner_ledger
     calls = []
-    real_verify = service_module.verify
+    from privfl.privacy import audit as audit_module  # the service answers from the one audit (audit_ledger)
+
+    real_verify = audit_module.verify
 
     def counting_verify(*args, **kwargs):
         calls.append(kwargs.get("epsilon_check"))
         return real_verify(*args, **kwargs)
 
-    monkeypatch.setattr(service_module, "verify", counting_verify)
+    monkeypatch.setattr(audit_module, "verify", counting_verify)
     port = running(path, tls_cert=certs.server_cert, tls_key=certs.server_key, client_ca=certs.ca_file,
                    public_keys=key.public_key())
     client = connect(port, certs.credentials("dpo-st-mary"))

@@ -186,14 +186,20 @@ def test_a_config_pointing_elsewhere_does_not_change_the_verdict(world, tmp_path
     _assert_not_intact(_verdicts(run, capsys), "owner-0")
 
 
-def test_a_rollback_across_two_runs_on_one_federation_folder(world, capsys):
+def test_a_rollback_across_two_runs_on_one_federation_folder(tmp_path, capsys):
     """One owner rolled back to its state after run-1, another's ledger deleted; run-3 on the same federation
-    folder refuses both, and its own report, verify and report agree: NOT INTACT, naming both."""
-    federation = world / "run-1.federation"
-    shutil.copy(world / "owner-1-after-run-1.db", _ledger(world / "run-1", "owner-1"))
-    _ledger(world / "run-1", "owner-2").unlink()
-    config = _run(world / "run-3", federation)
-    verdicts = _verdicts(world / "run-3", capsys, "--federation", str(federation), config=config)
+    folder refuses both, and its own report, verify and report agree: NOT INTACT, naming both.
+
+    Built from scratch, not from a copy: a simulated owner's policy names its ledger by absolute path, so a run on
+    a copied federation folder would append to the original's ledgers."""
+    federation = tmp_path / "run-1.federation"
+    _run(tmp_path / "run-1")
+    shutil.copy(_ledger(tmp_path / "run-1", "owner-1"), tmp_path / "owner-1-after-run-1.db")
+    _run(tmp_path / "run-2", federation)
+    shutil.copy(tmp_path / "owner-1-after-run-1.db", _ledger(tmp_path / "run-1", "owner-1"))
+    _ledger(tmp_path / "run-1", "owner-2").unlink()
+    config = _run(tmp_path / "run-3", federation)
+    verdicts = _verdicts(tmp_path / "run-3", capsys, "--federation", str(federation), config=config)
     _assert_not_intact(verdicts, "owner-1")
     _assert_not_intact(verdicts, "owner-2")
 
@@ -367,3 +373,34 @@ def test_a_federation_folder_is_judged_with_every_owner_it_knows(world, capsys):
     assert privfl(["ledger", "verify", str(federation)]) == 1
     out = capsys.readouterr().out
     assert out.startswith("NOT INTACT: federation folder") and "owners not intact: owner-2" in out, out
+
+
+def test_the_ledger_service_refuses_a_ledger_behind_the_registry(world):
+    """The service answers from the same audit: with the coordinator's registry, a truncated ledger gets no budget."""
+    import grpc
+
+    from privfl.privacy.keys import load_public_key
+    from privfl.privacy.ledger.service import serve
+    from privfl.protos import ledger_pb2, ledger_pb2_grpc
+
+    run = world / "run-1"
+    coordinator = world / "run-1.federation" / "coordinator"
+    ledger = _ledger(run, "owner-0")
+    _sql(ledger, "DELETE FROM entries WHERE sequence = (SELECT MAX(sequence) FROM entries)")
+    answers = {}
+    for name, trust in (("alone", {}), ("registry", {"registry": coordinator / "registry.db",
+                                                      "coordinator_key": load_public_key(coordinator / "coordinator.pub")})):
+        server, port = serve(ledger, "127.0.0.1:0", insecure=True, **trust)
+        try:
+            with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+                stub = ledger_pb2_grpc.PrivacyLedgerStub(channel)
+                try:
+                    answers[name] = stub.GetBudget(ledger_pb2.GetBudgetRequest(), timeout=60)
+                except grpc.RpcError as err:
+                    answers[name] = err
+        finally:
+            server.stop(grace=None)
+    assert isinstance(answers["alone"], ledger_pb2.GetBudgetResponse)  # a truncated chain is a valid chain
+    refused = answers["registry"]
+    assert isinstance(refused, grpc.RpcError) and refused.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "registry accepted entry" in refused.details(), refused.details()

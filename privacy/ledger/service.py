@@ -75,7 +75,7 @@ from privfl.privacy.budget import unit_spend
 from privfl.privacy.ledger.entry import CHARGE, UNIT_FROM_PROTO, UNIT_TO_PROTO, decode_entry, unit_of
 from privfl.privacy.ledger.errors import LedgerError, NotALedgerError, UnsupportedEvent
 from privfl.privacy.ledger.store import LedgerStore
-from privfl.privacy.ledger.verify import EPSILON_CHECKS, VerificationReport, verify
+from privfl.privacy.ledger.verify import EPSILON_CHECKS, VerificationReport
 from privfl.protos import ledger_pb2, ledger_pb2_grpc
 
 log = get_logger("ledger.service")
@@ -266,15 +266,18 @@ class LedgerService(ledger_pb2_grpc.PrivacyLedgerServicer):
 
     def __init__(self, path: str | Path, public_keys: PublicKeys = None, *,
                  access: AccessPolicy | Mapping[str, Iterable[str]] | None = None,
-                 epsilon_check: str = "all") -> None:
+                 epsilon_check: str = "all", registry: str | Path | None = None,
+                 coordinator_key: Ed25519PublicKey | None = None) -> None:
         if epsilon_check not in EPSILON_CHECKS:
             raise ValueError(f"epsilon_check must be one of {', '.join(EPSILON_CHECKS)}")
         self.path = Path(path)
+        self.registry = Path(registry) if registry is not None else None  # the trust root's anchored heads
+        self.coordinator_key = coordinator_key
         self.public_keys = public_keys
         self.epsilon_check = epsilon_check
         self.access = access if isinstance(access, AccessPolicy) or access is None else AccessPolicy(access)
         self.verifications = 0
-        self._cache: dict[str, tuple[tuple, VerificationReport]] = {}
+        self._cache: dict[str, tuple[tuple, VerificationReport, tuple | None]] = {}
         self._lock = threading.Lock()
         LedgerStore.open_readonly(self.path).close()  # fail at start, not at the first request
         # Verify once now: a wrong kind of key fails here, and the cache is warm.
@@ -289,14 +292,18 @@ class LedgerService(ledger_pb2_grpc.PrivacyLedgerServicer):
         """(file state, report) for the file as it is now; verifies only when the file changed."""
         mode = epsilon_check or self.epsilon_check
         with self._lock:
-            state = _file_state(self.path)
+            from privfl.privacy.audit import audit_ledger
+
+            state = _file_state(self.path)  # what readers compare with; the registry's state keys the cache too
+            anchors = _file_state(self.registry) if self.registry else None
             cached = self._cache.get(mode)
-            if cached is not None and cached[0] == state:
-                return cached
-            report = verify(self.path, public_key=self.public_keys, epsilon_check=mode)
+            if cached is not None and cached[0] == state and cached[2] == anchors:
+                return cached[0], cached[1]
+            report = audit_ledger(self.path, self.public_keys, registry=self.registry,
+                                  coordinator_key=self.coordinator_key, epsilon_check=mode)
             self.verifications += 1
-            if _file_state(self.path) == state:  # the file held still while it was checked
-                self._cache[mode] = (state, report)
+            if _file_state(self.path) == state and (_file_state(self.registry) if self.registry else None) == anchors:
+                self._cache[mode] = (state, report, anchors)
             return state, report
 
     def forget(self) -> None:
@@ -525,6 +532,8 @@ def serve(
     public_keys: PublicKeys = None,
     epsilon_check: str = "all",
     max_workers: int = 4,
+    registry: str | Path | None = None,
+    coordinator_key: Ed25519PublicKey | None = None,
 ) -> tuple[grpc.Server, int]:
     """Start serving ``path`` read-only at ``address``; returns (server, bound port).
 
@@ -534,7 +543,9 @@ def serve(
     limits each client to its owners and needs ``client_ca``.  ``insecure=True``
     serves plaintext and is refused unless the address is loopback.
     ``epsilon_check``: how much of the stated epsilons the verification behind
-    every answer recomputes (``"all"``, ``"last"``, ``"none"``).
+    every answer recomputes (``"all"``, ``"last"``, ``"none"``).  ``registry`` (with
+    ``coordinator_key``): the coordinator's registry; the ledger must hold every head it
+    anchored (:func:`privfl.privacy.audit.audit_ledger`), else nothing is answered.
     The caller stops the server (``server.stop(grace)``).
     """
     if insecure:
@@ -560,7 +571,8 @@ def serve(
                                                       require_client_auth=True)
         else:
             credentials = grpc.ssl_server_credentials([(key_pem, cert_pem)])
-    service = LedgerService(path, public_keys, access=access, epsilon_check=epsilon_check)
+    service = LedgerService(path, public_keys, access=access, epsilon_check=epsilon_check, registry=registry,
+                            coordinator_key=coordinator_key)
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers))
     ledger_pb2_grpc.add_PrivacyLedgerServicer_to_server(service, server)
     try:

@@ -148,6 +148,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     serve.add_argument("--insecure", action="store_true", help="no TLS (loopback addresses only)")
     serve.add_argument("--public-key", action="append", default=[], metavar="[OWNER=]KEY",
                        help="pin the key(s) every verification checks against (as for 'verify')")
+    serve.add_argument("--registry", type=Path, metavar="REGISTRY_DB",
+                       help="the coordinator's registry: answer only while the ledger holds every head the "
+                       "coordinator anchored (a truncated or rolled-back ledger is refused)")
+    serve.add_argument("--coordinator-key", type=Path, metavar="COORDINATOR_PUB",
+                       help="the coordinator's public key, that the registry is verified under")
     serve.add_argument("--verify-epsilon", choices=("all", "last", "none"), default="all",
                        help="which stated epsilons the verification behind every answer recomputes "
                        "(default: all)")
@@ -375,7 +380,8 @@ def run_serve(args: argparse.Namespace) -> int:
     try:
         server, port = serve(args.path, args.address, tls_cert=args.tls_cert, tls_key=args.tls_key,
                              client_ca=args.client_ca, access=access, insecure=args.insecure, public_keys=keys,
-                             epsilon_check=args.verify_epsilon)
+                             epsilon_check=args.verify_epsilon, registry=args.registry,
+                             coordinator_key=_load_key(args.coordinator_key) if args.coordinator_key else None)
     except (LedgerError, ValueError) as err:
         raise _ledger_error(err) from None
     host = args.address.rsplit(":", 1)[0]
