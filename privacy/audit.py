@@ -51,7 +51,7 @@ from privfl.privacy.ledger.store import OWNER_LEDGER, LedgerStore
 from privfl.privacy.policy import LEDGER_FILE
 from privfl.server.history import load_history
 from privfl.server.run_dir import COORDINATOR as COORDINATOR_FOLDER
-from privfl.server.run_dir import Layout, locate
+from privfl.server.run_dir import HISTORY, OWNERS, Layout, locate
 
 INTACT, NOT_INTACT = "INTACT", "NOT INTACT"
 EXIT_NOT_INTACT = 1  # what every command that judges a run exits with when the verdict is NOT INTACT
@@ -232,9 +232,9 @@ def audit_path(path: str | Path, *, federation_dir: str | Path | None = None,
                coordinator_dir: str | Path | None = None) -> RunAudit:
     """The one audit of whatever folder the user named: a run folder (history.json) or a federation folder."""
     path = Path(path)
-    if (path / "history.json").is_file():
+    if (path / HISTORY).is_file():
         return audit_run(path, federation_dir=federation_dir, coordinator_dir=coordinator_dir)
-    if (path / COORDINATOR_FOLDER).is_dir() or (path / "owners").is_dir():
+    if (path / COORDINATOR_FOLDER).is_dir() or (path / OWNERS).is_dir():
         return audit_federation(federation_dir or path, coordinator_dir=coordinator_dir)
     raise FileNotFoundError(f"{path} is neither a privfl run folder (history.json) nor a federation folder "
                             "(coordinator/, owners/)")

@@ -16,7 +16,6 @@ under ``keys/``) is read as a set of ledgers, without an audit.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -25,12 +24,13 @@ from privfl.privacy.report.csv_report import write_csv
 from privfl.privacy.report.html_report import write_html
 from privfl.privacy.report.json_report import write_json
 from privfl.privacy.report.model import Report
+from privfl.server import run_dir as artefacts
 
 FORMATS = ("html", "json", "pdf", "csv")
 RUN_REPORT_FORMATS = ("html", "json", "csv", "pdf")
 REPORT_STEM = "report"
 PROCESSING_RECORD = "processing-record.toml"
-LEDGER_FILE = "ledger.db"  # an owner's ledger in a simulation's federation folder: owners/<owner>/ledger.db
+LEGACY_KEYS = "keys"  # the earlier layout's owners' keys, inside the run folder
 
 
 def write_pdf(report: Report, path: str | Path, figures: list | None = None) -> Path:
@@ -62,8 +62,8 @@ def write_report(report: Report, path: str | Path, fmt: str | None = None, figur
 def is_legacy_folder(run_dir: str | Path) -> bool:
     """A folder of the earlier layout: no config.json, and owner ledgers beside the federation ledger in ledgers/."""
     run_dir = Path(run_dir)
-    return not (run_dir / "config.json").exists() and any(
-        p.name != "federation.db" for p in (run_dir / "ledgers").glob("*.db"))
+    return not (run_dir / artefacts.CONFIG).exists() and any(
+        p.name != artefacts.FEDERATION_LEDGER for p in (run_dir / artefacts.LEDGERS).glob("*.db"))
 
 
 def audited_inputs(audit) -> dict:
@@ -85,41 +85,19 @@ def audited_inputs(audit) -> dict:
 
 
 def run_inputs(run_dir: str | Path) -> dict:
-    """What a run folder holds for a report: ledger files, keys folder, history, processing record.
-
-    The run's ``ledgers/*.db`` (the federation ledger), and from its ``config.json`` the
-    federation folder's owner ledgers (``owners/<owner>/ledger.db``) and the
-    coordinator's registered owner keys (``owner-keys/``); a run folder of the earlier
-    layout (``keys/``, owner ledgers under ``ledgers/``) is read as before.
-    """
+    """What a folder of the earlier layout holds for a report: ``ledgers/*.db``, ``keys/``, the history and the
+    processing record (a run folder of today's layout is read through its audit: :func:`audited_inputs`)."""
     run_dir = Path(run_dir)
-    ledgers = sorted((run_dir / "ledgers").glob("*.db"))
+    ledgers = sorted((run_dir / artefacts.LEDGERS).glob("*.db"))
     if not ledgers:
-        raise FileNotFoundError(f"no ledgers in {run_dir / 'ledgers'}: is {run_dir} a privfl run folder?")
-    config: dict = {}
-    config_file = run_dir / "config.json"
-    if config_file.is_file():
-        try:
-            loaded = json.loads(config_file.read_text(encoding="utf-8"))
-            config = loaded if isinstance(loaded, dict) else {}
-        except json.JSONDecodeError:
-            config = {}
-    federation = Path(config["federation-dir"]) if config.get("federation-dir") else None
-    coordinator = Path(config["coordinator-dir"]) if config.get("coordinator-dir") else (
-        federation / "coordinator" if federation else None)
-    if federation is not None and (federation / "owners").is_dir():
-        ledgers += sorted((federation / "owners").glob(f"*/{LEDGER_FILE}"))
-    candidates = [coordinator / "owner-keys" if coordinator else None,
-                  Path(config["owner-keys-dir"]) if config.get("owner-keys-dir") else None, run_dir / "keys"]
-    keys_dir = next((c for c in candidates if c is not None and c.is_dir() and any(c.glob("*.pub"))), None)
-    key_files = run_dir / "keys" if (run_dir / "keys").is_dir() else (
-        federation / "owners" if federation is not None and (federation / "owners").is_dir() else None)
-    history = run_dir / "history.json"
+        raise FileNotFoundError(f"no ledgers in {run_dir / artefacts.LEDGERS}: is {run_dir} a privfl run folder?")
+    keys = run_dir / LEGACY_KEYS
+    history = run_dir / artefacts.HISTORY
     record = run_dir / PROCESSING_RECORD
     return {
         "ledgers": ledgers,
-        "keys_dir": keys_dir,
-        "key_files_dir": key_files,
+        "keys_dir": keys if keys.is_dir() and any(keys.glob("*.pub")) else None,
+        "key_files_dir": keys if keys.is_dir() else None,
         "history": history if history.is_file() else None,
         "processing_record": record if record.is_file() else None,
     }

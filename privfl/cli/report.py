@@ -148,6 +148,7 @@ def _verify(args: argparse.Namespace) -> int:
     from privfl.cli import UsageError
     from privfl.privacy.keys import KeyFileError, load_public_key
     from privfl.privacy.report.manifest import verify_report_file
+    from privfl.server import run_dir as artefacts
     from privfl.server.run_dir import locate
 
     if len(args.public_key) > 1 or any("=" in k for k in args.public_key):
@@ -159,7 +160,7 @@ def _verify(args: argparse.Namespace) -> int:
     pinned = ""
     if key_file is None:  # a run's report: the signer is the coordinator of the run's trust root (never config.json)
         candidate = locate(run, federation_dir=args.federation, coordinator_dir=args.coordinator).coordinator_public_key
-        if (run / "history.json").is_file() and candidate.is_file():
+        if (run / artefacts.HISTORY).is_file() and candidate.is_file():
             key_file, pinned = candidate, f" (signer pinned: the coordinator's key {candidate})"
     try:
         key = load_public_key(key_file) if key_file is not None else None
@@ -172,7 +173,7 @@ def _verify(args: argparse.Namespace) -> int:
 
         if args.verify_report.suffix != ".json":
             raise UsageError("--regenerate compares a JSON report (report.json)")
-        if not (run / "history.json").is_file():
+        if not (run / artefacts.HISTORY).is_file():
             raise UsageError(f"--regenerate: {run} is not a run folder; give the run folder as RUN")
         ok, why = regenerate_and_compare(args.verify_report, run, federation_dir=args.federation,
                                          coordinator_dir=args.coordinator)
@@ -241,7 +242,9 @@ def run_report(args: argparse.Namespace) -> int:
     from privfl.privacy.report.parallel import default_workers
     from privfl.privacy.report.run import build_run_report, is_legacy_folder, run_inputs
 
-    runs = [p for p in args.ledgers if p.is_dir() and (p / "history.json").is_file() and not is_legacy_folder(p)]
+    from privfl.server import run_dir as artefacts
+
+    runs = [p for p in args.ledgers if p.is_dir() and (p / artefacts.HISTORY).is_file() and not is_legacy_folder(p)]
     audit = None
     warm_up = _warm_up_renderers if fmt in ("html", "pdf") else None
     try:
@@ -261,7 +264,7 @@ def run_report(args: argparse.Namespace) -> int:
             ledgers: list[Path] = []
             history, records, run_keys, run_key_files = args.history, list(args.processing_record), None, None
             for path in args.ledgers:
-                if path.is_dir() and (path / "ledgers").is_dir():  # a folder of the earlier layout
+                if path.is_dir() and (path / artefacts.LEDGERS).is_dir():  # a folder of the earlier layout
                     inputs = run_inputs(path)
                     ledgers.extend(inputs["ledgers"])
                     history = history or inputs["history"]
