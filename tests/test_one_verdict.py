@@ -197,8 +197,10 @@ def test_a_rollback_across_two_runs_on_one_federation_folder(tmp_path, capsys):
     shutil.copy(_ledger(tmp_path / "run-1", "owner-1"), tmp_path / "owner-1-after-run-1.db")
     _run(tmp_path / "run-2", federation)
     shutil.copy(tmp_path / "owner-1-after-run-1.db", _ledger(tmp_path / "run-1", "owner-1"))
-    _ledger(tmp_path / "run-1", "owner-2").unlink()
     config = _run(tmp_path / "run-3", federation)
+    # A simulated owner whose ledger is gone is refused at enrolment (no fresh lifetime budget), so run-3 could not
+    # start with owner-2's ledger deleted: it is deleted after run-3.
+    _ledger(tmp_path / "run-1", "owner-2").unlink()
     verdicts = _verdicts(tmp_path / "run-3", capsys, "--federation", str(federation), config=config)
     _assert_not_intact(verdicts, "owner-1")
     _assert_not_intact(verdicts, "owner-2")
