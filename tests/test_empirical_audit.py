@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -151,3 +152,112 @@ def test_one_shot_null_gives_a_small_estimate_and_a_shift_a_larger_one():
                                  null_cosines=cosines(rng.standard_normal((k, dim)), delta_vector))
     assert inserted.details["mu"] == pytest.approx(1 / math.sqrt(sigma**2 + k / dim), rel=0.35)
     assert inserted.epsilon > 2 * null.epsilon + 1
+
+
+# ------------------------------------------------------------------ canaries in the simulation's data setup
+
+
+def _small_config(**changes):
+    from privfl.config import ExperimentConfig
+
+    return ExperimentConfig(**{"num_owners": 2, "num_rounds": 20, "local_epochs": 3, "batch_size": 32,
+                               "noise_multiplier": 25.0, **changes})
+
+
+def test_canaries_are_planted_by_their_coins_only_in_the_audit_data(tmp_path):
+    from privfl.datafiles import load_data_folder
+    from privfl.simulations.canaries import AUDIT_SUFFIX, Canaries, prepare_audit
+    from privfl.simulations.federation import simulated_federation
+
+    config = _small_config(run_dir=str(tmp_path / "run"))
+    audited, canaries = prepare_audit(config, 40, seed=3)
+    assert audited.experiment == config.experiment + AUDIT_SUFFIX and "audit" in audited.purpose
+    folder = load_data_folder(audited.data_dir, num_classes=audited.num_classes)
+    plain = simulated_federation(config)
+    for index, owner_id in enumerate(plain.owner_ids):
+        planted = canaries.planted_at(index)
+        assert len(folder.owners[owner_id]) == len(plain.train[index]) + len(planted)
+        np.testing.assert_array_equal(folder.owners[owner_id].features[len(plain.train[index]):],
+                                      canaries.features[planted])
+    assert 0 < canaries.included.sum() < 40
+    saved = Canaries.load(tmp_path / "run" / "audit" / "canaries.npz")  # the secret, outside the data folder
+    np.testing.assert_array_equal(saved.included, canaries.included)
+    assert not any(p.name == "canaries.npz" for p in Path(audited.data_dir).rglob("*"))
+    # The simulation's own data is untouched: canaries exist only in the audit's folder.
+    assert len(simulated_federation(config).train[0]) == len(plain.train[0])
+
+
+def test_audit_refuses_a_deployment_and_a_shared_federation_folder(tmp_path):
+    from privfl.config import ConfigError
+    from privfl.simulations.canaries import prepare_audit
+
+    with pytest.raises(ConfigError, match="simulated owners"):
+        prepare_audit(_small_config(run_dir=str(tmp_path / "a"), deployment=True), 10)
+    with pytest.raises(ConfigError, match="fresh federation folder"):
+        prepare_audit(_small_config(run_dir=str(tmp_path / "b"), federation_dir=str(tmp_path / "f")), 10)
+
+
+# ------------------------------------------------------------------ proof of power
+
+
+def _train_federation_in_process(config, canaries, noise_multiplier):
+    """FedAvg over the owners, each round trained by the ClientApp's own DP-SGD function (client/training.py).
+
+    ``noise_multiplier`` is what Opacus really adds; the claim is computed from ``config``'s planned one.
+    Returns the final model and each owner's planned DP events (what its ledger would hold).
+    """
+    import dataclasses
+
+    import torch
+    from torch.utils.data import TensorDataset
+
+    from privfl.client.training import train_locally
+    from privfl.models import build_model
+    from privfl.privacy.events import PoissonSubsampledGaussian
+    from privfl.protocol import TrainingPlan
+    from privfl.simulations.canaries import with_canaries
+    from privfl.simulations.federation import simulated_federation
+
+    federation = with_canaries(simulated_federation(config), canaries)
+    plan = TrainingPlan.from_config(config)
+    actual = dataclasses.replace(plan, noise_multiplier=noise_multiplier)  # the test-only switch
+    model = build_model(config.model, federation.num_features, federation.num_classes, seed=0)
+    claimed: dict[str, list] = {o: [] for o in federation.owner_ids}
+    for round_number in range(config.num_rounds):
+        states, sizes = [], []
+        for index, (owner_id, data) in enumerate(zip(federation.owner_ids, federation.train)):
+            local = build_model(config.model, federation.num_features, federation.num_classes)
+            local.load_state_dict(model.state_dict())
+            update = train_locally(local, TensorDataset(torch.as_tensor(data.features), torch.as_tensor(data.labels)),
+                                   actual, torch.device("cpu"), seed=1000 * round_number + index)
+            states.append(update.state_dict)
+            sizes.append(update.num_examples)
+            steps = update.privacy_event.steps
+            claimed[owner_id].append(PoissonSubsampledGaussian(noise_multiplier=plan.noise_multiplier,
+                                                               sample_rate=update.privacy_event.sample_rate,
+                                                               steps=steps))
+        model.load_state_dict({k: sum(s[k] * n for s, n in zip(states, sizes)) / sum(sizes) for k in states[0]})
+    return model, claimed
+
+
+@pytest.mark.timeout(900)
+def test_broken_noise_is_caught_and_honest_training_is_not():
+    """With Opacus's noise forced to 0 while the claim keeps the planned sigma, the bound exceeds the claim."""
+    from privfl.privacy.ledger.owner import compute_epsilon
+    from privfl.simulations.canaries import canary_losses, draw_canaries
+    from privfl.simulations.federation import simulated_federation
+
+    config = _small_config()
+    canaries = draw_canaries(simulated_federation(config), 100, seed=7)
+    results = {}
+    for label, noise in (("broken", 0.0), ("honest", config.noise_multiplier)):
+        model, claimed = _train_federation_in_process(config, canaries, noise)
+        claim = max(compute_epsilon("pld", events, config.delta) for events in claimed.values())
+        bound = one_run_audit(-canary_losses(model, canaries), canaries.included, delta=config.delta,
+                              confidence=0.95)
+        results[label] = (claim, bound.epsilon)
+    (claim, broken), (_, honest) = results["broken"], results["honest"]
+    # Measured here: claim 0.21 (sigma 25 planned), broken bound 0.88 (89 of 100 guesses right), honest 0.0.
+    assert claim < 0.3, results  # a small claim
+    assert broken > 3 * claim, results  # the lower bound refutes the claim by a wide margin
+    assert honest <= claim, results  # and the honest run does not (a lower bound at most the truth)
