@@ -261,3 +261,40 @@ def test_broken_noise_is_caught_and_honest_training_is_not():
     assert claim < 0.3, results  # a small claim
     assert broken > 3 * claim, results  # the lower bound refutes the claim by a wide margin
     assert honest <= claim, results  # and the honest run does not (a lower bound at most the truth)
+
+
+# ------------------------------------------------------------------ the command
+
+
+def test_audit_is_a_subcommand():
+    from privfl.cli import build_parser
+
+    args = build_parser().parse_args(["audit", "quickstart", "--canaries", "50", "--confidence", "0.9"])
+    assert args.command == "audit" and args.canaries == 50 and args.confidence == 0.9
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(900)
+def test_privfl_audit_quickstart_prints_claim_and_bound(tmp_path, capsys, monkeypatch):
+    """One real audited run through Flower's simulation engine (small: 3 rounds, 100 canaries)."""
+    import json
+    import re
+
+    from privfl.cli import main
+
+    monkeypatch.setenv("RAY_TMPDIR", str(tmp_path / "ray"))
+    monkeypatch.setenv("FLWR_HOME", str(tmp_path / "flwr"))
+    run_dir = tmp_path / "run"
+    assert main(["audit", "quickstart", "--set", "num-rounds=3", "--canaries", "100", "--run-dir", str(run_dir)]) == 0
+    out = capsys.readouterr().out
+    line = re.search(r"^record-level: claimed epsilon (\d+\.\d\d), empirical lower bound (\d+\.\d\d) "
+                     r"\(95% confidence\)$", out, re.MULTILINE)
+    assert line, out
+    claimed, bound = float(line.group(1)), float(line.group(2))
+    history = json.loads((run_dir / "history.json").read_text())
+    assert history["experiment"] == "quickstart-audit" and "audit" in history["config"]["purpose"]
+    table = [float(m) for m in re.findall(r"^owner-\d+\s+\S+\s+(\d+\.\d{3})", out, re.MULTILINE)]
+    assert table and claimed == pytest.approx(max(table), abs=0.006)  # the summary's "this exp." figure
+    assert bound <= claimed
+    record = json.loads((run_dir / "audit" / "result.json").read_text())
+    assert record["audit"] is True and record["units"]["record"]["lower_bound"] == pytest.approx(bound, abs=0.005)
