@@ -6,12 +6,14 @@ experiment id and round that key every charge, the declared purpose and privacy 
 the model's shape and, for training, the :class:`TrainingPlan`.  The owner checks all
 of it against its own policy before anything else (:mod:`privfl.client.round`).
 
-A train reply carries ``arrays`` (the update), ``metrics`` (numbers FedAvg may
-average, weighted by ``num-examples``) and ``privacy``: the owner's signed ledger
+A train reply carries ``arrays`` (the update), ``metrics`` (only ``num-examples``, its
+FedAvg weight: the exact count only where the owner's policy declares it public; no
+training loss, which no DP covers) and ``privacy``: the owner's signed ledger
 entry for the round (its receipt; never averaged).  A refusal carries only
 ``privacy``: the signed refusal entry, or, when the owner cannot sign at all (no
 valid policy, no key), an unsigned refusal with the reason.  An evaluate reply
-carries ``metrics`` (loss, accuracy, num-examples) and ``owner`` (who answered).
+carries ``metrics`` (loss, accuracy, num-examples: released without DP, as the owner's
+policy declares and bounds) and ``owner`` (who answered).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from flwr.app import ConfigRecord
 from privfl import __version__
 from privfl.models import ModelSpec
 from privfl.privacy.events import PoissonSubsampledGaussian
-from privfl.settings import key_of
+from privfl.settings import key_of, non_negative
 
 # Bumped whenever a key below changes meaning or a required key is added; an owner
 # refuses a coordinator that speaks another version rather than guess what it means.
@@ -137,16 +139,20 @@ class TrainingPlan:
         """A norm no DP-SGD update of this plan exceeds, except with probability below 1e-12.
 
         Each step moves the model by the learning rate times (the clipped per-example
-        gradients, at most ``num_examples`` of them of norm ``max_grad_norm``, plus
-        Gaussian noise of norm at most sigma C (sqrt(d) + 7.5) with that probability),
-        divided by the expected batch size; momentum at most multiplies a step by
-        1 / (1 - momentum).  An update beyond it was not produced by this plan.
+        gradients, at most one per record, of norm ``max_grad_norm``, plus Gaussian
+        noise of norm at most sigma C (sqrt(d) + 7.5) with that probability), divided by
+        Opacus's expected batch size (records x rate, rounded down); momentum at most
+        multiplies a step by 1 / (1 - momentum).  An update beyond it was not produced by
+        this plan.  It holds for every record count with the same batches per epoch as
+        ``num_examples``: an owner need not send its exact count
+        (:func:`privfl.client.guard.released_count` sends batches x batch size).
         """
-        steps = self.local_epochs * self.batches_per_epoch(num_examples)
-        expected_batch = num_examples / self.batches_per_epoch(num_examples)
+        batches = self.batches_per_epoch(num_examples)
+        most, fewest = batches * self.batch_size, (batches - 1) * self.batch_size + 1
+        expected_batch = max(math.floor(fewest / batches), 1)
         noise = self.noise_multiplier * self.max_grad_norm * (math.sqrt(num_parameters) + 7.5) if self.dp else 0.0
-        per_step = self.learning_rate * (num_examples * self.max_grad_norm + noise) / max(expected_batch, 1e-12)
-        return steps * per_step / max(1.0 - self.momentum, 1e-12)
+        per_step = self.learning_rate * (most * self.max_grad_norm + noise) / expected_batch
+        return self.local_epochs * batches * per_step / max(1.0 - self.momentum, 1e-12)
 
     def update_norm_bound(self, event: PoissonSubsampledGaussian, num_parameters: int) -> float:
         """A norm no update of this plan's DP-SGD under the signed ``event`` exceeds, except with probability
@@ -271,6 +277,9 @@ class RoundRequest:
         plan = TrainingPlan(**{name: _typed(record, key_of(name), kind) for name, kind in _PLAN_TYPES.items()})
         model = ModelSpec(_typed(record, "model", str), _typed(record, "num-features", int),
                           _typed(record, "num-classes", int))
+        problem = plan_value_problem(plan) or _model_value_problem(model)
+        if problem:
+            raise ProtocolError(problem)
         return cls(
             experiment_id=_typed(record, "experiment-id", str), server_round=_typed(record, "server-round", int),
             purpose=_typed(record, "purpose", str), privacy_unit=_typed(record, "privacy-unit", str),
@@ -290,6 +299,40 @@ class RoundRequest:
         if anchored is None:
             return replace(self, anchor_sequence=0, anchor_hash="")
         return replace(self, anchor_sequence=anchored[0], anchor_hash=anchored[1].hex())
+
+
+def plan_value_problem(plan: TrainingPlan) -> str | None:
+    """Why a plan's values cannot be trained with (None: they can), before any training starts.
+
+    Each value is held to the rule the experiment config sets for the same key (one home:
+    :class:`privfl.config.ExperimentConfig`), and every number must be finite: a
+    coordinator can send what no config file would pass (batch size 0, a NaN or infinite
+    clipping norm, an unknown per-sample-gradient mode), and the owner answers it with a
+    refusal naming the value rather than an exception inside training.
+    """
+    from privfl.config import ExperimentConfig
+
+    checks = {f.name: f.metadata.get("check") for f in fields(ExperimentConfig)}
+    checks["num_rounds"] = non_negative  # a plan's 0: the coordinator set no privacy target over rounds
+    for f in fields(TrainingPlan):
+        value = getattr(plan, f.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            return f"the request's {key_of(f.name)} = {value!r}: must be a finite number"
+        check = checks.get(f.name)
+        message = check(value) if check is not None else None
+        if message:
+            return f"the request's {key_of(f.name)} = {value!r}: {message}"
+    if not plan.momentum < 1:
+        return f"the request's momentum = {plan.momentum!r}: must be < 1"
+    return None
+
+
+def _model_value_problem(model: ModelSpec) -> str | None:
+    if model.num_features < 1:
+        return f"the request's num-features = {model.num_features}: must be >= 1"
+    if model.num_classes < 2:
+        return f"the request's num-classes = {model.num_classes}: must be >= 2"
+    return None
 
 
 def _typed(record: Any, key: str, kind: type) -> Any:
