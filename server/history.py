@@ -32,7 +32,6 @@ class RoundRecord:
     round: int
     test_loss: float | None = None
     test_accuracy: float | None = None
-    train_loss: float | None = None
     participants: list[str] = field(default_factory=list)
     refused: dict[str, str] = field(default_factory=dict)  # owner -> reason
     failures: list[str] = field(default_factory=list)
@@ -65,7 +64,7 @@ class RunHistory:
         history = cls(experiment=data["experiment"], config=data["config"],
                       experiment_id=data.get("experiment_id", ""), status="running")
         for record in rounds:  # owners' tallies from the rounds kept, as they were recorded
-            history.rounds.append(RoundRecord(record.round, record.test_loss, record.test_accuracy, record.train_loss,
+            history.rounds.append(RoundRecord(record.round, record.test_loss, record.test_accuracy,
                                               aggregated=record.aggregated, failures=record.failures,
                                               rejected_updates=record.rejected_updates,
                                               evaluation_refused=record.evaluation_refused))

@@ -247,26 +247,16 @@ class BudgetAwareFedAvg(FedAvg):
                        "(its charge stands: the owner released it)")
             return None
         kept.append((accepted, AGGREGATED))
-        metrics = {"num-examples": self._examples(reply.content, accepted)}
-        loss = _finite_metric(reply.content, "train-loss")
-        if loss is not None:
-            metrics["train-loss"] = loss
+        metrics = {"num-examples": self._examples(reply.content, accepted)}  # no training loss: owners keep it
         content = RecordDict({protocol.ARRAYS: reply.content[protocol.ARRAYS], protocol.METRICS: MetricRecord(metrics)})
         return content, accepted
 
     def _average(self, record: Any,
                  checked: list[tuple[RecordDict, Accepted]]) -> tuple[ArrayRecord, MetricRecord]:
-        """FedAvg (Flower's aggregation) of the checked updates, each first brought within the round's bound;
-        the train loss only if every one reported it."""
+        """FedAvg (Flower's aggregation) of the checked updates, each first brought within the round's bound."""
         updates = self._bounded(record.round, checked)
-        if not all("train-loss" in u[protocol.METRICS] for u in updates):
-            for update in updates:
-                update[protocol.METRICS].pop("train-loss", None)
         arrays = aggregate_arrayrecords(updates, self.weighted_by_key)
-        metrics = self.train_metrics_aggr_fn(updates, self.weighted_by_key)
-        if "train-loss" in metrics:
-            record.train_loss = float(metrics["train-loss"])
-        return arrays, metrics
+        return arrays, self.train_metrics_aggr_fn(updates, self.weighted_by_key)
 
     def _bounded(self, server_round: int, checked: list[tuple[RecordDict, Accepted]]) -> list[RecordDict]:
         """Every DP-SGD update's distance from the global model, scaled down to the round's bound.
