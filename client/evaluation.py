@@ -68,7 +68,8 @@ def run_evaluate_round(msg: Message, context: Context) -> RecordDict:
     loss, accuracy = evaluate(model, data.evaluation, device=resolve_device(owner.policy.device))
     examples = len(data.evaluation) if owner.policy.public_record_count else 1
     return RecordDict({
-        protocol.METRICS: MetricRecord({"loss": loss, "accuracy": accuracy, "num-examples": examples}),
+        protocol.METRICS: MetricRecord({"loss": loss, "accuracy": accuracy, "num-examples": examples,
+                                        protocol.EXAMPLES_PUBLIC: int(owner.policy.public_record_count)}),
         protocol.OWNER: protocol.owner_record(owner.owner_id),
     })
 

@@ -71,6 +71,9 @@ SECAGG_COUNT_UNCLIPPED = "count-unclipped"  # append the bit "norm <= C" to the 
 SECAGG_CLIPPING_RANGE = "clipping-range"  # SecAgg+'s per-coordinate range: the bit is scaled to it
 SECAGG_HAS_UPDATE = "has-update"  # reply: False when the handler returned no update (a refusal)
 UNCLIPPED_METRIC = "unclipped"  # the handler's bit "||delta|| <= C before clipping"; leaves only masked
+# In an evaluation answer: 1 when num-examples is the exact count of evaluation records (the owner's policy
+# declares it public), 0 when it is only a weight (1) and the count stays at the owner.
+EXAMPLES_PUBLIC = "num-examples-public"
 
 
 class ProtocolError(ValueError):

@@ -125,10 +125,13 @@ class RunHistory:
             self.owners.setdefault(owner_id, {"rounds_trained": 0, "rounds_refused": 0, "epsilon": 0.0})[
                 "rounds_trained"] += 1
 
-    def record_evaluation(self, number: int, owner_id: str, loss: float, accuracy: float, examples: int) -> None:
+    def record_evaluation(self, number: int, owner_id: str, loss: float, accuracy: float,
+                          examples: int | None) -> None:
+        """One owner's answer; ``examples`` None: the owner did not disclose its count (the total is then unknown)."""
         evaluation = self._evaluation(number)
         evaluation["owners"][owner_id] = {"loss": loss, "accuracy": accuracy, "num_examples": examples}
-        evaluation["num_examples"] += examples
+        known = evaluation["num_examples"]
+        evaluation["num_examples"] = None if known is None or examples is None else known + examples
         self.owners.setdefault(owner_id, {"rounds_trained": 0, "rounds_refused": 0, "epsilon": 0.0})["evaluation"] = \
             {"round": number, "loss": loss, "accuracy": accuracy, "num_examples": examples}
 

@@ -422,7 +422,8 @@ class BudgetAwareFedAvg(FedAvg):
                 or isinstance(examples, bool) or not 0 < examples <= MAX_CLAIMED_EXAMPLES:
             return (f"the evaluation reply of owner {owner} carries no finite loss, accuracy in [0, 1] and "
                     f"num-examples from 1 to {MAX_CLAIMED_EXAMPLES}")
-        self.history.record_evaluation(server_round, owner, loss, accuracy, examples)
+        counted = examples if metrics.get(protocol.EXAMPLES_PUBLIC, 1) else None  # None: the owner kept its count
+        self.history.record_evaluation(server_round, owner, loss, accuracy, counted)
         return RecordDict({protocol.METRICS: MetricRecord({"loss": loss, "accuracy": accuracy,
                                                            "num-examples": examples})})
 

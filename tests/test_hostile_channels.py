@@ -321,3 +321,27 @@ def test_any_crafted_request_gets_a_release_or_a_refusal_never_an_exception(_fuz
     else:
         assert entry.kind == REFUSAL and entry.refusal_reason and protocol.ARRAYS not in reply
     assert (protocol.METRICS in answer) != (protocol.PRIVACY in answer)
+
+
+def test_the_coordinator_records_no_count_that_an_owner_kept(tmp_path):
+    """FedAvg still weighs the answers (a weight of 1 each), and the run history says the count is unknown
+    rather than stating one evaluation record per owner."""
+    from flwr.app import Message
+
+    from privfl.server.history import RunHistory
+    from privfl.server.strategy import BudgetAwareFedAvg
+
+    kept, _ = _evaluating_owner(tmp_path / "a")
+    public, _ = _evaluating_owner(tmp_path / "b", owner_id="st-john", public_record_count=True)
+    history = RunHistory(experiment="e", config={})
+    strategy = BudgetAwareFedAvg(request=lambda r: request(CONFIG, r), fraction_train=1.0, min_owners=1,
+                                 history=history, receipts=None, seed=0, evaluate_rounds=lambda r: True)
+    asked = message(request(CONFIG, 1), MessageType.EVALUATE)
+    replies = [Message(content=run_evaluate_round(asked, deployed_context({"policy": str(p)})), reply_to=asked)
+               for p in (kept, public)]
+    aggregated = strategy.aggregate_evaluate(1, replies)
+    assert aggregated is not None and 0 <= aggregated["accuracy"] <= 1
+    evaluation = history.round(1).federated_evaluation
+    assert evaluation["owners"]["st-mary"]["num_examples"] is None
+    assert evaluation["owners"]["st-john"]["num_examples"] == 40
+    assert evaluation["num_examples"] is None  # a total over an unknown count is unknown
