@@ -280,7 +280,7 @@ class RoundRequest:
         plan = TrainingPlan(**{name: _typed(record, key_of(name), kind) for name, kind in _PLAN_TYPES.items()})
         model = ModelSpec(_typed(record, "model", str), _typed(record, "num-features", int),
                           _typed(record, "num-classes", int))
-        problem = plan_value_problem(plan) or _model_value_problem(model)
+        problem = plan_value_problem(plan) or _model_value_problem(model) or _owner_terms_problem(record)
         if problem:
             raise ProtocolError(problem)
         return cls(
@@ -335,6 +335,20 @@ def _model_value_problem(model: ModelSpec) -> str | None:
         return f"the request's num-features = {model.num_features}: must be >= 1"
     if model.num_classes < 2:
         return f"the request's num-classes = {model.num_classes}: must be >= 2"
+    return None
+
+
+def _owner_terms_problem(record: Any) -> str | None:
+    """Owner-level terms the mechanism cannot run with, by its own rules (the owner sampling and the DP event)."""
+    if "owner-sampling" not in record:
+        return None
+    terms = OwnerRound(**{name: _typed(record, f"owner-{key_of(name)}", kind) for name, kind in _OWNER_TYPES.items()})
+    if not (math.isfinite(terms.clipping_norm) and terms.clipping_norm > 0):
+        return f"the request's owner-clipping-norm = {terms.clipping_norm!r}: must be finite and > 0"
+    try:
+        terms.event()
+    except (ValueError, TypeError) as err:
+        return f"the request's owner-level terms cannot be accounted: {err}"
     return None
 
 

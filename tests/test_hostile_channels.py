@@ -345,3 +345,41 @@ def test_the_coordinator_records_no_count_that_an_owner_kept(tmp_path):
     assert evaluation["owners"]["st-mary"]["num_examples"] is None
     assert evaluation["owners"]["st-john"]["num_examples"] == 40
     assert evaluation["num_examples"] is None  # a total over an unknown count is unknown
+
+
+_OWNER_VALUES = {
+    "owner-noise-multiplier": st.floats(allow_nan=True, allow_infinity=True) | st.sampled_from([0.0, 1.0]),
+    "owner-sampling": st.sampled_from(["poisson", "fixed", "", "other"]),
+    "owner-sample-rate": st.floats(allow_nan=True, allow_infinity=True) | st.sampled_from([0.0, 0.5, 1.0]),
+    "owner-sample-size": st.integers(-2, 5),
+    "owner-population": st.integers(-2, 5),
+    "owner-clipping-norm": st.floats(allow_nan=True, allow_infinity=True) | st.sampled_from([0.0, 1.0]),
+    "stage": st.sampled_from([protocol.TRAIN_STAGE, protocol.OWNER_CHARGE_STAGE, "other"]),
+}
+
+
+@pytest.fixture(scope="module")
+def _fuzzed_owner_level(tmp_path_factory):
+    return deployed_owner(tmp_path_factory.mktemp("fuzzed-owner") / "owner", rows=120, epsilon_budget=1e6,
+                          owner_epsilon_budget=1e6, privacy_units=("record", "owner"))
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(changes=st.dictionaries(st.sampled_from(sorted(_OWNER_VALUES)), st.none(), min_size=1, max_size=3).flatmap(
+    lambda keys: st.fixed_dictionaries({k: _OWNER_VALUES[k] | _WRONG_TYPES for k in keys})))
+def test_any_crafted_owner_level_request_gets_an_answer_never_an_exception(_fuzzed_owner_level, changes):
+    from dataclasses import replace
+
+    from privfl.protocol import OwnerRound
+
+    terms = OwnerRound(noise_multiplier=1.0, sampling="poisson", sample_rate=0.5, sample_size=0, population=4,
+                       clipping_norm=1.0, secure=False)
+    req = replace(request(CONFIG, next(_ROUNDS)), privacy_unit="owner", owner_round=terms,
+                  stage=protocol.OWNER_CHARGE_STAGE)
+    values = {**dict(req.to_record()), **changes}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        reply = run_train_round(message(req, record=ConfigRecord(values)),
+                                deployed_context({"policy": str(_fuzzed_owner_level)}))
+    entry = _entry(reply)
+    assert entry.kind in (CHARGE, REFUSAL) and (protocol.ARRAYS not in reply or entry.kind == CHARGE)
