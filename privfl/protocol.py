@@ -304,6 +304,22 @@ class RoundRequest:
         return replace(self, anchor_sequence=anchored[0], anchor_hash=anchored[1].hex())
 
 
+# Bounds on numbers a request may carry, whatever the config rules allow.  Beyond MAX_MAGNITUDE
+# arithmetic on them overflows (a clipping norm of 1.8e308 squared); below LEAST_NOISE a DP event
+# cannot be accounted (the PLD accountant's grid for sigma 1e-6 asked for petabytes) and a step costs
+# an epsilon in the hundreds anyway.
+MAX_MAGNITUDE = 1e12
+LEAST_NOISE = 0.1
+
+
+def _number_problem(key: str, value: float) -> str | None:
+    if not math.isfinite(value):
+        return f"the request's {key} = {value!r}: must be a finite number"
+    if abs(value) > MAX_MAGNITUDE:
+        return f"the request's {key} = {value!r}: must be at most {MAX_MAGNITUDE:g} in size"
+    return None
+
+
 def plan_value_problem(plan: TrainingPlan) -> str | None:
     """Why a plan's values cannot be trained with (None: they can), before any training starts.
 
@@ -319,14 +335,15 @@ def plan_value_problem(plan: TrainingPlan) -> str | None:
     checks["num_rounds"] = non_negative  # a plan's 0: the coordinator set no privacy target over rounds
     for f in fields(TrainingPlan):
         value = getattr(plan, f.name)
-        if isinstance(value, float) and not math.isfinite(value):
-            return f"the request's {key_of(f.name)} = {value!r}: must be a finite number"
+        problem = _number_problem(key_of(f.name), value) if isinstance(value, float) else None
+        if problem:
+            return problem
         check = checks.get(f.name)
         message = check(value) if check is not None else None
         if message:
             return f"the request's {key_of(f.name)} = {value!r}: {message}"
-    if not plan.momentum < 1:
-        return f"the request's momentum = {plan.momentum!r}: must be < 1"
+    if plan.dp and 0 < plan.noise_multiplier < LEAST_NOISE:
+        return f"the request's noise-multiplier = {plan.noise_multiplier!r}: must be 0 or at least {LEAST_NOISE:g}"
     return None
 
 
@@ -343,8 +360,14 @@ def _owner_terms_problem(record: Any) -> str | None:
     if "owner-sampling" not in record:
         return None
     terms = OwnerRound(**{name: _typed(record, f"owner-{key_of(name)}", kind) for name, kind in _OWNER_TYPES.items()})
-    if not (math.isfinite(terms.clipping_norm) and terms.clipping_norm > 0):
-        return f"the request's owner-clipping-norm = {terms.clipping_norm!r}: must be finite and > 0"
+    for name in ("noise_multiplier", "sample_rate", "clipping_norm"):
+        problem = _number_problem(f"owner-{key_of(name)}", getattr(terms, name))
+        if problem:
+            return problem
+    if not terms.clipping_norm > 0:
+        return f"the request's owner-clipping-norm = {terms.clipping_norm!r}: must be > 0"
+    if 0 < terms.noise_multiplier < LEAST_NOISE:
+        return f"the request's owner-noise-multiplier = {terms.noise_multiplier!r}: must be at least {LEAST_NOISE:g}"
     try:
         terms.event()
     except (ValueError, TypeError) as err:

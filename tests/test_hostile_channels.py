@@ -265,6 +265,8 @@ def test_a_policy_that_does_not_answer_evaluation_counts_nothing(tmp_path):
     ("grad-sample-mode", "nonsense"), ("learning-rate", math.nan), ("learning-rate", -math.inf),
     ("noise-multiplier", math.inf), ("momentum", -0.5), ("momentum", 1.0), ("target-epsilon", math.nan),
     ("num-rounds", -1), ("num-classes", 1), ("num-features", 0),
+    ("noise-multiplier", 1e-6),  # positive, but no accountant can account it in bounded memory
+    ("max-grad-norm", 1.7976931348623157e308),  # finite, but arithmetic on it overflows
 ])
 def test_an_invalid_request_value_gets_a_signed_refusal_naming_it(tmp_path, key, value):
     policy_file = deployed_owner(tmp_path / "a", rows=ROWS)
