@@ -335,12 +335,25 @@ def test_the_coordinator_records_no_count_that_an_owner_kept(tmp_path):
 
     kept, _ = _evaluating_owner(tmp_path / "a")
     public, _ = _evaluating_owner(tmp_path / "b", owner_id="st-john", public_record_count=True)
+    class _Bound:  # nodes 1 and 2 already vouched for by their owners' keys (tested in test_ledger_attacks)
+        owners = {1: "st-mary", 2: "st-john"}
+
+        def owner_of(self, node):
+            return self.owners.get(node)
+
+        def label(self, node):
+            return self.owners.get(node) or f"node-{node}"
+
     history = RunHistory(experiment="e", config={})
     strategy = BudgetAwareFedAvg(request=lambda r: request(CONFIG, r), fraction_train=1.0, min_owners=1,
-                                 history=history, receipts=None, seed=0, evaluate_rounds=lambda r: True)
-    asked = message(request(CONFIG, 1), MessageType.EVALUATE)
-    replies = [Message(content=run_evaluate_round(asked, deployed_context({"policy": str(p)})), reply_to=asked)
-               for p in (kept, public)]
+                                 history=history, receipts=_Bound(), seed=0, evaluate_rounds=lambda r: True)
+    replies = []
+    for node, policy in ((1, kept), (2, public)):
+        asked = message(request(CONFIG, 1), MessageType.EVALUATE)
+        asked = Message(content=asked.content, dst_node_id=node, message_type=MessageType.EVALUATE)
+        answer = run_evaluate_round(asked, deployed_context({"policy": str(policy)}))
+        replies.append(Message(content=answer, reply_to=asked))
+        assert replies[-1].metadata.src_node_id == node
     aggregated = strategy.aggregate_evaluate(1, replies)
     assert aggregated is not None and 0 <= aggregated["accuracy"] <= 1
     evaluation = history.round(1).federated_evaluation
