@@ -195,6 +195,12 @@ def _noise_seed(seed: int, server_round: int, owner_id: str) -> int:
     return int.from_bytes(digest[:7], "little")
 
 
+def _batch_seed(seed: int, server_round: int, owner_id: str) -> int:
+    """A reproducible benchmark's batch seed (the ClientApp draws its batches from the OS's entropy)."""
+    digest = hashlib.sha256(f"batches:{seed}:{server_round}:{owner_id}".encode()).digest()
+    return int.from_bytes(digest[:7], "little")
+
+
 def epsilons(events: dict[str, list], delta: float, target: float | None) -> dict[str, Any]:
     """Each owner's final epsilon by PLD (plans and enforces) and RDP, and the spread relative to the target."""
     from privfl.privacy.accountants import get_accountant
@@ -219,7 +225,6 @@ def run_inprocess(config, target: float | None = None) -> dict[str, Any]:
     """
     import numpy as np
     import torch
-    from privfl.client.round import _round_seed  # the ClientApp's batch-order seed
     from privfl.client.training import train_locally
     from privfl.simulations.datasets import load_dataset
 
@@ -247,7 +252,7 @@ def run_inprocess(config, target: float | None = None) -> dict[str, Any]:
                 plan = plans[owner.owner_id]
                 update = train_locally(
                     model, data[owner.owner_id], plan, device,
-                    seed=_round_seed(f"{config.experiment}-{config.seed}", server_round, owner.owner_id),
+                    seed=_batch_seed(config.seed, server_round, owner.owner_id),
                     noise_seed=_noise_seed(config.seed, server_round, owner.owner_id),
                 )
                 if update.privacy_event is not None:

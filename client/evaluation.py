@@ -1,15 +1,21 @@
 """One evaluation request at an owner: the global model scored on the owner's own held-out data.
 
 Federated evaluation lets a coordinator that holds no data see how the model does at
-the institutions.  Its metrics are a release about the owner's data that the DP-SGD
-epsilon does not cover, so an owner answers only when its policy says so
-(``answer-evaluation``), only on its ``evaluation-data``, and only within the same
-policy checks as training (protocol, purpose, model, data shape).  A refusal here is
-not a ledger entry: evaluation spends no epsilon.
+the institutions.  Its metrics are a release about the owner's data that no epsilon
+covers: the coordinator picks the model, and ten constant-output models scored on the
+same data give away its label shares.  So an owner answers only when its policy
+declares these answers releasable without DP (``answer-evaluation``), only on its
+``evaluation-data``, only within the same policy checks as training (protocol,
+purpose, model, data shape), and only for as many distinct models over its data's
+lifetime as ``max-evaluations`` allows, counted at the node before the answer leaves
+(:mod:`privfl.client.evaluation_record`).  The number of evaluation records travels
+only where ``public-record-count`` declares it public.  A refusal here is not a ledger
+entry: evaluation spends no epsilon.
 """
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +23,7 @@ from flwr.app import Context, Message, MetricRecord, RecordDict
 
 from privfl import protocol
 from privfl.client.data import OwnerDataError
+from privfl.client.evaluation_record import admit_evaluation
 from privfl.client.guard import review_request
 from privfl.client.owner import Owner, OwnerSetupError, node_owner
 from privfl.devices import resolve_device
@@ -54,11 +61,25 @@ def run_evaluate_round(msg: Message, context: Context) -> RecordDict:
         model.load_state_dict(msg.content[protocol.ARRAYS].to_torch_state_dict())
     except (ModelMismatchError, RuntimeError, KeyError, ValueError) as err:
         return _refuse(f"the global model does not fit: {str(err).splitlines()[0]}", owner.owner_id)
+    reason = admit_evaluation(owner.ledger.path, _model_digest(request, model), request.experiment_id,
+                              request.server_round, owner.policy.max_evaluations)
+    if reason:
+        return _refuse(reason, owner.owner_id)
     loss, accuracy = evaluate(model, data.evaluation, device=resolve_device(owner.policy.device))
+    examples = len(data.evaluation) if owner.policy.public_record_count else 1
     return RecordDict({
-        protocol.METRICS: MetricRecord({"loss": loss, "accuracy": accuracy, "num-examples": len(data.evaluation)}),
+        protocol.METRICS: MetricRecord({"loss": loss, "accuracy": accuracy, "num-examples": examples,
+                                        protocol.EXAMPLES_PUBLIC: int(owner.policy.public_record_count)}),
         protocol.OWNER: protocol.owner_record(owner.owner_id),
     })
+
+
+def _model_digest(request: RoundRequest, model: Any) -> str:
+    """What makes two evaluation answers the same: the model's architecture and weights."""
+    spec = request.model
+    digest = hashlib.sha256(f"{spec.name}|{spec.num_features}|{spec.num_classes}|".encode())
+    digest.update(protocol.update_digest(model.state_dict()))
+    return digest.hexdigest()
 
 
 def _refuse(reason: str, owner_id: str) -> RecordDict:

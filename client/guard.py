@@ -104,3 +104,16 @@ def decide_release(policy: OwnerPolicy, spent: Sequence[DpEvent], planned: DpEve
     """The budget decision for the next release of one unit, with the owner's accountant and per-round cap."""
     return decide_next_release(spent, planned, policy.budget_of(unit), get_accountant(policy.accountant),
                                max_round_epsilon=policy.max_round_epsilon)
+
+
+def released_count(policy: OwnerPolicy, plan: TrainingPlan, records: int) -> int:
+    """The number of training records an update says it was trained on (its FedAvg weight).
+
+    The exact count only where the owner's policy declares it public
+    (``public-record-count``); otherwise batches per epoch x batch size, which the
+    round's DP event already discloses (Opacus samples at rate 1 / batches per epoch),
+    so the weight tells the coordinator nothing the receipt does not.
+    """
+    if policy.public_record_count:
+        return records
+    return plan.batches_per_epoch(records) * plan.batch_size

@@ -32,7 +32,6 @@ second noisy update under one charge.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import replace
 from typing import Any
 
@@ -40,7 +39,7 @@ from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 
 from privfl import protocol
 from privfl.client.data import OwnerDataError
-from privfl.client.guard import decide_release, owner_plan, plan_problem, review_request
+from privfl.client.guard import decide_release, owner_plan, plan_problem, released_count, review_request
 from privfl.client.owner_level import as_released, owner_charge, owner_release_problem
 from privfl.client.owner import Owner, OwnerSetupError, node_owner
 from privfl.client.release_store import ReleaseStore
@@ -262,21 +261,19 @@ def _train(owner: Owner, request: RoundRequest, msg: Message) -> LocalUpdate:
         raise _GlobalModelMismatch(f"the global model's weights do not fit model {request.model.name!r}: "
                                    f"{str(err).splitlines()[0]}") from None
     data = owner.data()
-    return train_locally(model, data.train.to_torch(), request.plan, resolve_device(owner.policy.device),
-                         seed=_round_seed(request.experiment_id, request.server_round, owner.owner_id))
+    # batches and noise from the OS's entropy: nothing the coordinator knows seeds them
+    update = train_locally(model, data.train.to_torch(), request.plan, resolve_device(owner.policy.device))
+    log.info("%s: round %s of %s, mean training loss %.4f (kept at this node: it is not covered by DP)",
+             owner.owner_id, request.server_round, request.experiment_id, update.mean_loss)
+    return replace(update, metrics={"num-examples": released_count(owner.policy, request.plan, len(data.train))})
 
 
 def _release(update: LocalUpdate, receipt: Any) -> RecordDict:
-    metrics = update.metrics if update.metrics is not None else {"num-examples": update.num_examples,
-                                                                  "train-loss": update.mean_loss}
+    """The reply: the update, its FedAvg weight (nothing else about the data) and the receipt."""
+    metrics = update.metrics if update.metrics is not None else {"num-examples": 1}  # saved before weights were set
     return RecordDict({
         protocol.ARRAYS: ArrayRecord(update.state_dict),
         protocol.METRICS: MetricRecord(metrics),
         protocol.PRIVACY: receipt,
     })
 
-
-def _round_seed(experiment_id: str, server_round: int, owner_id: str) -> int:
-    """Distinct, reproducible batch order per (experiment, round, owner); noise is never seeded from it."""
-    digest = hashlib.sha256(f"{experiment_id}:{server_round}:{owner_id}".encode()).digest()
-    return int.from_bytes(digest[:7], "little")

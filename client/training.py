@@ -27,9 +27,9 @@ from privfl.task import ClassificationLoss
 class LocalUpdate:
     state_dict: OrderedDict[str, torch.Tensor]
     num_examples: int
-    mean_loss: float  # over non-empty batches; NaN if every batch was empty
+    mean_loss: float  # over non-empty batches; NaN if every batch was empty; logged at the node, never sent
     privacy_event: PoissonSubsampledGaussian | None  # as recorded by Opacus's accountant
-    metrics: dict[str, Any] | None = None  # what the reply's metrics say (default: examples and train loss)
+    metrics: dict[str, Any] | None = None  # what the reply's metrics say (set where the release is made)
 
 
 # Opacus warns on every PrivacyEngine that secure_mode is off (it needs torchcsprng,
@@ -44,16 +44,18 @@ def train_locally(
     plan: TrainingPlan,
     device: torch.device,
     *,
-    seed: int,
+    seed: int | None = None,
     noise_seed: int | None = None,
 ) -> LocalUpdate:
     """Train ``model`` (already holding the global weights) on ``data`` for one round.
 
-    ``seed`` fixes batch order and Poisson draws (Opacus's DPDataLoader keeps the
-    original loader's generator), so runs are reproducible.  The
-    noise generator is seeded from the OS's entropy unless ``noise_seed`` is given
-    (tests do): noise that anyone can regenerate from a known seed could be
-    subtracted from the update and would protect nothing.
+    Both generators are seeded from the OS's entropy unless ``seed`` (batch order and
+    Poisson draws: Opacus's DPDataLoader keeps the original loader's generator) or
+    ``noise_seed`` is given, which only tests and benchmarks do.  Noise that anyone can
+    regenerate from a known seed could be subtracted from the update; batches that
+    anyone can regenerate void the amplification by sampling that the charged epsilon
+    counts on (the coordinator knows the experiment, the round and the owner, so
+    nothing it knows may seed them).
     """
     with warnings.catch_warnings():
         for message in _KNOWN_WARNINGS:
@@ -62,12 +64,12 @@ def train_locally(
 
 
 def _train(
-    model: nn.Module, data: TensorDataset, plan: TrainingPlan, device: torch.device, *, seed: int,
+    model: nn.Module, data: TensorDataset, plan: TrainingPlan, device: torch.device, *, seed: int | None,
     noise_seed: int | None,
 ) -> LocalUpdate:
     model = model.to(device)
     model.train()
-    sampling = torch.Generator().manual_seed(seed)
+    sampling = torch.Generator().manual_seed(seed if seed is not None else secrets.randbits(63))
     loader = DataLoader(data, batch_size=plan.batch_size, shuffle=True, generator=sampling)
     optimizer = torch.optim.SGD(model.parameters(), lr=plan.learning_rate, momentum=plan.momentum)
     criterion: Any = ClassificationLoss()

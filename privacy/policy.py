@@ -47,6 +47,9 @@ DEVICES = ("auto", "cpu", "cuda")
 PATH_KEYS = ("data", "evaluation_data", "ledger", "signing_key")
 ANY_PURPOSE = "*"  # allowed-purposes = ["*"]: the owner allows any purpose, explicitly
 
+# A simulated owner's data is the experimenter's own: it evaluates as often as the experiments ask.
+SIMULATED_MAX_EVALUATIONS = 1_000_000
+
 # File names inside a simulated (or `privfl deploy`-made) owner folder.
 POLICY_FILE = "policy.toml"
 LEDGER_FILE = "ledger.db"
@@ -126,8 +129,18 @@ class OwnerPolicy:
         "owner-level round; the coordinator draws the sample and this owner cannot check it (1: credit none, "
         "0: believe any rate the coordinator states)", _rate_bound)
     answer_evaluation: bool = setting(
-        False, "evaluate the global model on evaluation-data when the coordinator asks; the metrics are a "
-        "release that the DP-SGD epsilon does not cover")
+        False, "evaluate the global model on evaluation-data when the coordinator asks; the answers (loss, "
+        "accuracy) are released WITHOUT differential privacy: no epsilon covers them, only max-evaluations "
+        "bounds them")
+    max_evaluations: int = setting(
+        1, "the most distinct models this owner evaluates over its data's lifetime, all experiments together "
+        "(counted at the node, next to the ledger; re-evaluating the same model is free): with a model of its "
+        "choosing, each answer tells the coordinator about the evaluation data (e.g. its label shares)",
+        non_negative)
+    public_record_count: bool = setting(
+        False, "the exact number of training and evaluation records may be sent to the coordinator (FedAvg "
+        "weights updates by it); false: an update carries batches per epoch x batch size, which its DP event "
+        "already discloses (sample rate 1/batches), and an evaluation answer carries 1")
     data: str = setting("", "the training data: a .csv, .parquet or .npz file (schema: docs/data.md)")
     evaluation_data: str = setting("", "held-out data (same schema) for evaluation requests")
     label_column: str = setting("label", "the label column of the data files")
@@ -259,6 +272,6 @@ def simulated_owner_policy(config: ExperimentConfig, owner_id: str, owner_dir: P
         privacy_units=(RECORD, OWNER) if config.owner_dp else (RECORD,), allowed_models=("*",),
         owner_epsilon_budget=config.owner_epsilon_budget if config.owner_dp else None,
         min_owner_sample_rate=0.0,  # the experimenter draws the owners: its stated rate is the one used
-        answer_evaluation=True, ledger=str(owner_dir / LEDGER_FILE),
+        answer_evaluation=True, max_evaluations=SIMULATED_MAX_EVALUATIONS, ledger=str(owner_dir / LEDGER_FILE),
         signing_key=str(owner_dir / SIGNING_KEY_FILE), device=config.device,
     )

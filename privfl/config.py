@@ -43,6 +43,10 @@ class ConfigError(SettingsError):
     """A configuration value is missing, unknown, mistyped or out of range."""
 
 
+def _momentum(value: float) -> str | None:
+    return None if 0 <= value < 1 else "must be in [0, 1) (momentum 1 or more never settles)"
+
+
 def _model_name(value: str) -> str | None:
     from privfl.models import MODEL_NAMES  # late import: models pulls in torch
 
@@ -90,7 +94,7 @@ class ExperimentConfig:
     local_epochs: int = setting(1, "local epochs per round", positive)
     batch_size: int = setting(72, "expected local batch size (Poisson sampling under DP)", positive)
     learning_rate: float = setting(5.0, "local SGD learning rate", positive)
-    momentum: float = setting(0.0, "local SGD momentum", non_negative)
+    momentum: float = setting(0.0, "local SGD momentum", _momentum)
     dp: bool = setting(True, "ask the owners for DP-SGD (Opacus); an owner whose policy requires DP refuses "
                              "non-private requests")
     noise_multiplier: float = setting(2.3, "DP-SGD noise std / clipping norm (ignored with target-epsilon)",

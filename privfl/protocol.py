@@ -6,12 +6,14 @@ experiment id and round that key every charge, the declared purpose and privacy 
 the model's shape and, for training, the :class:`TrainingPlan`.  The owner checks all
 of it against its own policy before anything else (:mod:`privfl.client.round`).
 
-A train reply carries ``arrays`` (the update), ``metrics`` (numbers FedAvg may
-average, weighted by ``num-examples``) and ``privacy``: the owner's signed ledger
+A train reply carries ``arrays`` (the update), ``metrics`` (only ``num-examples``, its
+FedAvg weight: the exact count only where the owner's policy declares it public; no
+training loss, which no DP covers) and ``privacy``: the owner's signed ledger
 entry for the round (its receipt; never averaged).  A refusal carries only
 ``privacy``: the signed refusal entry, or, when the owner cannot sign at all (no
 valid policy, no key), an unsigned refusal with the reason.  An evaluate reply
-carries ``metrics`` (loss, accuracy, num-examples) and ``owner`` (who answered).
+carries ``metrics`` (loss, accuracy, num-examples: released without DP, as the owner's
+policy declares and bounds) and ``owner`` (who answered).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from flwr.app import ConfigRecord
 from privfl import __version__
 from privfl.models import ModelSpec
 from privfl.privacy.events import PoissonSubsampledGaussian
-from privfl.settings import key_of
+from privfl.settings import key_of, non_negative
 
 # Bumped whenever a key below changes meaning or a required key is added; an owner
 # refuses a coordinator that speaks another version rather than guess what it means.
@@ -69,6 +71,9 @@ SECAGG_COUNT_UNCLIPPED = "count-unclipped"  # append the bit "norm <= C" to the 
 SECAGG_CLIPPING_RANGE = "clipping-range"  # SecAgg+'s per-coordinate range: the bit is scaled to it
 SECAGG_HAS_UPDATE = "has-update"  # reply: False when the handler returned no update (a refusal)
 UNCLIPPED_METRIC = "unclipped"  # the handler's bit "||delta|| <= C before clipping"; leaves only masked
+# In an evaluation answer: 1 when num-examples is the exact count of evaluation records (the owner's policy
+# declares it public), 0 when it is only a weight (1) and the count stays at the owner.
+EXAMPLES_PUBLIC = "num-examples-public"
 
 
 class ProtocolError(ValueError):
@@ -137,16 +142,20 @@ class TrainingPlan:
         """A norm no DP-SGD update of this plan exceeds, except with probability below 1e-12.
 
         Each step moves the model by the learning rate times (the clipped per-example
-        gradients, at most ``num_examples`` of them of norm ``max_grad_norm``, plus
-        Gaussian noise of norm at most sigma C (sqrt(d) + 7.5) with that probability),
-        divided by the expected batch size; momentum at most multiplies a step by
-        1 / (1 - momentum).  An update beyond it was not produced by this plan.
+        gradients, at most one per record, of norm ``max_grad_norm``, plus Gaussian
+        noise of norm at most sigma C (sqrt(d) + 7.5) with that probability), divided by
+        Opacus's expected batch size (records x rate, rounded down); momentum at most
+        multiplies a step by 1 / (1 - momentum).  An update beyond it was not produced by
+        this plan.  It holds for every record count with the same batches per epoch as
+        ``num_examples``: an owner need not send its exact count
+        (:func:`privfl.client.guard.released_count` sends batches x batch size).
         """
-        steps = self.local_epochs * self.batches_per_epoch(num_examples)
-        expected_batch = num_examples / self.batches_per_epoch(num_examples)
+        batches = self.batches_per_epoch(num_examples)
+        most, fewest = batches * self.batch_size, (batches - 1) * self.batch_size + 1
+        expected_batch = max(math.floor(fewest / batches), 1)
         noise = self.noise_multiplier * self.max_grad_norm * (math.sqrt(num_parameters) + 7.5) if self.dp else 0.0
-        per_step = self.learning_rate * (num_examples * self.max_grad_norm + noise) / max(expected_batch, 1e-12)
-        return steps * per_step / max(1.0 - self.momentum, 1e-12)
+        per_step = self.learning_rate * (most * self.max_grad_norm + noise) / expected_batch
+        return self.local_epochs * batches * per_step / max(1.0 - self.momentum, 1e-12)
 
     def update_norm_bound(self, event: PoissonSubsampledGaussian, num_parameters: int) -> float:
         """A norm no update of this plan's DP-SGD under the signed ``event`` exceeds, except with probability
@@ -268,6 +277,9 @@ class RoundRequest:
         plan = TrainingPlan(**{name: _typed(record, key_of(name), kind) for name, kind in _PLAN_TYPES.items()})
         model = ModelSpec(_typed(record, "model", str), _typed(record, "num-features", int),
                           _typed(record, "num-classes", int))
+        problem = plan_value_problem(plan) or _model_value_problem(model) or _owner_terms_problem(record)
+        if problem:
+            raise ProtocolError(problem)
         return cls(
             experiment_id=_typed(record, "experiment-id", str), server_round=_typed(record, "server-round", int),
             purpose=_typed(record, "purpose", str), privacy_unit=_typed(record, "privacy-unit", str),
@@ -287,6 +299,77 @@ class RoundRequest:
         if anchored is None:
             return replace(self, anchor_sequence=0, anchor_hash="")
         return replace(self, anchor_sequence=anchored[0], anchor_hash=anchored[1].hex())
+
+
+# Bounds on numbers a request may carry, whatever the config rules allow.  Beyond MAX_MAGNITUDE
+# arithmetic on them overflows (a clipping norm of 1.8e308 squared); below LEAST_NOISE a DP event
+# cannot be accounted (the PLD accountant's grid for sigma 1e-6 asked for petabytes) and a step costs
+# an epsilon in the hundreds anyway.
+MAX_MAGNITUDE = 1e12
+LEAST_NOISE = 0.1
+
+
+def _number_problem(key: str, value: float) -> str | None:
+    if not math.isfinite(value):
+        return f"the request's {key} = {value!r}: must be a finite number"
+    if abs(value) > MAX_MAGNITUDE:
+        return f"the request's {key} = {value!r}: must be at most {MAX_MAGNITUDE:g} in size"
+    return None
+
+
+def plan_value_problem(plan: TrainingPlan) -> str | None:
+    """Why a plan's values cannot be trained with (None: they can), before any training starts.
+
+    Each value is held to the rule the experiment config sets for the same key (one home:
+    :class:`privfl.config.ExperimentConfig`), and every number must be finite: a
+    coordinator can send what no config file would pass (batch size 0, a NaN or infinite
+    clipping norm, an unknown per-sample-gradient mode), and the owner answers it with a
+    refusal naming the value rather than an exception inside training.
+    """
+    from privfl.config import ExperimentConfig
+
+    checks = {f.name: f.metadata.get("check") for f in fields(ExperimentConfig)}
+    checks["num_rounds"] = non_negative  # a plan's 0: the coordinator set no privacy target over rounds
+    for f in fields(TrainingPlan):
+        value = getattr(plan, f.name)
+        problem = _number_problem(key_of(f.name), value) if isinstance(value, float) else None
+        if problem:
+            return problem
+        check = checks.get(f.name)
+        message = check(value) if check is not None else None
+        if message:
+            return f"the request's {key_of(f.name)} = {value!r}: {message}"
+    if plan.dp and 0 < plan.noise_multiplier < LEAST_NOISE:
+        return f"the request's noise-multiplier = {plan.noise_multiplier!r}: must be 0 or at least {LEAST_NOISE:g}"
+    return None
+
+
+def _model_value_problem(model: ModelSpec) -> str | None:
+    if model.num_features < 1:
+        return f"the request's num-features = {model.num_features}: must be >= 1"
+    if model.num_classes < 2:
+        return f"the request's num-classes = {model.num_classes}: must be >= 2"
+    return None
+
+
+def _owner_terms_problem(record: Any) -> str | None:
+    """Owner-level terms the mechanism cannot run with, by its own rules (the owner sampling and the DP event)."""
+    if "owner-sampling" not in record:
+        return None
+    terms = OwnerRound(**{name: _typed(record, f"owner-{key_of(name)}", kind) for name, kind in _OWNER_TYPES.items()})
+    for name in ("noise_multiplier", "sample_rate", "clipping_norm"):
+        problem = _number_problem(f"owner-{key_of(name)}", getattr(terms, name))
+        if problem:
+            return problem
+    if not terms.clipping_norm > 0:
+        return f"the request's owner-clipping-norm = {terms.clipping_norm!r}: must be > 0"
+    if 0 < terms.noise_multiplier < LEAST_NOISE:
+        return f"the request's owner-noise-multiplier = {terms.noise_multiplier!r}: must be at least {LEAST_NOISE:g}"
+    try:
+        terms.event()
+    except (ValueError, TypeError) as err:
+        return f"the request's owner-level terms cannot be accounted: {err}"
+    return None
 
 
 def _typed(record: Any, key: str, kind: type) -> Any:

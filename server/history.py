@@ -32,7 +32,6 @@ class RoundRecord:
     round: int
     test_loss: float | None = None
     test_accuracy: float | None = None
-    train_loss: float | None = None
     participants: list[str] = field(default_factory=list)
     refused: dict[str, str] = field(default_factory=dict)  # owner -> reason
     failures: list[str] = field(default_factory=list)
@@ -66,7 +65,7 @@ class RunHistory:
         history = cls(experiment=data["experiment"], config=data["config"],
                       experiment_id=data.get("experiment_id", ""), status="running")
         for record in rounds:  # owners' tallies from the rounds kept, as they were recorded
-            history.rounds.append(RoundRecord(record.round, record.test_loss, record.test_accuracy, record.train_loss,
+            history.rounds.append(RoundRecord(record.round, record.test_loss, record.test_accuracy,
                                               aggregated=record.aggregated, failures=record.failures,
                                               rejected_updates=record.rejected_updates,
                                               evaluation_refused=record.evaluation_refused))
@@ -127,10 +126,13 @@ class RunHistory:
             self.owners.setdefault(owner_id, {"rounds_trained": 0, "rounds_refused": 0, "epsilon": 0.0})[
                 "rounds_trained"] += 1
 
-    def record_evaluation(self, number: int, owner_id: str, loss: float, accuracy: float, examples: int) -> None:
+    def record_evaluation(self, number: int, owner_id: str, loss: float, accuracy: float,
+                          examples: int | None) -> None:
+        """One owner's answer; ``examples`` None: the owner did not disclose its count (the total is then unknown)."""
         evaluation = self._evaluation(number)
         evaluation["owners"][owner_id] = {"loss": loss, "accuracy": accuracy, "num_examples": examples}
-        evaluation["num_examples"] += examples
+        known = evaluation["num_examples"]
+        evaluation["num_examples"] = None if known is None or examples is None else known + examples
         self.owners.setdefault(owner_id, {"rounds_trained": 0, "rounds_refused": 0, "epsilon": 0.0})["evaluation"] = \
             {"round": number, "loss": loss, "accuracy": accuracy, "num_examples": examples}
 

@@ -265,26 +265,16 @@ class BudgetAwareFedAvg(FedAvg):
                        "(its charge stands: the owner released it)")
             return None
         kept.append((accepted, AGGREGATED))
-        metrics = {"num-examples": self._examples(reply.content, accepted)}
-        loss = _finite_metric(reply.content, "train-loss")
-        if loss is not None:
-            metrics["train-loss"] = loss
+        metrics = {"num-examples": self._examples(reply.content, accepted)}  # no training loss: owners keep it
         content = RecordDict({protocol.ARRAYS: reply.content[protocol.ARRAYS], protocol.METRICS: MetricRecord(metrics)})
         return content, accepted
 
     def _average(self, record: Any,
                  checked: list[tuple[RecordDict, Accepted]]) -> tuple[ArrayRecord, MetricRecord]:
-        """FedAvg (Flower's aggregation) of the checked updates, each first brought within the round's bound;
-        the train loss only if every one reported it."""
+        """FedAvg (Flower's aggregation) of the checked updates, each first brought within the round's bound."""
         updates = self._bounded(record.round, checked)
-        if not all("train-loss" in u[protocol.METRICS] for u in updates):
-            for update in updates:
-                update[protocol.METRICS].pop("train-loss", None)
         arrays = aggregate_arrayrecords(updates, self.weighted_by_key)
-        metrics = self.train_metrics_aggr_fn(updates, self.weighted_by_key)
-        if "train-loss" in metrics:
-            record.train_loss = float(metrics["train-loss"])
-        return arrays, metrics
+        return arrays, self.train_metrics_aggr_fn(updates, self.weighted_by_key)
 
     def _bounded(self, server_round: int, checked: list[tuple[RecordDict, Accepted]]) -> list[RecordDict]:
         """Every DP-SGD update's distance from the global model, scaled down to the round's bound.
@@ -450,7 +440,8 @@ class BudgetAwareFedAvg(FedAvg):
                 or isinstance(examples, bool) or not 0 < examples <= MAX_CLAIMED_EXAMPLES:
             return (f"the evaluation reply of owner {owner} carries no finite loss, accuracy in [0, 1] and "
                     f"num-examples from 1 to {MAX_CLAIMED_EXAMPLES}")
-        self.history.record_evaluation(server_round, owner, loss, accuracy, examples)
+        counted = examples if metrics.get(protocol.EXAMPLES_PUBLIC, 1) else None  # None: the owner kept its count
+        self.history.record_evaluation(server_round, owner, loss, accuracy, counted)
         return RecordDict({protocol.METRICS: MetricRecord({"loss": loss, "accuracy": accuracy,
                                                            "num-examples": examples})})
 

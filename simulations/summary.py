@@ -73,5 +73,7 @@ def _print_federated_evaluation(history: dict) -> None:
     if not evaluated:
         return
     last = evaluated[-1]["federated_evaluation"]
-    print(f"accuracy at the owners (round {evaluated[-1]['round']}, weighted by examples): {last['accuracy']:.4f} "
-          f"over {len(last['owners'])} owners ({last['num_examples']} examples)")
+    examples = last["num_examples"]
+    weighting = "weighted by examples" if examples is not None else "each owner alike: counts not public"
+    print(f"accuracy at the owners (round {evaluated[-1]['round']}, {weighting}): {last['accuracy']:.4f} "
+          f"over {len(last['owners'])} owners" + (f" ({examples} examples)" if examples is not None else ""))
