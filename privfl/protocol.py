@@ -344,11 +344,18 @@ def plan_value_problem(plan: TrainingPlan) -> str | None:
     return None
 
 
+# The most classes a request may name: the owner allocates the model (features x classes and
+# more) before any weight arrives, so an unbounded count is a memory-exhaustion attack.
+MAX_CLASSES = 100_000
+
+
 def _model_value_problem(model: ModelSpec) -> str | None:
     if model.num_features < 1:
         return f"the request's num-features = {model.num_features}: must be >= 1"
     if model.num_classes < 2:
         return f"the request's num-classes = {model.num_classes}: must be >= 2"
+    if model.num_classes > MAX_CLASSES:  # the owner builds the model before it loads the weights
+        return f"the request's num-classes = {model.num_classes}: must be at most {MAX_CLASSES:,}"
     return None
 
 

@@ -265,6 +265,7 @@ def test_a_policy_that_does_not_answer_evaluation_counts_nothing(tmp_path):
     ("grad-sample-mode", "nonsense"), ("learning-rate", math.nan), ("learning-rate", -math.inf),
     ("noise-multiplier", math.inf), ("momentum", -0.5), ("momentum", 1.0), ("target-epsilon", math.nan),
     ("num-rounds", -1), ("num-classes", 1), ("num-features", 0),
+    ("num-classes", 10**12),  # the owner would allocate a model of 64 x 10^12 weights before any check
     ("noise-multiplier", 1e-6),  # positive, but no accountant can account it in bounded memory
     ("max-grad-norm", 1.7976931348623157e308),  # finite, but arithmetic on it overflows
 ])
