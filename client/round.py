@@ -50,7 +50,7 @@ from privfl.logs import get_logger
 from privfl.privacy.events import NonPrivateRelease
 from privfl.privacy.ledger import UnsupportedEvent
 from privfl.privacy.ledger.bridge import split_bridge
-from privfl.privacy.policy import OWNER, RECORD
+from privfl.privacy.policy import OWNER, RECORD, PolicyError
 from privfl.protocol import OwnerRound, ProtocolError, RoundRequest
 
 log = get_logger("client")
@@ -111,7 +111,10 @@ def run_train_round(msg: Message, context: Context) -> RecordDict:
     if charged is not None:
         return round_.resend(charged)
     planned = plan.privacy_event(len(data.train))
-    decision = decide_release(owner.policy, owner.ledger.events(), planned)
+    try:
+        decision = decide_release(owner.policy, owner.ledger.events(), planned)
+    except PolicyError as err:
+        return round_.refuse(str(err), request=request, unit=RECORD)
     if not decision.allowed:
         return round_.refuse(decision.reason, request=request, planned=planned, unit=RECORD)
     try:
