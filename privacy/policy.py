@@ -205,11 +205,24 @@ def check_policy_file_mode(path: Path) -> None:
     """Refuse a policy that another account could rewrite (group- or world-writable), as ssh refuses its config.
 
     Whoever can write the policy can raise the budget or drop DP; the error says the chmod to run.
+    As ssh does, the file must also belong to this account or root (its owner can chmod it at will),
+    and its folder (the link's target's) must not let others replace it: a 0600 policy in a folder
+    anyone can write (without the sticky bit) is swapped for another file by a rename.
     """
-    mode = stat.S_IMODE(os.stat(path).st_mode)
+    info = os.stat(path)
+    mode = stat.S_IMODE(info.st_mode)
     if mode & 0o022:
         raise PolicyError(f"owner policy file {path} is writable by others (mode {mode:04o}): whoever can write it "
                           f"decides this owner's protection; run  chmod go-w {path}")
+    if info.st_uid not in (os.geteuid(), 0):
+        raise PolicyError(f"owner policy file {path} belongs to another account (uid {info.st_uid}), which can "
+                          f"rewrite it: it must belong to this account or root; run  chown {os.geteuid()} {path}")
+    folder = Path(os.path.realpath(path)).parent
+    folder_mode = os.stat(folder).st_mode
+    if stat.S_IMODE(folder_mode) & 0o022 and not folder_mode & stat.S_ISVTX:
+        raise PolicyError(f"owner policy file {path} is in {folder}, a folder others can write (mode "
+                          f"{stat.S_IMODE(folder_mode):04o}): they could put another policy in its place; "
+                          f"run  chmod go-w {folder}")
 
 
 def load_owner_policy(node_config: Mapping[str, Any]) -> OwnerPolicy:
