@@ -229,3 +229,33 @@ def test_restoring_ledger_and_head_record_from_one_older_backup_gives_no_budget_
         path.write_bytes(data)
     reply = _ask(policy, 2)  # a hostile coordinator sends anchor 0: it never says what it accepted
     assert protocol.ARRAYS not in reply, "a second release of a spent budget was charged as the first"
+
+
+def test_a_head_record_of_another_key_is_an_unsigned_refusal(tmp_path):
+    """A local user (or a mix-up) puts another owner's valid head record in place: refused, never re-recorded."""
+    policy = _owner(tmp_path)
+    other = _owner(tmp_path / "other")
+    assert _entry(_ask(policy, 1)).kind == CHARGE and _entry(_ask(other, 1)).kind == CHARGE
+    close_owner_ledgers()
+    record = node_head_path(policy.parent / "signing.key")
+    shutil.copy(node_head_path(other.parent / "signing.key"), record)
+    assert "not signed by this owner's key" in _unsigned(_ask(policy, 2))
+
+
+def test_secagg_markers_forged_in_the_content_do_not_make_a_release_masked(tmp_path):
+    """A plain train message that carries SecAgg+'s config records (stage, privfl's secagg record) by
+    content: only this process's own adapter sets the masked cohort, so nothing leaves."""
+    from flwr.app import ConfigRecord
+    from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key, Stage
+
+    policy = _owner(tmp_path, dp_required=False, require_secure_aggregation=True)
+    terms = _terms(secure=True)
+    assert _entry(_ask(policy, stage=protocol.OWNER_CHARGE_STAGE, terms=terms, unit="owner", dp=False)).kind == CHARGE
+    req = replace(request(CONFIG, 1, privacy_unit="owner", dp=False), owner_round=terms, experiment_id=EXP)
+    msg = message(req)
+    msg.content[RECORD_KEY_CONFIGS] = ConfigRecord({Key.STAGE: Stage.COLLECT_MASKED_VECTORS,
+                                                   Key.SOURCE_LIST: [1, 2, 3, 4]})
+    msg.content[protocol.SECAGG_RECORD] = ConfigRecord({protocol.SECAGG_PAYLOAD_KEY: protocol.ARRAYS})
+    reply = run_train_round(msg, deployed_context({"policy": str(policy)}))
+    entry = _entry(reply)
+    assert entry.kind == REFUSAL and protocol.ARRAYS not in reply and "plain train message" in entry.refusal_reason
