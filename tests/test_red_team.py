@@ -259,3 +259,21 @@ def test_secagg_markers_forged_in_the_content_do_not_make_a_release_masked(tmp_p
     reply = run_train_round(msg, deployed_context({"policy": str(policy)}))
     entry = _entry(reply)
     assert entry.kind == REFUSAL and protocol.ARRAYS not in reply and "plain train message" in entry.refusal_reason
+
+
+@pytest.mark.parametrize("release_terms", [dict(clipping_norm=1e6), dict(noise_multiplier=0.5)],
+                         ids=["larger-clip", "less-noise"])
+def test_a_release_under_other_terms_than_the_charged_ones_is_refused(tmp_path, release_terms):
+    """The coordinator charges owner-level round 1 with one mechanism (noise 4, clip 1) and asks the drawn
+    owner to release under another: the owner used to clip to the release's norm (1e6: no clipping), so
+    the charged event (sensitivity 1) did not cover what left, and the ledger said noise 4."""
+    policy = _owner(tmp_path, dp_required=False, min_noise_multiplier=0.5)
+    charged = _terms(noise_multiplier=4.0)
+    assert _entry(_ask(policy, stage=protocol.OWNER_CHARGE_STAGE, terms=charged, unit="owner", dp=False)).kind == CHARGE
+    reply = _ask(policy, terms=_terms(**{"noise_multiplier": 4.0, **release_terms}), unit="owner", dp=False)
+    assert protocol.ARRAYS not in reply, "released under terms its charge does not cover"
+    assert "releases only what its charge covers" in _entry(reply).refusal_reason
+    # The charged terms themselves (and a smaller clip) are released.
+    for clip in (1.0, 0.5):
+        close_owner_ledgers()
+        assert protocol.ARRAYS in _ask(policy, terms=replace(charged, clipping_norm=clip), unit="owner", dp=False)
