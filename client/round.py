@@ -50,6 +50,7 @@ from privfl.logs import get_logger
 from privfl.privacy.events import NonPrivateRelease
 from privfl.privacy.ledger import UnsupportedEvent
 from privfl.privacy.ledger.bridge import split_bridge
+from privfl.privacy.ledger.entry import unit_of
 from privfl.privacy.policy import OWNER, RECORD, PolicyError
 from privfl.protocol import OwnerRound, ProtocolError, RoundRequest
 
@@ -220,11 +221,11 @@ class _Round:
 
     def resend(self, charged: Any) -> RecordDict:
         update = self.releases.load(self.experiment_id, self.server_round, charged.update_hash)
-        if update is None:
-            raise RuntimeError(
-                f"owner {self.owner.owner_id}: round {self.server_round} of {self.experiment_id} is already charged "
-                "but the update it was charged for is gone; refusing to release a second update under one charge"
-            )
+        if update is None:  # a signed refusal, not an exception: a coordinator can ask any old round again
+            return self.refuse(f"round {self.server_round} of {self.experiment_id} is already charged (entry "
+                               f"{charged.sequence}) but the update it was charged for is gone (only the latest "
+                               "round's is kept): this owner releases no second update under one charge",
+                               unit=unit_of(charged))
         log.warning("%s: round %s of %s was already charged; re-sending the charged update",
                     self.owner.owner_id, self.server_round, self.experiment_id)
         return _release(update, self._receipt(charged))

@@ -277,3 +277,17 @@ def test_a_release_under_other_terms_than_the_charged_ones_is_refused(tmp_path, 
     for clip in (1.0, 0.5):
         close_owner_ledgers()
         assert protocol.ARRAYS in _ask(policy, terms=replace(charged, clipping_norm=clip), unit="owner", dp=False)
+
+
+def test_re_asking_an_older_charged_round_gets_a_signed_refusal_not_a_crash(tmp_path):
+    """The node keeps only the latest round's update; a coordinator that asks round 1 again after round 2
+    used to make the node raise (RuntimeError: an error reply, no signed answer). Nothing may leave either way."""
+    policy = _owner(tmp_path)
+    first = _entry(_ask(policy, 1))
+    assert first.kind == CHARGE and _entry(_ask(policy, 2)).kind == CHARGE
+    reply = _ask(policy, 1)
+    entry = _entry(reply)
+    assert entry.kind == REFUSAL and protocol.ARRAYS not in reply
+    assert f"already charged (entry {first.sequence})" in entry.refusal_reason
+    with OwnerLedger.open_readonly(policy.parent / "ledger.db") as ledger:
+        assert len(ledger.events("record")) == 2  # no second charge for round 1
