@@ -291,3 +291,27 @@ def test_re_asking_an_older_charged_round_gets_a_signed_refusal_not_a_crash(tmp_
     assert f"already charged (entry {first.sequence})" in entry.refusal_reason
     with OwnerLedger.open_readonly(policy.parent / "ledger.db") as ledger:
         assert len(ledger.events("record")) == 2  # no second charge for round 1
+
+
+# ------------------------------------------------------------------ a coordinator that names another's experiment
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "experiment ids are not bound to the coordinator that asks: a hostile coordinator that names another "
+    "federation's experiment id (ids are short human names, often guessable) with anchor 0 receives that "
+    "federation's entries in full in the bridge and, for a round that federation was charged, the very update "
+    "released to it (re-sent under its charge). Closing it needs the owner to key charges and the bridge by the "
+    "coordinator's identity as well (e.g. the coordinator key or SuperLink the node is enrolled with), a "
+    "protocol and ledger change"))
+def test_a_coordinator_naming_another_federations_experiment_gets_nothing_of_it(tmp_path):
+    from tests.test_hostile_custody import OWNER, Coordinator
+
+    policy = deployed_owner(tmp_path / OWNER, OWNER, epsilon_budget=50.0)
+    federation_b = Coordinator(tmp_path / "coordinator-b", policy.parent / "signing.pub")
+    released_to_b, _ = federation_b.round(policy, "trial-2024", 1)
+    asked = request(CONFIG, 1, experiment_id="trial-2024").for_owner(None)  # anchor 0
+    reply = run_train_round(message(asked), deployed_context({"policy": str(policy)}))
+    leaked = protocol.ARRAYS in reply and protocol.update_digest(
+        reply[protocol.ARRAYS].to_torch_state_dict()) == protocol.update_digest(
+        released_to_b[protocol.ARRAYS].to_torch_state_dict())
+    assert not leaked, "the update released to federation B was re-sent to another coordinator"
