@@ -315,3 +315,18 @@ def test_a_coordinator_naming_another_federations_experiment_gets_nothing_of_it(
         reply[protocol.ARRAYS].to_torch_state_dict()) == protocol.update_digest(
         released_to_b[protocol.ARRAYS].to_torch_state_dict())
     assert not leaked, "the update released to federation B was re-sent to another coordinator"
+
+
+@pytest.mark.parametrize("restarted", [True, False], ids=["restarted-node", "running-node"])
+def test_a_policy_pointed_at_another_keys_ledger_of_the_same_owner_id_is_refused(tmp_path, restarted):
+    """Two enrolments of 'st-mary' (a re-install with a new key, a copied folder): pointing the policy at the
+    other key's ledger, which holds less spend, must not train on it."""
+    policy = _owner(tmp_path)
+    other = _owner(tmp_path / "reinstall")
+    assert _entry(_ask(policy, 1)).kind == CHARGE
+    if restarted:
+        close_owner_ledgers()
+    write_policy_file(load_policy_file(policy).replace(ledger=str(other.parent / "ledger.db")), policy)
+    reason = _unsigned(_ask(policy, 2))
+    with OwnerLedger.open_readonly(other.parent / "ledger.db") as ledger:
+        assert ledger.head()[0] == 0, reason
