@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 from privfl import settings
 from privfl.privacy.accountants import ACCOUNTANT_NAMES
 from privfl.privacy.budget import PrivacyBudget
+from privfl.privacy.files import replaceable_by_others
 from privfl.privacy.keys import check_owner_id
 from privfl.settings import SettingsError, each_one_of, non_negative, one_of, probability_delta, setting
 
@@ -209,20 +210,13 @@ def check_policy_file_mode(path: Path) -> None:
     and its folder (the link's target's) must not let others replace it: a 0600 policy in a folder
     anyone can write (without the sticky bit) is swapped for another file by a rename.
     """
-    info = os.stat(path)
-    mode = stat.S_IMODE(info.st_mode)
+    mode = stat.S_IMODE(os.stat(path).st_mode)
     if mode & 0o022:
         raise PolicyError(f"owner policy file {path} is writable by others (mode {mode:04o}): whoever can write it "
                           f"decides this owner's protection; run  chmod go-w {path}")
-    if info.st_uid not in (os.geteuid(), 0):
-        raise PolicyError(f"owner policy file {path} belongs to another account (uid {info.st_uid}), which can "
-                          f"rewrite it: it must belong to this account or root; run  chown {os.geteuid()} {path}")
-    folder = Path(os.path.realpath(path)).parent
-    folder_mode = os.stat(folder).st_mode
-    if stat.S_IMODE(folder_mode) & 0o022 and not folder_mode & stat.S_ISVTX:
-        raise PolicyError(f"owner policy file {path} is in {folder}, a folder others can write (mode "
-                          f"{stat.S_IMODE(folder_mode):04o}): they could put another policy in its place; "
-                          f"run  chmod go-w {folder}")
+    problem = replaceable_by_others(path)
+    if problem:
+        raise PolicyError(f"owner policy file: {problem}; whoever can replace it decides this owner's protection")
 
 
 def load_owner_policy(node_config: Mapping[str, Any]) -> OwnerPolicy:

@@ -330,3 +330,19 @@ def test_a_policy_pointed_at_another_keys_ledger_of_the_same_owner_id_is_refused
     reason = _unsigned(_ask(policy, 2))
     with OwnerLedger.open_readonly(other.parent / "ledger.db") as ledger:
         assert ledger.head()[0] == 0, reason
+
+
+def test_a_key_in_a_folder_anyone_can_write_is_refused(tmp_path):
+    """The node's head record lives beside the key: in a folder others can write, another account deletes it
+    (the node then takes whatever ledger it finds as the truth) or swaps the key file; refused as ssh does."""
+    policy = _owner(tmp_path)
+    open_folder = tmp_path / "keys"
+    open_folder.mkdir()
+    os.chmod(open_folder, 0o777)
+    key = policy.parent / "signing.key"
+    for path in (key, node_head_path(key)):
+        shutil.move(path, open_folder / path.name)
+    write_policy_file(load_policy_file(policy).replace(signing_key=str(open_folder / "signing.key")), policy)
+    assert "a folder others can write" in _unsigned(_ask(policy))
+    os.chmod(open_folder, 0o700)
+    assert _entry(_ask(policy)).kind == CHARGE
