@@ -346,3 +346,32 @@ def test_a_key_in_a_folder_anyone_can_write_is_refused(tmp_path):
     assert "a folder others can write" in _unsigned(_ask(policy))
     os.chmod(open_folder, 0o700)
     assert _entry(_ask(policy)).kind == CHARGE
+
+
+def test_recover_refuses_copies_of_a_forked_chain(tmp_path):
+    """An owner ledger restored from a backup and continued forks: two entries 2, both signed by the owner.
+    A coordinator holding the abandoned branch hands it to recovery beside the real one: refused, nothing
+    written (recovery cannot tell which history was spent)."""
+    from privfl.privacy.events import PoissonSubsampledGaussian
+    from privfl.privacy.keys import generate_key
+    from privfl.privacy.ledger.recover import RecoveryRefused, recover_owner_ledger
+    from privfl.privacy.ledger.registry import CoordinatorRegistry
+
+    key, event = generate_key(), PoissonSubsampledGaussian(noise_multiplier=1.0, sample_rate=0.1, steps=10)
+    terms = dict(clipping_norm=1.0, delta=1e-5, epsilon_budget=50.0, accountant="pld", purpose="p",
+                 privacy_unit="record")
+    real, branch = tmp_path / "real.db", tmp_path / "branch.db"
+    with OwnerLedger.open(real, "st-mary", key, create=True) as ledger:
+        ledger.charge("x-1", 1, event, **terms)
+    shutil.copy(real, branch)
+    with OwnerLedger.open(real, "st-mary", key, create=False) as ledger:
+        ledger.charge("x-1", 2, event, **terms)
+    with OwnerLedger.open(branch, "st-mary", key, create=False) as ledger:
+        ledger.charge("y-9", 1, event, **terms)
+    coordinator = generate_key()
+    CoordinatorRegistry.open(tmp_path / "registry.db", coordinator).close()
+    out = tmp_path / "rebuilt.db"
+    with pytest.raises(RecoveryRefused, match="forked"):
+        recover_owner_ledger(out, "st-mary", key.public_key(), [real, branch],
+                             [(tmp_path / "registry.db", coordinator.public_key())])
+    assert not out.exists()
