@@ -303,18 +303,26 @@ def test_re_asking_an_older_charged_round_gets_a_signed_refusal_not_a_crash(tmp_
     "released to it (re-sent under its charge). Closing it needs the owner to key charges and the bridge by the "
     "coordinator's identity as well (e.g. the coordinator key or SuperLink the node is enrolled with), a "
     "protocol and ledger change"))
-def test_a_coordinator_naming_another_federations_experiment_gets_nothing_of_it(tmp_path):
+@pytest.mark.parametrize("part", ["bridge", "update"])
+def test_a_coordinator_naming_another_federations_experiment_gets_nothing_of_it(tmp_path, part):
     from tests.test_hostile_custody import OWNER, Coordinator
 
     policy = deployed_owner(tmp_path / OWNER, OWNER, epsilon_budget=50.0)
     federation_b = Coordinator(tmp_path / "coordinator-b", policy.parent / "signing.pub")
-    released_to_b, _ = federation_b.round(policy, "trial-2024", 1)
-    asked = request(CONFIG, 1, experiment_id="trial-2024").for_owner(None)  # anchor 0
-    reply = run_train_round(message(asked), deployed_context({"policy": str(policy)}))
-    leaked = protocol.ARRAYS in reply and protocol.update_digest(
-        reply[protocol.ARRAYS].to_torch_state_dict()) == protocol.update_digest(
-        released_to_b[protocol.ARRAYS].to_torch_state_dict())
-    assert not leaked, "the update released to federation B was re-sent to another coordinator"
+    federation_b.round(policy, "trial-2024", 1)
+    released_to_b, _ = federation_b.round(policy, "trial-2024", 2)
+    if part == "bridge":  # a new round of B's experiment id, anchor 0: the bridge carries B's entries
+        reply = run_train_round(message(request(CONFIG, 3, experiment_id="trial-2024").for_owner(None)),
+                                deployed_context({"policy": str(policy)}))
+        full = [Entry.from_signed(raw) for raw in reply[protocol.PRIVACY].get(protocol.BRIDGE, [])]
+        assert not full, f"federation B's entries reached another coordinator in full: {full}"
+    else:  # B's latest round asked again, anchor 0: the update released to B (the node keeps the latest)
+        reply = run_train_round(message(request(CONFIG, 2, experiment_id="trial-2024").for_owner(None)),
+                                deployed_context({"policy": str(policy)}))
+        leaked = protocol.ARRAYS in reply and protocol.update_digest(
+            reply[protocol.ARRAYS].to_torch_state_dict()) == protocol.update_digest(
+            released_to_b[protocol.ARRAYS].to_torch_state_dict())
+        assert not leaked, "the update released to federation B was re-sent to another coordinator"
 
 
 @pytest.mark.parametrize("restarted", [True, False], ids=["restarted-node", "running-node"])
