@@ -17,7 +17,7 @@ from privfl.privacy.accountants import get_accountant
 from privfl.privacy.budget import BudgetDecision, decide_next_release, delta_problem, noise_problem
 from privfl.privacy.events import DpEvent
 from privfl.privacy.planning import plan_noise
-from privfl.privacy.policy import OWNER, RECORD, OwnerPolicy
+from privfl.privacy.policy import OWNER, RECORD, OwnerPolicy, PolicyError
 from privfl.protocol import RoundRequest, TrainingPlan
 
 
@@ -101,9 +101,18 @@ def owner_plan(policy: OwnerPolicy, request: RoundRequest, records: int,
 
 def decide_release(policy: OwnerPolicy, spent: Sequence[DpEvent], planned: DpEvent,
                    unit: str = RECORD) -> BudgetDecision:
-    """The budget decision for the next release of one unit, with the owner's accountant and per-round cap."""
-    return decide_next_release(spent, planned, policy.budget_of(unit), get_accountant(policy.accountant),
-                               max_round_epsilon=policy.max_round_epsilon)
+    """The budget decision for the next release of one unit, with the owner's accountant and per-round cap.
+
+    Raises PolicyError when the accountant cannot evaluate the event at all: dp-accounting's PLD
+    overflows on a coordinator-chosen noise multiplier such as 1e300, and that used to crash the
+    node instead of answering with a signed refusal.
+    """
+    try:
+        return decide_next_release(spent, planned, policy.budget_of(unit), get_accountant(policy.accountant),
+                                   max_round_epsilon=policy.max_round_epsilon)
+    except ArithmeticError as err:
+        raise PolicyError(f"this owner's accountant ({policy.accountant}) cannot evaluate {planned}: "
+                          f"{type(err).__name__}: {err}") from None
 
 
 def released_count(policy: OwnerPolicy, plan: TrainingPlan, records: int) -> int:

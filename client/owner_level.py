@@ -90,9 +90,15 @@ def owner_release_problem(owner: Any, request: RoundRequest) -> str | None:
     if reason:
         return reason
     key = OwnerRound.charge_key(request.experiment_id)
-    if owner.ledger.charge_for(key, request.server_round, unit=OWNER) is None:
+    charge = owner.ledger.charge_for(key, request.server_round, unit=OWNER)
+    if charge is None:
         return (f"this owner was not charged for owner-level round {request.server_round} before the draw; it "
                 "releases nothing the round's charge does not cover")
+    terms = request.owner_round
+    if charge.event != terms.event() or terms.clipping_norm > charge.clipping_norm:
+        return (f"owner-level round {request.server_round} was charged as {charge.event} clipped to "
+                f"{charge.clipping_norm:g} (entry {charge.sequence}), but the release is asked under "
+                f"{terms.event()} clipped to {terms.clipping_norm:g}: this owner releases only what its charge covers")
     return None
 
 

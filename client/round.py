@@ -49,7 +49,8 @@ from privfl.logs import get_logger
 from privfl.privacy.events import NonPrivateRelease
 from privfl.privacy.ledger import UnsupportedEvent
 from privfl.privacy.ledger.bridge import split_bridge
-from privfl.privacy.policy import OWNER, RECORD
+from privfl.privacy.ledger.entry import unit_of
+from privfl.privacy.policy import OWNER, RECORD, PolicyError
 from privfl.protocol import OwnerRound, ProtocolError, RoundRequest
 
 log = get_logger("client")
@@ -110,7 +111,10 @@ def run_train_round(msg: Message, context: Context) -> RecordDict:
     if charged is not None:
         return round_.resend(charged)
     planned = plan.privacy_event(len(data.train))
-    decision = decide_release(owner.policy, owner.ledger.events(), planned)
+    try:
+        decision = decide_release(owner.policy, owner.ledger.events(), planned)
+    except PolicyError as err:
+        return round_.refuse(str(err), request=request, unit=RECORD)
     if not decision.allowed:
         return round_.refuse(decision.reason, request=request, planned=planned, unit=RECORD)
     try:
@@ -216,11 +220,11 @@ class _Round:
 
     def resend(self, charged: Any) -> RecordDict:
         update = self.releases.load(self.experiment_id, self.server_round, charged.update_hash)
-        if update is None:
-            raise RuntimeError(
-                f"owner {self.owner.owner_id}: round {self.server_round} of {self.experiment_id} is already charged "
-                "but the update it was charged for is gone; refusing to release a second update under one charge"
-            )
+        if update is None:  # a signed refusal, not an exception: a coordinator can ask any old round again
+            return self.refuse(f"round {self.server_round} of {self.experiment_id} is already charged (entry "
+                               f"{charged.sequence}) but the update it was charged for is gone (only the latest "
+                               "round's is kept): this owner releases no second update under one charge",
+                               unit=unit_of(charged))
         log.warning("%s: round %s of %s was already charged; re-sending the charged update",
                     self.owner.owner_id, self.server_round, self.experiment_id)
         return _release(update, self._receipt(charged))

@@ -11,6 +11,7 @@ be clobbered.
 from __future__ import annotations
 
 import os
+import stat
 import tempfile
 from pathlib import Path
 
@@ -48,3 +49,23 @@ def write_file_atomically(
             os.unlink(tmp)
         raise
     return path
+
+
+def replaceable_by_others(path: str | Path) -> str | None:
+    """Why another account could put another file in ``path``'s place (None: it cannot), as ssh's StrictModes asks.
+
+    The file must belong to this account or root (its owner can chmod and rewrite it at will), and
+    its folder (the real one, through links) must not be writable by others unless it is sticky
+    (/tmp): in such a folder anyone can rename a 0600 file away and put their own in its place, or
+    delete a record the node keeps there (a ledger's head record beside its key).
+    """
+    info = os.stat(path)
+    if info.st_uid not in (os.geteuid(), 0):
+        return (f"{path} belongs to another account (uid {info.st_uid}), which can rewrite it; "
+                f"run  chown {os.geteuid()} {path}")
+    folder = Path(os.path.realpath(path)).parent
+    mode = os.stat(folder).st_mode
+    if stat.S_IMODE(mode) & 0o022 and not mode & stat.S_ISVTX:
+        return (f"{path} is in {folder}, a folder others can write (mode {stat.S_IMODE(mode):04o}): they could put "
+                f"another file in its place; run  chmod go-w {folder}")
+    return None

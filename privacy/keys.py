@@ -25,7 +25,7 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from privfl.privacy.files import write_file_atomically
+from privfl.privacy.files import replaceable_by_others, write_file_atomically
 
 PRIVATE_SUFFIX = ".key"
 PUBLIC_SUFFIX = ".pub"
@@ -124,6 +124,9 @@ def check_private_file_mode(path: str | Path, what: str = "private key") -> None
     if mode & 0o077:
         raise KeyFileError(f"{path}: this {what} is accessible by others (mode {mode:04o}); it must be readable by "
                            f"its owner only: run  chmod 600 {path}")
+    problem = replaceable_by_others(path)
+    if problem:
+        raise KeyFileError(f"this {what}: {problem}")
 
 
 def load_private_key(path: str | Path, passphrase: str | bytes | None = None) -> Ed25519PrivateKey:

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 from privfl import settings
 from privfl.privacy.accountants import ACCOUNTANT_NAMES
 from privfl.privacy.budget import PrivacyBudget
+from privfl.privacy.files import replaceable_by_others
 from privfl.privacy.keys import check_owner_id
 from privfl.settings import SettingsError, each_one_of, non_negative, one_of, probability_delta, setting
 
@@ -218,11 +219,17 @@ def check_policy_file_mode(path: Path) -> None:
     """Refuse a policy that another account could rewrite (group- or world-writable), as ssh refuses its config.
 
     Whoever can write the policy can raise the budget or drop DP; the error says the chmod to run.
+    As ssh does, the file must also belong to this account or root (its owner can chmod it at will),
+    and its folder (the link's target's) must not let others replace it: a 0600 policy in a folder
+    anyone can write (without the sticky bit) is swapped for another file by a rename.
     """
     mode = stat.S_IMODE(os.stat(path).st_mode)
     if mode & 0o022:
         raise PolicyError(f"owner policy file {path} is writable by others (mode {mode:04o}): whoever can write it "
                           f"decides this owner's protection; run  chmod go-w {path}")
+    problem = replaceable_by_others(path)
+    if problem:
+        raise PolicyError(f"owner policy file: {problem}; whoever can replace it decides this owner's protection")
 
 
 def load_owner_policy(node_config: Mapping[str, Any]) -> OwnerPolicy:
