@@ -166,7 +166,8 @@ def start_supernode(superlink: str, port: int, signed_apps: bool) -> str:
             '    --node-config "policy=\\"$HERE/policy.toml\\"" \\\n'
             "    --isolation process \\\n"
             '    --superexec-auth-secret-file "$HERE/superexec.secret" \\\n'
-            f"    --host 127.0.0.1 --port {port}\n")
+            "    --host 127.0.0.1 \\\n"
+            f"    --port {port}\n")
 
 
 def institution_report() -> str:
@@ -202,7 +203,9 @@ SuperNode (the folder is mode 0700, the keys and policy 0600).
 - `supernode-auth.key` (secret) / `supernode-auth.pub`: authenticates your SuperNode.
 - `ca.pem`: the federation's CA certificate (from the coordinator): the only root your
   SuperNode trusts for the SuperLink.
-{trusted}- `data/`: put your data here: `data/train.npz` (training) and `data/evaluation.npz`
+{trusted}- `superexec.secret` (secret, made by `{names.START_SUPERNODE}` on first start): the SuperNode gives
+  ClientApp tasks only to the SuperExec holding it (Flower's `--isolation process`); never copy it.
+- `data/`: put your data here: `data/train.npz` (training) and `data/evaluation.npz`
   (held-out, for evaluation requests); CSV or Parquet work too (change the names in
   `policy.toml`). Schema: docs/data.md; check with `privfl data check data/train.npz`.
 
@@ -302,6 +305,13 @@ coordinator/{names.REPORT} coordinator/runs/<experiment>   # the coordinator's r
 # --- at each institution: its own report from its own ledger ---
 institutions/{first}/{names.REPORT}
 ```
+
+Who can take a task: the SuperLink and every SuperNode run with Flower's `--isolation process`
+and give a task (the ServerApp's at the SuperLink, the ClientApp's at a SuperNode) only to the
+SuperExec their start script launched with the host's `superexec.secret` (32 random bytes, 0600,
+made on first start); a SuperNode's own Runtime API listens on 127.0.0.1 only. Flower 1.42 still
+passes each running task's token on the app process's command line: keep other users off these
+hosts (or mount `/proc` with `hidepid=2`). See docs/deployment.md, "Who can take a task".
 
 Each run needs its own `run-dir` (copy `coordinator/experiment.toml`, change
 `experiment` and `run-dir`): the ServerApp refuses to reuse a folder that holds a run.
