@@ -45,13 +45,14 @@ import os
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager, suppress
+from contextlib import closing, contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -406,6 +407,7 @@ def run_simulations(configs: Sequence[ExperimentConfig], *, log_to: Path | None 
     results: dict[int, SimulationResult] = {}
     run_marks: dict[int, _Clock] = {}
     errors: list[BaseException] = []
+    ours: set[int] = set()  # the Flower runs this launcher submitted; any other run on its SuperLink is foreign
     try:
         # Start the SuperLink and the Ray head at once, then do this process's own work while they start.
         if ray_address:
@@ -422,6 +424,7 @@ def run_simulations(configs: Sequence[ExperimentConfig], *, log_to: Path | None 
         owners = [_num_owners(c) for c in configs]
         _wait_until_listening(superlink, port, state_dir / "superlink.log")
         clock.mark("superlink_listening")
+        print(UNAUTHENTICATED_NOTE.format(port=port), flush=True)
         # No waiting for Ray: Flower's simulation process connects to it seconds after the submission
         # (ray.init waits for a head that is still starting); the wait below only notices a head that died.
         if head is not None:
@@ -439,12 +442,14 @@ def run_simulations(configs: Sequence[ExperimentConfig], *, log_to: Path | None 
             marks.start = clock.start
             before = set(_app_pids(superlink))
             run_id = _submit(env, app, run_config, owners[index], federation_config)
+            ours.add(run_id)
             marks.mark("submitted")
             warm = _warm_report_imports() if index == 0 else None
             streamer = _flwr(env, "log", str(run_id), CONNECTION, "--stream") if stream else None
             try:
                 _wait_for_run(superlink, where.history, RoundProgress(where.history, config.num_rounds, quiet=stream),
-                              log_path, before=before, marks=marks, head=head)
+                              log_path, before=before, marks=marks, head=head,
+                              foreign=lambda: _foreign_runs(state_dir / "superlink.db", ours))
             except BaseException:
                 if streamer is not None:
                     streamer.terminate()
@@ -484,6 +489,44 @@ def run_simulations(configs: Sequence[ExperimentConfig], *, log_to: Path | None 
         shutil.rmtree(ray_tmp, ignore_errors=True)
     clock.mark("done")
     return [_with_timings(results[i], {**clock.marks, **run_marks[i].marks}) for i in range(len(configs))]
+
+
+UNAUTHENTICATED_NOTE = (
+    "privfl: the simulation's SuperLink listens on 127.0.0.1:{port} and Flower 1.42 does not authenticate its "
+    "Control API: any local user can submit a run to it, whose code would run as you. privfl stops the simulation "
+    "and exits non-zero when a run it did not submit appears (checked every 0.2 s; on a multi-user host, run "
+    "simulations in a container or a network namespace of their own).")
+
+
+class ForeignRunError(SimulationError):
+    """A run that this launcher did not submit appeared on its SuperLink."""
+
+
+def _foreign_runs(database: Path, ours: set[int]) -> list[int]:
+    """Runs in the SuperLink's state that this launcher did not submit (none while the state cannot be read).
+
+    Why: Flower 1.42's open-source SuperLink accepts runs (``flwr run``) from anyone who reaches
+    its port, and a simulation's SuperLink listens on loopback, where every local user reaches it.
+    """
+    if not database.exists():  # connecting would create it under the starting SuperLink
+        return []
+    try:
+        with closing(sqlite3.connect(database, timeout=0.5)) as db:
+            rows = db.execute("SELECT run_id FROM run").fetchall()
+    except sqlite3.Error:
+        return []
+    # Flower stores its unsigned 64-bit run ids as signed SQLite integers.
+    runs = {int(row[0]) % (1 << 64) for row in rows if row[0] is not None}
+    return sorted(runs - ours)
+
+
+def _refuse_foreign(runs: list[int]) -> None:
+    if runs:
+        raise ForeignRunError(
+            f"run(s) {', '.join(map(str, runs))} were submitted to this simulation's SuperLink by someone else "
+            "(another local user can reach its loopback port; Flower 1.42 does not authenticate `flwr run`): the "
+            "simulation was stopped, its SuperLink and every process it started (theirs too) killed. Their code "
+            "may have started as your user before it was caught: check this host.")
 
 
 def _with_timings(result: SimulationResult, timings: dict[str, float]) -> SimulationResult:
@@ -679,13 +722,16 @@ def _app_running(superlink: subprocess.Popen) -> bool:
 
 def _wait_for_run(superlink: subprocess.Popen, history_file: Path, progress: RoundProgress, log_path: Path,
                   start_timeout: float = 180, *, before: set[int] | None = None, marks: _Clock | None = None,
-                  head: subprocess.Popen | None = None) -> None:
+                  head: subprocess.Popen | None = None, foreign: Callable[[], list[int]] | None = None) -> None:
     """Block until the ServerApp marks the history finished; fail if its simulation process dies first.
 
     ``flwr run --stream`` is no completion signal: its log stream can end while the
     run goes on.  The ServerApp's own ``status = finished`` and the simulation
     process's life are.  ``before``: simulation processes that belong to earlier runs
     on the same SuperLink (still exiting), which say nothing about this one.
+    ``foreign()``: runs on the SuperLink that this launcher did not submit; one makes it
+    raise (the caller then stops the SuperLink and everything below it, the foreign run's
+    processes included).
     """
     started, seen_app = time.monotonic(), False
     before = before or set()
@@ -705,6 +751,8 @@ def _wait_for_run(superlink: subprocess.Popen, history_file: Path, progress: Rou
             raise SimulationError(f"the Ray head exited with code {head.returncode}; see ray-head.log in the "
                                   "run's flower folder")
         polls += 1
+        if foreign is not None and polls % 2 == 0:
+            _refuse_foreign(foreign())
         if polls % 4 == 0 or not seen_app:  # walking /proc costs a few ms: not on every poll
             running = bool(set(_app_pids(superlink)) - before)
             if running:

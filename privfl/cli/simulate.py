@@ -18,7 +18,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "trains with DP-SGD (Opacus) within its epsilon budget and its policy; the server aggregates with "
         "FedAvg and evaluates every round. Prints the run directory, test accuracy and each "
         "owner's epsilon, and writes the privacy budget report. Exits 1 when a ledger is not intact, "
-        "when no update was aggregated, or when client updates failed (see --max-failed-updates).",
+        "when no update was aggregated, or when client updates failed (see --max-failed-updates). "
+        "Limitation (Flower 1.42): the simulation's SuperLink listens on a loopback port whose Control API "
+        "has no authentication, so another local user could submit a run with code that would run as you; "
+        "privfl watches for runs it did not submit and, on one, stops the simulation and exits 1 naming it. "
+        "On a shared host, run simulations in a container or network namespace of their own.",
         epilog=f"named experiments: {', '.join(named_configs())}\n\nconfig keys (--set KEY=VALUE):\n{keys}",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -54,7 +54,15 @@ def start_superlink(s: CoordinatorSettings) -> str:
               f"# ({names.START_APP_REGISTRY}); runs are submitted as {s.app_spec}.\n"
               f"export FLWR_SUPERGRID_API_URL={shlex.quote(s.registry_url)}\n") if s.signed_apps else ""
     return (_prelude("Start the SuperLink: TLS, SuperNode authentication, the installed environment (no `uv sync`).")
-            + signed + 'mkdir -p "$HERE/superlink"\ncd "$HERE"\n'
+            + signed + 'mkdir -p "$HERE/superlink"\nchmod 700 "$HERE/superlink"\ncd "$HERE"\n'
+            + _superexec_secret('"$HERE/superlink/superexec.secret"')
+            + "# The SuperExec that runs the ServerApps: started here, authenticated to the Runtime API by the secret, and\n"
+            "# stopped with the SuperLink (--parent-pid: this shell's PID, which `exec` hands to flower-superlink).\n"
+            "flower-superexec \\\n"
+            f"    --runtime-api-address {shlex.quote(_address(s.host, s.port))} \\\n"
+            '    --root-certificates "$HERE/tls/ca.pem" \\\n'
+            '    --superexec-auth-secret-file "$HERE/superlink/superexec.secret" \\\n'
+            '    --parent-pid $$ &\n'
             "exec flower-superlink \\\n"
             f"    --host {shlex.quote(s.bind)} --port {s.port} \\\n"
             '    --ssl-certfile "$HERE/tls/superlink.pem" \\\n'
@@ -62,9 +70,27 @@ def start_superlink(s: CoordinatorSettings) -> str:
             '    --ssl-ca-certfile "$HERE/tls/ca.pem" \\\n'
             "    --enable-supernode-auth \\\n"
             "    --disable-runtime-dependency-installation \\\n"
-            "    --isolation subprocess \\\n"
+            "    --isolation process \\\n"
+            '    --superexec-auth-secret-file "$HERE/superlink/superexec.secret" \\\n'
             '    --database "$HERE/superlink/state.db" \\\n'
             '    --log-file "$HERE/superlink/superlink.log"\n')
+
+
+def _superexec_secret(path: str) -> str:
+    """Lines that make the SuperExec's shared secret once (32 random bytes, mode 0600).
+
+    Why: under ``--isolation subprocess`` Flower 1.42 turns SuperExec authentication off, so
+    anyone who reaches the Runtime API can take a run's ServerApp or ClientApp task and its
+    token.  Under ``--isolation process`` with this secret, only a SuperExec that holds it
+    (HMAC-signed AcquireTask) gets a task.
+    """
+    return ("# The shared secret of this host's SuperExec and Flower process (a task goes only to its holder).\n"
+            f"[ -s {path} ] || (umask 077 && head -c 32 /dev/urandom > {path})\n"
+            f"chmod 600 {path}\n")
+
+
+def _address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def start_app_registry(s: CoordinatorSettings) -> str:
@@ -125,13 +151,22 @@ def start_supernode(superlink: str, port: int, signed_apps: bool) -> str:
             + '[ -f "$HERE/ca.pem" ] || { echo "ca.pem is missing: copy the federation CA certificate the '
             'coordinator sent" >&2; exit 2; }\n'
             + check + 'cd "$HERE"\n'
+            + _superexec_secret('"$HERE/superexec.secret"')
+            + "# The SuperExec that runs the ClientApps: started here, authenticated to the SuperNode's local Runtime API\n"
+            "# by the secret, and stopped with the SuperNode (--parent-pid: this shell's PID, kept by `exec`).\n"
+            "flower-superexec \\\n"
+            f"    --runtime-api-address 127.0.0.1:{port} --insecure \\\n"
+            '    --superexec-auth-secret-file "$HERE/superexec.secret" \\\n'
+            '    --parent-pid $$ &\n'
             "exec flower-supernode \\\n"
             f"    --superlink {shlex.quote(superlink)} \\\n"
             '    --root-certificates "$HERE/ca.pem" \\\n'
             '    --auth-supernode-private-key "$HERE/supernode-auth.key" \\\n'
             + trust +
             '    --node-config "policy=\\"$HERE/policy.toml\\"" \\\n'
-            "    --isolation subprocess \\\n"
+            "    --isolation process \\\n"
+            '    --superexec-auth-secret-file "$HERE/superexec.secret" \\\n'
+            "    --host 127.0.0.1 \\\n"
             f"    --port {port}\n")
 
 
@@ -168,7 +203,9 @@ SuperNode (the folder is mode 0700, the keys and policy 0600).
 - `supernode-auth.key` (secret) / `supernode-auth.pub`: authenticates your SuperNode.
 - `ca.pem`: the federation's CA certificate (from the coordinator): the only root your
   SuperNode trusts for the SuperLink.
-{trusted}- `data/`: put your data here: `data/train.npz` (training) and `data/evaluation.npz`
+{trusted}- `superexec.secret` (secret, made by `{names.START_SUPERNODE}` on first start): the SuperNode gives
+  ClientApp tasks only to the SuperExec holding it (Flower's `--isolation process`); never copy it.
+- `data/`: put your data here: `data/train.npz` (training) and `data/evaluation.npz`
   (held-out, for evaluation requests); CSV or Parquet work too (change the names in
   `policy.toml`). Schema: docs/data.md; check with `privfl data check data/train.npz`.
 
@@ -188,7 +225,7 @@ SuperNode (the folder is mode 0700, the keys and policy 0600).
 which runs:
 
 ```bash
-{_script_block(start_supernode(superlink, 0, signed_apps)).replace("--port 0", "--port <this SuperNode's local port>")}
+{_script_block(start_supernode(superlink, 0, signed_apps)).replace("--port 0", "--port <this SuperNode's local port>").replace("127.0.0.1:0 ", "127.0.0.1:<this SuperNode's local port> ")}
 ```
 
 4. Your own report, from your own ledger, at any time:
@@ -268,6 +305,13 @@ coordinator/{names.REPORT} coordinator/runs/<experiment>   # the coordinator's r
 # --- at each institution: its own report from its own ledger ---
 institutions/{first}/{names.REPORT}
 ```
+
+Who can take a task: the SuperLink and every SuperNode run with Flower's `--isolation process`
+and give a task (the ServerApp's at the SuperLink, the ClientApp's at a SuperNode) only to the
+SuperExec their start script launched with the host's `superexec.secret` (32 random bytes, 0600,
+made on first start); a SuperNode's own Runtime API listens on 127.0.0.1 only. Flower 1.42 still
+passes each running task's token on the app process's command line: keep other users off these
+hosts (or mount `/proc` with `hidepid=2`). See docs/deployment.md, "Who can take a task".
 
 Each run needs its own `run-dir` (copy `coordinator/experiment.toml`, change
 `experiment` and `run-dir`): the ServerApp refuses to reuse a folder that holds a run.
