@@ -134,7 +134,8 @@ def test_federated_evaluation_per_owner_is_in_the_history(main_run):
     evaluation = history["rounds"][-1]["federated_evaluation"]
     assert evaluation is not None and set(evaluation["owners"]) == set(OWNERS)
     for figures in evaluation["owners"].values():
-        assert figures["num_examples"] > 0 and 0.0 <= figures["accuracy"] <= 1.0
+        # the policies privfl deploy writes keep the record count private (public-record-count = false)
+        assert figures["num_examples"] is None and 0.0 <= figures["accuracy"] <= 1.0
     assert 0.0 <= evaluation["accuracy"] <= 1.0
 
 
