@@ -150,11 +150,11 @@ def test_an_owner_bounds_the_sampling_amplification_it_credits(tmp_path):
 
 
 @pytest.mark.parametrize("terms, words", [
-    (_terms(clipping_norm=math.nan), "clipping norm"),
-    (_terms(clipping_norm=math.inf), "clipping norm"),
+    (_terms(clipping_norm=math.nan), "owner-clipping-norm = nan"),  # refused by the request check, first
+    (_terms(clipping_norm=math.inf), "owner-clipping-norm = inf"),
     (_terms(sampling="fixed", sample_size=5, population=0), "cannot be accounted"),
     (_terms(sampling="stratified"), "cannot be accounted"),
-    (_terms(sample_rate=math.nan), "cannot be accounted"),
+    (_terms(sample_rate=math.nan), "owner-sample-rate = nan"),
 ])
 def test_owner_level_terms_that_cannot_be_run_get_a_signed_refusal(tmp_path, terms, words):
     """These used to raise inside the owner's round (no signed answer) or charge an invalid entry."""
