@@ -62,6 +62,14 @@ def _check_count(name: str, value: int, least: int) -> None:
         raise ValueError(f"{name} must be an integer >= {least}, got {value!r}")
 
 
+
+# The least noise multiplier privfl plans, accepts in a request or composes.  Below it an
+# accountant's cost explodes (dp-accounting's PLD grid for sigma 1e-3 needs tens of GB, for 1e-6
+# petabytes) while a step already costs an epsilon in the hundreds: nothing to protect, a lot to
+# lose.  A hostile coordinator's target epsilon of 10^6 used to make the owner's noise planner
+# bisect down to sigma 0.001 and exhaust the node's memory.
+LEAST_NOISE = 0.1
+
 @dataclass(frozen=True)
 class PoissonSubsampledGaussian:
     """``steps`` releases: Poisson sampling at ``sample_rate``, Gaussian noise.

@@ -30,7 +30,7 @@ from flwr.app import ConfigRecord
 
 from privfl import __version__
 from privfl.models import ModelSpec
-from privfl.privacy.events import PoissonSubsampledGaussian
+from privfl.privacy.events import LEAST_NOISE, PoissonSubsampledGaussian
 from privfl.settings import key_of, non_negative
 
 # Bumped whenever a key below changes meaning or a required key is added; an owner
@@ -306,7 +306,6 @@ class RoundRequest:
 # cannot be accounted (the PLD accountant's grid for sigma 1e-6 asked for petabytes) and a step costs
 # an epsilon in the hundreds anyway.
 MAX_MAGNITUDE = 1e12
-LEAST_NOISE = 0.1
 
 
 def _number_problem(key: str, value: float) -> str | None:

@@ -72,3 +72,23 @@ def test_uneven_owners_each_end_at_the_target_in_a_run(tmp_path):
     assert len(set(sigmas.values())) > 1  # each planned its own noise
     for owner in sizes:
         assert 2.0 * 0.98 <= history["owners"][owner]["epsilon"] <= 2.0 * (1 + 1e-6), owner
+
+
+def test_a_huge_target_never_makes_the_planner_ask_about_unaccountable_noise():
+    """A coordinator's target epsilon of 10^6 once made the owner bisect down to sigma 0.001,
+    where dp-accounting's PLD asked for tens of GB and the node was killed (found by hypothesis)."""
+    from privfl.privacy.accountants.base import bisect_noise
+    from privfl.privacy.events import LEAST_NOISE
+
+    asked: list[float] = []
+
+    def epsilon_at(sigma: float) -> float:
+        asked.append(sigma)
+        return 1.0 / sigma
+
+    assert bisect_noise(epsilon_at, 1e6) == LEAST_NOISE
+    assert bisect_noise(epsilon_at, 5.0) == pytest.approx(0.2, rel=2e-3)
+    assert min(asked) >= LEAST_NOISE
+    plan = plan_noise(accountant="pld", target_epsilon=1e6, delta=1e-5, records=100, batch_size=10,
+                      local_epochs=1, rounds=3)
+    assert plan.noise_multiplier == LEAST_NOISE

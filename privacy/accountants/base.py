@@ -8,7 +8,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Sequence
 
 from privfl.privacy.events import (
-    DpEvent, NotComposable, is_event, mixed_relations_message,
+    LEAST_NOISE, DpEvent, NotComposable, is_event, mixed_relations_message,
 )
 
 # A planned release as a function of its noise multiplier, or an event whose
@@ -104,8 +104,14 @@ class Accountant(ABC):
 
 
 def bisect_noise(epsilon_at: Callable[[float], float], target_epsilon: float) -> float:
-    """Smallest sigma (to 0.1% relative) with ``epsilon_at(sigma) <= target_epsilon``."""
-    low, high = 0.0, 1.0
+    """Smallest sigma (to 0.1% relative, never below LEAST_NOISE) with ``epsilon_at(sigma) <= target_epsilon``.
+
+    The floor is checked first: a target so generous that the least accountable noise meets it
+    returns that floor without asking the accountant about any smaller sigma (whose cost explodes).
+    """
+    if epsilon_at(LEAST_NOISE) <= target_epsilon:
+        return LEAST_NOISE
+    low, high = LEAST_NOISE, 1.0
     while epsilon_at(high) > target_epsilon:
         low, high = high, 2 * high
         if high > 1e6:

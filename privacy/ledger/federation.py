@@ -28,7 +28,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from google.protobuf.message import DecodeError
 
-from privfl.privacy.events import NonPrivateRelease
+from privfl.privacy.events import LEAST_NOISE, NonPrivateRelease
 from privfl.privacy.keys import check_owner_id, fingerprint, public_key_bytes, public_key_from_bytes
 from privfl.privacy.ledger.bridge import ElidedEntry
 from privfl.privacy.ledger.chain import entry_hash
@@ -47,7 +47,6 @@ from privfl.protos import ledger_pb2
 MAX_SEQUENCE = 2**53 - 1  # exact in JSON and floats; SQLite's integers end at 2^63 - 1
 MAX_BRIDGE_ENTRIES = 100_000
 MAX_EVENT_STEPS = 10_000
-MIN_EVENT_NOISE = 0.1
 
 
 def event_bound_problem(event: object) -> str | None:
@@ -55,8 +54,8 @@ def event_bound_problem(event: object) -> str | None:
     if event is None:
         return None
     noise = getattr(event, "noise_multiplier", None)
-    if isinstance(noise, (int, float)) and not noise >= MIN_EVENT_NOISE and not isinstance(event, NonPrivateRelease):
-        return (f"its noise multiplier {noise:g} is below {MIN_EVENT_NOISE:g}, the least this coordinator composes "
+    if isinstance(noise, (int, float)) and not noise >= LEAST_NOISE and not isinstance(event, NonPrivateRelease):
+        return (f"its noise multiplier {noise:g} is below {LEAST_NOISE:g}, the least this coordinator composes "
                 "(such a release protects nothing)")
     steps = getattr(event, "steps", 1)
     if isinstance(steps, int) and steps > MAX_EVENT_STEPS:
