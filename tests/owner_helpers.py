@@ -91,3 +91,39 @@ def deployed_owner(folder: Path, owner_id: str = "st-mary", **policy) -> Path:
     if values["ledger"]:  # enrolment creates the ledger (the node never does)
         enrol_owner_ledger(values["ledger"], owner_id, key, values["signing_key"])
     return written
+
+
+def owner_round_terms(**changes) -> "OwnerRound":
+    """Owner-level terms as a coordinator sends them: Poisson at rate 1 over 4 owners, sigma 1, clip 1."""
+    from privfl.protocol import OwnerRound
+
+    values = dict(noise_multiplier=1.0, sampling="poisson", sample_rate=1.0, sample_size=0, population=4,
+                  clipping_norm=1.0, secure=False)
+    values.update(changes)
+    return OwnerRound(**values)
+
+
+def both_units_owner(tmp_path: Path, **policy) -> Path:
+    """st-mary, deployed, accepting record- and owner-level rounds with budgets of 50."""
+    values = dict(privacy_units=("record", "owner"), owner_epsilon_budget=50.0, epsilon_budget=50.0)
+    values.update(policy)
+    return deployed_owner(tmp_path / "st-mary", **values)
+
+
+def ask_owner(policy_file: Path, server_round: int = 1, *, stage: str = protocol.TRAIN_STAGE, terms=None,
+              unit: str = "record", experiment_id: str = "exp-1", **plan):
+    """One train request of the coordinator to this owner's node, as privfl's ClientApp handles it (no SecAgg+ mod)."""
+    from dataclasses import replace
+
+    from privfl.client.round import run_train_round
+
+    req = request(CONFIG, server_round, privacy_unit=unit, **plan)
+    req = replace(req, stage=stage, owner_round=terms if unit == "owner" else None, experiment_id=experiment_id)
+    return run_train_round(message(req), deployed_context({"policy": str(policy_file)}))
+
+
+def signed_entry(reply):
+    """The ledger entry an owner signed into its reply (a charge or a refusal)."""
+    from privfl.privacy.ledger import Entry
+
+    return Entry.from_signed(reply[protocol.PRIVACY][protocol.SIGNED_ENTRY])

@@ -13,6 +13,7 @@ import math
 import os
 import shutil
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -24,8 +25,10 @@ from privfl.privacy.keys import load_private_key
 from privfl.privacy.ledger import CHARGE, REFUSAL, Entry, OwnerLedger
 from privfl.privacy.ledger.node_head import node_head_path
 from privfl.privacy.policy import PolicyError, load_policy_file, write_policy_file
-from privfl.protocol import OwnerRound
-from tests.owner_helpers import CONFIG, deployed_context, deployed_owner, message, request
+from tests.owner_helpers import (
+    CONFIG, ask_owner, both_units_owner, deployed_context, deployed_owner, message, owner_round_terms, request,
+    signed_entry,
+)
 
 pytestmark = pytest.mark.usefixtures("flower_task_identity")
 
@@ -39,28 +42,8 @@ def _fresh_ledgers():
     close_owner_ledgers()
 
 
-def _terms(**changes) -> OwnerRound:
-    values = dict(noise_multiplier=1.0, sampling="poisson", sample_rate=1.0, sample_size=0, population=4,
-                  clipping_norm=1.0, secure=False)
-    values.update(changes)
-    return OwnerRound(**values)
-
-
-def _owner(tmp_path: Path, **policy) -> Path:
-    values = dict(privacy_units=("record", "owner"), owner_epsilon_budget=50.0, epsilon_budget=50.0)
-    values.update(policy)
-    return deployed_owner(tmp_path / "st-mary", **values)
-
-
-def _ask(policy_file: Path, server_round: int = 1, *, stage: str = protocol.TRAIN_STAGE,
-         terms: OwnerRound | None = None, unit: str = "record", experiment_id: str = EXP, **plan):
-    req = request(CONFIG, server_round, privacy_unit=unit, **plan)
-    req = replace(req, stage=stage, owner_round=terms if unit == "owner" else None, experiment_id=experiment_id)
-    return run_train_round(message(req), deployed_context({"policy": str(policy_file)}))
-
-
-def _entry(reply) -> Entry:
-    return Entry.from_signed(reply[protocol.PRIVACY][protocol.SIGNED_ENTRY])
+_terms, _owner, _entry = owner_round_terms, both_units_owner, signed_entry
+_ask = partial(ask_owner, unit="record")  # one request of the coordinator to st-mary's node
 
 
 def _unsigned(reply) -> str:
