@@ -138,18 +138,7 @@ def audit_run(run_dir: str | Path, *, owner_ledgers: dict[str, Path] | None = No
     audit.read.append(str(where.history))
     named = "named by the user" if (federation_dir or coordinator_dir) else "found beside the run"
     audit.trust_root = f"{where.coordinator_dir} ({named}; never from the run's config.json)"
-    coordinator = _coordinator_key(audit, where)
-    keys = _owner_keys(audit, where)
-    registry_anchors: list[Anchor] = []
-    registered: set[str] = set()
-    if where.registry.is_file():
-        report = verify(where.registry, keys, coordinator_key=coordinator)
-        audit.add_report(report)
-        if report.ok:
-            registry_anchors = _anchors(where.registry)
-            registered = _registered_owners(where.registry)
-    else:
-        audit.fail(f"the coordinator's registry {where.registry} is missing: owner heads cannot be checked")
+    coordinator, keys, registry_anchors, registered = _trust_root(audit, where)
     federation_entries: dict[tuple[str, int], Entry] = {}
     federation_anchors: list[Anchor] = []
     if where.federation_ledger.exists():
@@ -192,17 +181,7 @@ def audit_federation(federation_dir: str | Path, *, coordinator_dir: str | Path 
     where = Layout(federation, federation, Path(coordinator_dir) if coordinator_dir else federation / COORDINATOR_FOLDER)
     audit = RunAudit(run_dir=federation, layout=where, subject=f"federation folder {federation}",
                      trust_root=f"{where.coordinator_dir} (named by the user)")
-    coordinator = _coordinator_key(audit, where)
-    keys = _owner_keys(audit, where)
-    anchors: list[Anchor] = []
-    registered: set[str] = set()
-    if where.registry.is_file():
-        report = verify(where.registry, keys, coordinator_key=coordinator)
-        audit.add_report(report)
-        if report.ok:
-            anchors, registered = _anchors(where.registry), _registered_owners(where.registry)
-    else:
-        audit.fail(f"the coordinator's registry {where.registry} is missing: owner heads cannot be checked")
+    _, keys, anchors, registered = _trust_root(audit, where)
     known = {a.owner_id for a in anchors} | registered | set(keys)
     audit.owner_ledgers = _find_owner_ledgers(audit, where, known, {})
     for owner_id, path in sorted(audit.owner_ledgers.items()):
@@ -238,6 +217,23 @@ def audit_path(path: str | Path, *, federation_dir: str | Path | None = None,
         return audit_federation(federation_dir or path, coordinator_dir=coordinator_dir)
     raise FileNotFoundError(f"{path} is neither a privfl run folder (history.json) nor a federation folder "
                             "(coordinator/, owners/)")
+
+
+def _trust_root(audit: RunAudit, where: Layout) -> tuple[Ed25519PublicKey | None, dict[str, Ed25519PublicKey],
+                                                        list[Anchor], set[str]]:
+    """The coordinator's key, the owners' registered keys, and the registry's anchors and owners (verified)."""
+    coordinator = _coordinator_key(audit, where)
+    keys = _owner_keys(audit, where)
+    anchors: list[Anchor] = []
+    registered: set[str] = set()
+    if where.registry.is_file():
+        report = verify(where.registry, keys, coordinator_key=coordinator)
+        audit.add_report(report)
+        if report.ok:
+            anchors, registered = _anchors(where.registry), _registered_owners(where.registry)
+    else:
+        audit.fail(f"the coordinator's registry {where.registry} is missing: owner heads cannot be checked")
+    return coordinator, keys, anchors, registered
 
 
 def _coordinator_key(audit: RunAudit, where: Layout) -> Ed25519PublicKey | None:
