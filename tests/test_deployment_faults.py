@@ -53,7 +53,7 @@ def deployment(tmp_path_factory):
         assert not deployment.alive(), f"processes left running: {deployment.alive()}"
 
 
-def _wait_for_round(run_dir: Path, number: int, timeout: float = 180) -> None:
+def _wait_for_round(run_dir: Path, number: int, timeout: float = 300) -> None:
     """Until the round's checkpoint exists: its receipts are committed and anchored."""
     state, deadline = run_dir / "checkpoints" / "state.json", time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -99,7 +99,7 @@ def test_a_supernode_killed_and_restarted_mid_run(deployment):
     time.sleep(2)
     deployment.nodes["st-john"] = deployment.start_supernode(deployment.institution("st-john"),
                                                              name="supernode-st-john-restarted")
-    history = deployment.wait_for_run(run_id, run_dir, timeout=300)
+    history = deployment.wait_for_run(run_id, run_dir, timeout=450)
     assert history["status"] == "finished" and history["aggregated_rounds"] == ROUNDS
     _check_ledgers(deployment, run_dir, history["experiment_id"])
 
@@ -118,7 +118,7 @@ def test_the_superlink_killed_and_the_experiment_resumed(deployment):
     resume = config.with_name("link-fault-resume.toml")  # the same experiment, resumed
     resume.write_text(config.read_text() + "resume = true\n")
     run_id = deployment.submit(resume, name="submit-link-fault-resume")
-    history = deployment.wait_for_run(run_id, run_dir, timeout=300)
+    history = deployment.wait_for_run(run_id, run_dir, timeout=450)
     assert history["status"] == "finished" and history["experiment_id"] == experiment_id
     assert [r["round"] for r in history["rounds"]] == [1, 2]
     events = _check_ledgers(deployment, run_dir, experiment_id)
