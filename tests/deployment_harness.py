@@ -270,8 +270,11 @@ class Deployment:
 
     def _serverapps(self) -> list[int]:
         """The ServerApp processes the SuperLink runs now (``flwr-serverapp``)."""
-        superlink = next((s for s in self.started if s.name == "superlink"), None)
-        if superlink is None or superlink.process.poll() is not None:
+        # the live SuperLink, also one restarted under another name ("superlink-restarted"): watching only the
+        # first one made a resumed run look as if its ServerApp never started, failing it after start_timeout
+        superlink = next((s for s in reversed(self.started)
+                          if s.name.startswith("superlink") and s.process.poll() is None), None)
+        if superlink is None:
             return []
         return [pid for pid in descendants(superlink.process.pid) if "flwr-serverapp" in command_line(pid)]
 
