@@ -73,6 +73,10 @@ def run_train_round(msg: Message, context: Context) -> RecordDict:
     if reason:  # unsigned: a refusal keyed by this id could itself sit under another key's charges
         log.error("%s refuses: %s", owner.owner_id, reason)
         return RecordDict({protocol.PRIVACY: protocol.unsigned_refusal(reason, owner.owner_id)})
+    reason = federation_problem(owner, experiment_id)
+    if reason:  # unsigned: a refusal keyed by this id would sit beside the other federation's entries
+        log.error("%s refuses: %s", owner.owner_id, reason)
+        return RecordDict({protocol.PRIVACY: protocol.unsigned_refusal(reason, owner.owner_id)})
     round_ = _Round(owner, experiment_id, server_round)
     anchored = asked.get("anchor-sequence", 0)
     round_.anchored = anchored if isinstance(anchored, int) and not isinstance(anchored, bool) else 0
@@ -145,7 +149,7 @@ class _Round:
         anchor 0 learns where the owner's chain stands, not what it released to others.
         """
         between = self.owner.ledger.entries_between(self.anchored, entry.sequence)
-        bridge, elided = split_bridge(between, (self.experiment_id, OwnerRound.charge_key(self.experiment_id)))
+        bridge, elided = split_bridge(between, run_ids(self.experiment_id), self.owner.policy.federation)
         return protocol.signed_receipt(entry.signed_bytes(), bridge, elided)
 
     def _terms(self, request: RoundRequest | None, unit: str | None) -> dict[str, Any]:
@@ -154,7 +158,8 @@ class _Round:
             unit = request.privacy_unit
         budget = policy.owner_epsilon_budget if unit == OWNER and policy.owner_epsilon_budget else policy.epsilon_budget
         return dict(delta=policy.delta, epsilon_budget=budget, accountant=policy.accountant,
-                    purpose=request.purpose if request is not None else "", privacy_unit=unit)
+                    purpose=request.purpose if request is not None else "", privacy_unit=unit,
+                    federation=policy.federation)
 
     def refuse(self, reason: str, *, request: RoundRequest | None = None, planned: Any = None,
                unit: str | None = None, run_id: str | None = None) -> RecordDict:
@@ -228,6 +233,29 @@ class _Round:
         log.warning("%s: round %s of %s was already charged; re-sending the charged update",
                     self.owner.owner_id, self.server_round, self.experiment_id)
         return _release(update, self._receipt(charged))
+
+
+def run_ids(experiment_id: str) -> tuple[str, str]:
+    """The keys an experiment's charges and refusals are written under: record-level and owner-level."""
+    return experiment_id, OwnerRound.charge_key(experiment_id)
+
+
+def federation_problem(owner: Owner, experiment_id: str) -> str | None:
+    """Why this node serves no round of ``experiment_id``: the id belongs to another federation at this owner.
+
+    The coordinator chooses experiment ids, and short human names are guessable; the
+    federation comes from the owner's own policy.  An id is bound to the federation of
+    its first entry, so a coordinator naming another federation's experiment neither
+    reads its entries in the bridge nor gets its charged update re-sent.  The reason
+    names neither the other federation nor anything of its experiment.
+    """
+    mine = owner.policy.federation
+    for run_id in run_ids(experiment_id):
+        theirs = owner.ledger.federation_of(run_id)
+        if theirs is not None and theirs != mine:
+            return (f"experiment id {experiment_id!r} is bound to another federation at this owner: "
+                    "this node serves no round of it (choose a new experiment id)")
+    return None
 
 
 def anchor_problem(ledger: Any, request: RoundRequest) -> str | None:

@@ -129,6 +129,11 @@ class OwnerPolicy:
         1.0, "the least owner sampling rate (Poisson q, or m/N) whose amplification this owner credits in an "
         "owner-level round; the coordinator draws the sample and this owner cannot check it (1: credit none, "
         "0: believe any rate the coordinator states)", _rate_bound)
+    federation: str = setting(
+        "", "the federation this node serves (`privfl deploy` writes the SuperLink's HOST:PORT): every ledger entry "
+        "records it and an experiment id at this owner belongs to the federation of its first entry, so a "
+        "coordinator naming another federation's experiment gets nothing of it; give each federation's SuperNode "
+        "its own policy file with its own federation (needed at a deployed node)", kind=str)
     answer_evaluation: bool = setting(
         False, "evaluate the global model on evaluation-data when the coordinator asks; the answers (loss, "
         "accuracy) are released WITHOUT differential privacy: no epsilon covers them, only max-evaluations "
@@ -167,7 +172,7 @@ class OwnerPolicy:
 
     def require_deployed(self) -> OwnerPolicy:
         """A deployed owner names its own files; a simulated one is given them."""
-        for key in ("data", "ledger", "signing_key"):
+        for key in ("data", "ledger", "signing_key", "federation"):
             if not getattr(self, key):
                 raise PolicyError(f"owner {self.owner_id}: no {settings.key_of(key)} set in the owner policy "
                                   f"(see `privfl deploy init` or docs/deployment.md)")

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1aprivfl/protos/ledger.proto\x12\x10privfl.ledger.v1\"Y\n\x19PoissonSubsampledGaussian\x12\x18\n\x10noise_multiplier\x18\x01 \x01(\x01\x12\x13\n\x0bsample_rate\x18\x02 \x01(\x01\x12\r\n\x05steps\x18\x03 \x01(\x04\"$\n\x08Gaussian\x12\x18\n\x10noise_multiplier\x18\x01 \x01(\x01\"z\n!SampledWithoutReplacementGaussian\x12\x18\n\x10noise_multiplier\x18\x01 \x01(\x01\x12\x13\n\x0bsample_size\x18\x02 \x01(\x04\x12\x17\n\x0fpopulation_size\x18\x03 \x01(\x04\x12\r\n\x05steps\x18\x04 \x01(\x04\"\"\n\x11NonPrivateRelease\x12\r\n\x05steps\x18\x01 \x01(\x04\"\xc7\x05\n\x0bLedgerEntry\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12\x15\n\rprevious_hash\x18\x02 \x01(\x0c\x12\x0e\n\x06run_id\x18\x03 \x01(\t\x12\r\n\x05round\x18\x04 \x01(\x04\x12\x10\n\x08owner_id\x18\x05 \x01(\t\x12)\n\x04kind\x18\x06 \x01(\x0e\x32\x1b.privfl.ledger.v1.EntryKind\x12R\n\x1bpoisson_subsampled_gaussian\x18\x07 \x01(\x0b\x32+.privfl.ledger.v1.PoissonSubsampledGaussianH\x00\x12.\n\x08gaussian\x18\x08 \x01(\x0b\x32\x1a.privfl.ledger.v1.GaussianH\x00\x12\x63\n$sampled_without_replacement_gaussian\x18\x13 \x01(\x0b\x32\x33.privfl.ledger.v1.SampledWithoutReplacementGaussianH\x00\x12\x42\n\x13non_private_release\x18\x14 \x01(\x0b\x32#.privfl.ledger.v1.NonPrivateReleaseH\x00\x12\x15\n\rclipping_norm\x18\t \x01(\x01\x12\x33\n\x0cprivacy_unit\x18\n \x01(\x0e\x32\x1d.privfl.ledger.v1.PrivacyUnit\x12\r\n\x05\x64\x65lta\x18\x0b \x01(\x01\x12\x12\n\naccountant\x18\x0c \x01(\t\x12\x1a\n\x12\x63umulative_epsilon\x18\r \x01(\x01\x12\x16\n\x0e\x65psilon_budget\x18\x0e \x01(\x01\x12\x0f\n\x07purpose\x18\x0f \x01(\t\x12\x1c\n\x14timestamp_unix_nanos\x18\x10 \x01(\x03\x12\x13\n\x0bupdate_hash\x18\x11 \x01(\x0c\x12\x16\n\x0erefusal_reason\x18\x12 \x01(\tB\x07\n\x05\x65vent\"H\n\x0bSignedEntry\x12\r\n\x05\x65ntry\x18\x01 \x01(\x0c\x12\x11\n\tsignature\x18\x02 \x01(\x0c\x12\x17\n\x0fkey_fingerprint\x18\x03 \x01(\t\"\x88\x02\n\x0b\x41nchorEntry\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12\x15\n\rprevious_hash\x18\x02 \x01(\x0c\x12\x15\n\rexperiment_id\x18\x03 \x01(\t\x12\r\n\x05round\x18\x04 \x01(\x04\x12\x10\n\x08owner_id\x18\x05 \x01(\t\x12\x16\n\x0eowner_sequence\x18\x06 \x01(\x04\x12\x18\n\x10owner_entry_hash\x18\x07 \x01(\x0c\x12\x16\n\x0eowner_position\x18\x08 \x01(\x04\x12\x30\n\x07outcome\x18\t \x01(\x0e\x32\x1f.privfl.ledger.v1.AnchorOutcome\x12\x1c\n\x14timestamp_unix_nanos\x18\n \x01(\x03\"m\n\x10GetBudgetRequest\x12\x10\n\x08owner_id\x18\x01 \x01(\t\x12\x12\n\naccountant\x18\x02 \x01(\t\x12\x33\n\x0cprivacy_unit\x18\x03 \x01(\x0e\x32\x1d.privfl.ledger.v1.PrivacyUnit\"\x94\x02\n\x11GetBudgetResponse\x12\x10\n\x08owner_id\x18\x01 \x01(\t\x12\x12\n\naccountant\x18\x02 \x01(\t\x12\r\n\x05\x64\x65lta\x18\x03 \x01(\x01\x12\x15\n\repsilon_spent\x18\x04 \x01(\x01\x12\x16\n\x0e\x65psilon_budget\x18\x05 \x01(\x01\x12\x19\n\x11\x65psilon_remaining\x18\x06 \x01(\x01\x12\x0f\n\x07\x63harges\x18\x07 \x01(\x04\x12\x10\n\x08refusals\x18\x08 \x01(\x04\x12\x15\n\rhead_sequence\x18\t \x01(\x04\x12\x11\n\thead_hash\x18\n \x01(\x0c\x12\x33\n\x0cprivacy_unit\x18\x0b \x01(\x0e\x32\x1d.privfl.ledger.v1.PrivacyUnit\"M\n\x12ListEntriesRequest\x12\x10\n\x08owner_id\x18\x01 \x01(\t\x12\x16\n\x0estart_sequence\x18\x02 \x01(\x04\x12\r\n\x05limit\x18\x03 \x01(\r\"&\n\rVerifyRequest\x12\x15\n\repsilon_check\x18\x01 \x01(\t\"\xba\x02\n\x0eVerifyResponse\x12\n\n\x02ok\x18\x01 \x01(\x08\x12\x17\n\x0f\x65ntries_checked\x18\x02 \x01(\x04\x12\x1a\n\x12\x66irst_bad_owner_id\x18\x03 \x01(\t\x12\x1a\n\x12\x66irst_bad_sequence\x18\x04 \x01(\x04\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12#\n\x1bkeys_independently_supplied\x18\x06 \x01(\x08\x12O\n\x10key_fingerprints\x18\x07 \x03(\x0b\x32\x35.privfl.ledger.v1.VerifyResponse.KeyFingerprintsEntry\x12\r\n\x05notes\x18\x08 \x03(\t\x1a\x36\n\x14KeyFingerprintsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01*V\n\tEntryKind\x12\x1a\n\x16\x45NTRY_KIND_UNSPECIFIED\x10\x00\x12\x15\n\x11\x45NTRY_KIND_CHARGE\x10\x01\x12\x16\n\x12\x45NTRY_KIND_REFUSAL\x10\x02*\\\n\x0bPrivacyUnit\x12\x1c\n\x18PRIVACY_UNIT_UNSPECIFIED\x10\x00\x12\x17\n\x13PRIVACY_UNIT_RECORD\x10\x01\x12\x16\n\x12PRIVACY_UNIT_OWNER\x10\x02*\xa9\x01\n\rAnchorOutcome\x12\x1e\n\x1a\x41NCHOR_OUTCOME_UNSPECIFIED\x10\x00\x12\x1d\n\x19\x41NCHOR_OUTCOME_AGGREGATED\x10\x01\x12\x1a\n\x16\x41NCHOR_OUTCOME_REFUSED\x10\x02\x12!\n\x1d\x41NCHOR_OUTCOME_UPDATE_DROPPED\x10\x03\x12\x1a\n\x16\x41NCHOR_OUTCOME_CHARGED\x10\x04\x32\x88\x02\n\rPrivacyLedger\x12T\n\tGetBudget\x12\".privfl.ledger.v1.GetBudgetRequest\x1a#.privfl.ledger.v1.GetBudgetResponse\x12T\n\x0bListEntries\x12$.privfl.ledger.v1.ListEntriesRequest\x1a\x1d.privfl.ledger.v1.SignedEntry0\x01\x12K\n\x06Verify\x12\x1f.privfl.ledger.v1.VerifyRequest\x1a .privfl.ledger.v1.VerifyResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1aprivfl/protos/ledger.proto\x12\x10privfl.ledger.v1\"Y\n\x19PoissonSubsampledGaussian\x12\x18\n\x10noise_multiplier\x18\x01 \x01(\x01\x12\x13\n\x0bsample_rate\x18\x02 \x01(\x01\x12\r\n\x05steps\x18\x03 \x01(\x04\"$\n\x08Gaussian\x12\x18\n\x10noise_multiplier\x18\x01 \x01(\x01\"z\n!SampledWithoutReplacementGaussian\x12\x18\n\x10noise_multiplier\x18\x01 \x01(\x01\x12\x13\n\x0bsample_size\x18\x02 \x01(\x04\x12\x17\n\x0fpopulation_size\x18\x03 \x01(\x04\x12\r\n\x05steps\x18\x04 \x01(\x04\"\"\n\x11NonPrivateRelease\x12\r\n\x05steps\x18\x01 \x01(\x04\"\xdb\x05\n\x0bLedgerEntry\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12\x15\n\rprevious_hash\x18\x02 \x01(\x0c\x12\x0e\n\x06run_id\x18\x03 \x01(\t\x12\r\n\x05round\x18\x04 \x01(\x04\x12\x10\n\x08owner_id\x18\x05 \x01(\t\x12)\n\x04kind\x18\x06 \x01(\x0e\x32\x1b.privfl.ledger.v1.EntryKind\x12R\n\x1bpoisson_subsampled_gaussian\x18\x07 \x01(\x0b\x32+.privfl.ledger.v1.PoissonSubsampledGaussianH\x00\x12.\n\x08gaussian\x18\x08 \x01(\x0b\x32\x1a.privfl.ledger.v1.GaussianH\x00\x12\x63\n$sampled_without_replacement_gaussian\x18\x13 \x01(\x0b\x32\x33.privfl.ledger.v1.SampledWithoutReplacementGaussianH\x00\x12\x42\n\x13non_private_release\x18\x14 \x01(\x0b\x32#.privfl.ledger.v1.NonPrivateReleaseH\x00\x12\x15\n\rclipping_norm\x18\t \x01(\x01\x12\x33\n\x0cprivacy_unit\x18\n \x01(\x0e\x32\x1d.privfl.ledger.v1.PrivacyUnit\x12\r\n\x05\x64\x65lta\x18\x0b \x01(\x01\x12\x12\n\naccountant\x18\x0c \x01(\t\x12\x1a\n\x12\x63umulative_epsilon\x18\r \x01(\x01\x12\x16\n\x0e\x65psilon_budget\x18\x0e \x01(\x01\x12\x0f\n\x07purpose\x18\x0f \x01(\t\x12\x1c\n\x14timestamp_unix_nanos\x18\x10 \x01(\x03\x12\x13\n\x0bupdate_hash\x18\x11 \x01(\x0c\x12\x16\n\x0erefusal_reason\x18\x12 \x01(\t\x12\x12\n\nfederation\x18\x15 \x01(\tB\x07\n\x05\x65vent\"H\n\x0bSignedEntry\x12\r\n\x05\x65ntry\x18\x01 \x01(\x0c\x12\x11\n\tsignature\x18\x02 \x01(\x0c\x12\x17\n\x0fkey_fingerprint\x18\x03 \x01(\t\"\x88\x02\n\x0b\x41nchorEntry\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12\x15\n\rprevious_hash\x18\x02 \x01(\x0c\x12\x15\n\rexperiment_id\x18\x03 \x01(\t\x12\r\n\x05round\x18\x04 \x01(\x04\x12\x10\n\x08owner_id\x18\x05 \x01(\t\x12\x16\n\x0eowner_sequence\x18\x06 \x01(\x04\x12\x18\n\x10owner_entry_hash\x18\x07 \x01(\x0c\x12\x16\n\x0eowner_position\x18\x08 \x01(\x04\x12\x30\n\x07outcome\x18\t \x01(\x0e\x32\x1f.privfl.ledger.v1.AnchorOutcome\x12\x1c\n\x14timestamp_unix_nanos\x18\n \x01(\x03\"m\n\x10GetBudgetRequest\x12\x10\n\x08owner_id\x18\x01 \x01(\t\x12\x12\n\naccountant\x18\x02 \x01(\t\x12\x33\n\x0cprivacy_unit\x18\x03 \x01(\x0e\x32\x1d.privfl.ledger.v1.PrivacyUnit\"\x94\x02\n\x11GetBudgetResponse\x12\x10\n\x08owner_id\x18\x01 \x01(\t\x12\x12\n\naccountant\x18\x02 \x01(\t\x12\r\n\x05\x64\x65lta\x18\x03 \x01(\x01\x12\x15\n\repsilon_spent\x18\x04 \x01(\x01\x12\x16\n\x0e\x65psilon_budget\x18\x05 \x01(\x01\x12\x19\n\x11\x65psilon_remaining\x18\x06 \x01(\x01\x12\x0f\n\x07\x63harges\x18\x07 \x01(\x04\x12\x10\n\x08refusals\x18\x08 \x01(\x04\x12\x15\n\rhead_sequence\x18\t \x01(\x04\x12\x11\n\thead_hash\x18\n \x01(\x0c\x12\x33\n\x0cprivacy_unit\x18\x0b \x01(\x0e\x32\x1d.privfl.ledger.v1.PrivacyUnit\"M\n\x12ListEntriesRequest\x12\x10\n\x08owner_id\x18\x01 \x01(\t\x12\x16\n\x0estart_sequence\x18\x02 \x01(\x04\x12\r\n\x05limit\x18\x03 \x01(\r\"&\n\rVerifyRequest\x12\x15\n\repsilon_check\x18\x01 \x01(\t\"\xba\x02\n\x0eVerifyResponse\x12\n\n\x02ok\x18\x01 \x01(\x08\x12\x17\n\x0f\x65ntries_checked\x18\x02 \x01(\x04\x12\x1a\n\x12\x66irst_bad_owner_id\x18\x03 \x01(\t\x12\x1a\n\x12\x66irst_bad_sequence\x18\x04 \x01(\x04\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12#\n\x1bkeys_independently_supplied\x18\x06 \x01(\x08\x12O\n\x10key_fingerprints\x18\x07 \x03(\x0b\x32\x35.privfl.ledger.v1.VerifyResponse.KeyFingerprintsEntry\x12\r\n\x05notes\x18\x08 \x03(\t\x1a\x36\n\x14KeyFingerprintsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01*V\n\tEntryKind\x12\x1a\n\x16\x45NTRY_KIND_UNSPECIFIED\x10\x00\x12\x15\n\x11\x45NTRY_KIND_CHARGE\x10\x01\x12\x16\n\x12\x45NTRY_KIND_REFUSAL\x10\x02*\\\n\x0bPrivacyUnit\x12\x1c\n\x18PRIVACY_UNIT_UNSPECIFIED\x10\x00\x12\x17\n\x13PRIVACY_UNIT_RECORD\x10\x01\x12\x16\n\x12PRIVACY_UNIT_OWNER\x10\x02*\xa9\x01\n\rAnchorOutcome\x12\x1e\n\x1a\x41NCHOR_OUTCOME_UNSPECIFIED\x10\x00\x12\x1d\n\x19\x41NCHOR_OUTCOME_AGGREGATED\x10\x01\x12\x1a\n\x16\x41NCHOR_OUTCOME_REFUSED\x10\x02\x12!\n\x1d\x41NCHOR_OUTCOME_UPDATE_DROPPED\x10\x03\x12\x1a\n\x16\x41NCHOR_OUTCOME_CHARGED\x10\x04\x32\x88\x02\n\rPrivacyLedger\x12T\n\tGetBudget\x12\".privfl.ledger.v1.GetBudgetRequest\x1a#.privfl.ledger.v1.GetBudgetResponse\x12T\n\x0bListEntries\x12$.privfl.ledger.v1.ListEntriesRequest\x1a\x1d.privfl.ledger.v1.SignedEntry0\x01\x12K\n\x06Verify\x12\x1f.privfl.ledger.v1.VerifyRequest\x1a .privfl.ledger.v1.VerifyResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,12 +33,12 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_VERIFYRESPONSE_KEYFINGERPRINTSENTRY']._loaded_options = None
   _globals['_VERIFYRESPONSE_KEYFINGERPRINTSENTRY']._serialized_options = b'8\001'
-  _globals['_ENTRYKIND']._serialized_start=2218
-  _globals['_ENTRYKIND']._serialized_end=2304
-  _globals['_PRIVACYUNIT']._serialized_start=2306
-  _globals['_PRIVACYUNIT']._serialized_end=2398
-  _globals['_ANCHOROUTCOME']._serialized_start=2401
-  _globals['_ANCHOROUTCOME']._serialized_end=2570
+  _globals['_ENTRYKIND']._serialized_start=2238
+  _globals['_ENTRYKIND']._serialized_end=2324
+  _globals['_PRIVACYUNIT']._serialized_start=2326
+  _globals['_PRIVACYUNIT']._serialized_end=2418
+  _globals['_ANCHOROUTCOME']._serialized_start=2421
+  _globals['_ANCHOROUTCOME']._serialized_end=2590
   _globals['_POISSONSUBSAMPLEDGAUSSIAN']._serialized_start=48
   _globals['_POISSONSUBSAMPLEDGAUSSIAN']._serialized_end=137
   _globals['_GAUSSIAN']._serialized_start=139
@@ -48,23 +48,23 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_NONPRIVATERELEASE']._serialized_start=301
   _globals['_NONPRIVATERELEASE']._serialized_end=335
   _globals['_LEDGERENTRY']._serialized_start=338
-  _globals['_LEDGERENTRY']._serialized_end=1049
-  _globals['_SIGNEDENTRY']._serialized_start=1051
-  _globals['_SIGNEDENTRY']._serialized_end=1123
-  _globals['_ANCHORENTRY']._serialized_start=1126
-  _globals['_ANCHORENTRY']._serialized_end=1390
-  _globals['_GETBUDGETREQUEST']._serialized_start=1392
-  _globals['_GETBUDGETREQUEST']._serialized_end=1501
-  _globals['_GETBUDGETRESPONSE']._serialized_start=1504
-  _globals['_GETBUDGETRESPONSE']._serialized_end=1780
-  _globals['_LISTENTRIESREQUEST']._serialized_start=1782
-  _globals['_LISTENTRIESREQUEST']._serialized_end=1859
-  _globals['_VERIFYREQUEST']._serialized_start=1861
-  _globals['_VERIFYREQUEST']._serialized_end=1899
-  _globals['_VERIFYRESPONSE']._serialized_start=1902
-  _globals['_VERIFYRESPONSE']._serialized_end=2216
-  _globals['_VERIFYRESPONSE_KEYFINGERPRINTSENTRY']._serialized_start=2162
-  _globals['_VERIFYRESPONSE_KEYFINGERPRINTSENTRY']._serialized_end=2216
-  _globals['_PRIVACYLEDGER']._serialized_start=2573
-  _globals['_PRIVACYLEDGER']._serialized_end=2837
+  _globals['_LEDGERENTRY']._serialized_end=1069
+  _globals['_SIGNEDENTRY']._serialized_start=1071
+  _globals['_SIGNEDENTRY']._serialized_end=1143
+  _globals['_ANCHORENTRY']._serialized_start=1146
+  _globals['_ANCHORENTRY']._serialized_end=1410
+  _globals['_GETBUDGETREQUEST']._serialized_start=1412
+  _globals['_GETBUDGETREQUEST']._serialized_end=1521
+  _globals['_GETBUDGETRESPONSE']._serialized_start=1524
+  _globals['_GETBUDGETRESPONSE']._serialized_end=1800
+  _globals['_LISTENTRIESREQUEST']._serialized_start=1802
+  _globals['_LISTENTRIESREQUEST']._serialized_end=1879
+  _globals['_VERIFYREQUEST']._serialized_start=1881
+  _globals['_VERIFYREQUEST']._serialized_end=1919
+  _globals['_VERIFYRESPONSE']._serialized_start=1922
+  _globals['_VERIFYRESPONSE']._serialized_end=2236
+  _globals['_VERIFYRESPONSE_KEYFINGERPRINTSENTRY']._serialized_start=2182
+  _globals['_VERIFYRESPONSE_KEYFINGERPRINTSENTRY']._serialized_end=2236
+  _globals['_PRIVACYLEDGER']._serialized_start=2593
+  _globals['_PRIVACYLEDGER']._serialized_end=2857
 # @@protoc_insertion_point(module_scope)

@@ -73,7 +73,7 @@ class NonPrivateRelease(_message.Message):
     def __init__(self, steps: _Optional[int] = ...) -> None: ...
 
 class LedgerEntry(_message.Message):
-    __slots__ = ("sequence", "previous_hash", "run_id", "round", "owner_id", "kind", "poisson_subsampled_gaussian", "gaussian", "sampled_without_replacement_gaussian", "non_private_release", "clipping_norm", "privacy_unit", "delta", "accountant", "cumulative_epsilon", "epsilon_budget", "purpose", "timestamp_unix_nanos", "update_hash", "refusal_reason")
+    __slots__ = ("sequence", "previous_hash", "run_id", "round", "owner_id", "kind", "poisson_subsampled_gaussian", "gaussian", "sampled_without_replacement_gaussian", "non_private_release", "clipping_norm", "privacy_unit", "delta", "accountant", "cumulative_epsilon", "epsilon_budget", "purpose", "timestamp_unix_nanos", "update_hash", "refusal_reason", "federation")
     SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     PREVIOUS_HASH_FIELD_NUMBER: _ClassVar[int]
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
@@ -94,6 +94,7 @@ class LedgerEntry(_message.Message):
     TIMESTAMP_UNIX_NANOS_FIELD_NUMBER: _ClassVar[int]
     UPDATE_HASH_FIELD_NUMBER: _ClassVar[int]
     REFUSAL_REASON_FIELD_NUMBER: _ClassVar[int]
+    FEDERATION_FIELD_NUMBER: _ClassVar[int]
     sequence: int
     previous_hash: bytes
     run_id: str
@@ -114,7 +115,8 @@ class LedgerEntry(_message.Message):
     timestamp_unix_nanos: int
     update_hash: bytes
     refusal_reason: str
-    def __init__(self, sequence: _Optional[int] = ..., previous_hash: _Optional[bytes] = ..., run_id: _Optional[str] = ..., round: _Optional[int] = ..., owner_id: _Optional[str] = ..., kind: _Optional[_Union[EntryKind, str]] = ..., poisson_subsampled_gaussian: _Optional[_Union[PoissonSubsampledGaussian, _Mapping]] = ..., gaussian: _Optional[_Union[Gaussian, _Mapping]] = ..., sampled_without_replacement_gaussian: _Optional[_Union[SampledWithoutReplacementGaussian, _Mapping]] = ..., non_private_release: _Optional[_Union[NonPrivateRelease, _Mapping]] = ..., clipping_norm: _Optional[float] = ..., privacy_unit: _Optional[_Union[PrivacyUnit, str]] = ..., delta: _Optional[float] = ..., accountant: _Optional[str] = ..., cumulative_epsilon: _Optional[float] = ..., epsilon_budget: _Optional[float] = ..., purpose: _Optional[str] = ..., timestamp_unix_nanos: _Optional[int] = ..., update_hash: _Optional[bytes] = ..., refusal_reason: _Optional[str] = ...) -> None: ...
+    federation: str
+    def __init__(self, sequence: _Optional[int] = ..., previous_hash: _Optional[bytes] = ..., run_id: _Optional[str] = ..., round: _Optional[int] = ..., owner_id: _Optional[str] = ..., kind: _Optional[_Union[EntryKind, str]] = ..., poisson_subsampled_gaussian: _Optional[_Union[PoissonSubsampledGaussian, _Mapping]] = ..., gaussian: _Optional[_Union[Gaussian, _Mapping]] = ..., sampled_without_replacement_gaussian: _Optional[_Union[SampledWithoutReplacementGaussian, _Mapping]] = ..., non_private_release: _Optional[_Union[NonPrivateRelease, _Mapping]] = ..., clipping_norm: _Optional[float] = ..., privacy_unit: _Optional[_Union[PrivacyUnit, str]] = ..., delta: _Optional[float] = ..., accountant: _Optional[str] = ..., cumulative_epsilon: _Optional[float] = ..., epsilon_budget: _Optional[float] = ..., purpose: _Optional[str] = ..., timestamp_unix_nanos: _Optional[int] = ..., update_hash: _Optional[bytes] = ..., refusal_reason: _Optional[str] = ..., federation: _Optional[str] = ...) -> None: ...
 
 class SignedEntry(_message.Message):
     __slots__ = ("entry", "signature", "key_fingerprint")

@@ -76,6 +76,9 @@ def write_owner_data(path: Path, rows: int = 300, features: int = 64, classes: i
     return path
 
 
+FEDERATION = "superlink.example.org:9092"  # the federation a deployed test owner's node serves
+
+
 def deployed_owner(folder: Path, owner_id: str = "st-mary", **policy) -> Path:
     """An institution's folder: data, key and policy file; returns the policy file."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -85,7 +88,7 @@ def deployed_owner(folder: Path, owner_id: str = "st-mary", **policy) -> Path:
     save_private_key(key, folder / "signing.key")
     save_public_key(key, folder / "signing.pub")
     values = dict(owner_id=owner_id, epsilon_budget=3.0, delta=1e-5, data=str(data), ledger=str(folder / "ledger.db"),
-                  signing_key=str(folder / "signing.key"))
+                  signing_key=str(folder / "signing.key"), federation=FEDERATION)
     values.update(policy)
     written = write_policy_file(OwnerPolicy(**values), folder / "policy.toml")
     if values["ledger"]:  # enrolment creates the ledger (the node never does)

@@ -16,6 +16,8 @@ from functools import partial
 from pathlib import Path
 
 import pytest
+
+from privfl.privacy.policy import load_policy_file
 from flwr.app import ConfigRecord
 
 from privfl import protocol
@@ -174,7 +176,8 @@ def test_a_record_level_charge_under_the_owner_key_is_never_taken_for_the_owner_
     with OwnerLedger.open(policy.parent / "ledger.db", "st-mary", load_private_key(policy.parent / "signing.key")) \
             as ledger:
         ledger.charge(key, 1, PoissonSubsampledGaussian(1.0, 0.1, 10), clipping_norm=1.0, delta=1e-5,
-                      epsilon_budget=50.0, accountant="pld", privacy_unit="record")
+                      epsilon_budget=50.0, accountant="pld", privacy_unit="record",
+                      federation=load_policy_file(policy).federation)
     close_owner_ledgers()
     _refused(_ask(policy, terms=_terms(), dp=False), "not charged for owner-level round 1")
     _refused(_ask(policy, stage=protocol.OWNER_CHARGE_STAGE, terms=_terms(), dp=False), "record level")

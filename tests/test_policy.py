@@ -11,12 +11,13 @@ from privfl.privacy.policy import (
 )
 
 BASE = {"owner-id": "st-mary", "epsilon-budget": 3.0, "delta": 1e-6, "data": "/d.csv", "ledger": "/l.db",
-        "signing-key": "/k.key"}
+        "signing-key": "/k.key", "federation": "link.example.org:9092"}
 
 
 def test_a_policy_file_names_relative_paths_from_its_own_folder(tmp_path):
     (tmp_path / "p.toml").write_text('owner-id = "st-mary"\nepsilon-budget = 3.0\ndelta = 1e-6\n'
                                      'data = "data/x.csv"\nledger = "ledger.db"\nsigning-key = "k.key"\n'
+                                     'federation = "link.example.org:9092"\n'
                                      'allowed-purposes = ["sepsis model"]\n')
     policy = load_owner_policy({"policy": str(tmp_path / "p.toml")})
     assert policy.data == str(tmp_path / "data" / "x.csv") and policy.ledger == str(tmp_path / "ledger.db")

@@ -25,7 +25,7 @@ from privfl.privacy.keys import KeyFileError, check_owner_id, generate_key, load
 from privfl.privacy.policy import OwnerPolicy, PolicyError, load_owner_policy, load_policy_file, write_policy_file
 
 BASE = {"owner-id": "st-mary", "epsilon-budget": 4.0, "delta": 1e-6, "data": "train.npz", "ledger": "l.db",
-        "signing-key": "signing.key"}
+        "signing-key": "signing.key", "federation": "link.example.org:9092"}
 
 
 def _policy_file(tmp_path, text: str, mode: int = 0o600):

@@ -281,13 +281,6 @@ def test_re_asking_an_older_charged_round_gets_a_signed_refusal_not_a_crash(tmp_
 # ------------------------------------------------------------------ a coordinator that names another's experiment
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "experiment ids are not bound to the coordinator that asks: a hostile coordinator that names another "
-    "federation's experiment id (ids are short human names, often guessable) with anchor 0 receives that "
-    "federation's entries in full in the bridge and, for a round that federation was charged, the very update "
-    "released to it (re-sent under its charge). Closing it needs the owner to key charges and the bridge by the "
-    "coordinator's identity as well (e.g. the coordinator key or SuperLink the node is enrolled with), a "
-    "protocol and ledger change"))
 @pytest.mark.parametrize("part", ["bridge", "update"])
 def test_a_coordinator_naming_another_federations_experiment_gets_nothing_of_it(tmp_path, part):
     from tests.test_hostile_custody import OWNER, Coordinator
@@ -296,14 +289,19 @@ def test_a_coordinator_naming_another_federations_experiment_gets_nothing_of_it(
     federation_b = Coordinator(tmp_path / "coordinator-b", policy.parent / "signing.pub")
     federation_b.round(policy, "trial-2024", 1)
     released_to_b, _ = federation_b.round(policy, "trial-2024", 2)
+    # the same owner (key, ledger, data) also serves federation A through a node of its own
+    policy_a = write_policy_file(load_policy_file(policy).replace(federation="federation-a.example.org:9092"),
+                                 policy.parent / "policy-a.toml")
+    close_owner_ledgers()
     if part == "bridge":  # a new round of B's experiment id, anchor 0: the bridge carries B's entries
         reply = run_train_round(message(request(CONFIG, 3, experiment_id="trial-2024").for_owner(None)),
-                                deployed_context({"policy": str(policy)}))
+                                deployed_context({"policy": str(policy_a)}))
         full = [Entry.from_signed(raw) for raw in reply[protocol.PRIVACY].get(protocol.BRIDGE, [])]
         assert not full, f"federation B's entries reached another coordinator in full: {full}"
+        assert protocol.ARRAYS not in reply and "bound to another federation" in str(reply[protocol.PRIVACY])
     else:  # B's latest round asked again, anchor 0: the update released to B (the node keeps the latest)
         reply = run_train_round(message(request(CONFIG, 2, experiment_id="trial-2024").for_owner(None)),
-                                deployed_context({"policy": str(policy)}))
+                                deployed_context({"policy": str(policy_a)}))
         leaked = protocol.ARRAYS in reply and protocol.update_digest(
             reply[protocol.ARRAYS].to_torch_state_dict()) == protocol.update_digest(
             released_to_b[protocol.ARRAYS].to_torch_state_dict())
@@ -368,3 +366,31 @@ def test_recover_refuses_copies_of_a_forked_chain(tmp_path):
         recover_owner_ledger(out, "st-mary", key.public_key(), [real, branch],
                              [(tmp_path / "registry.db", coordinator.public_key())])
     assert not out.exists()
+
+
+def test_an_owner_serving_two_federations_trains_for_each_and_each_entry_names_its_federation(tmp_path):
+    """The binding refuses only another federation's ids: a node of federation A runs its own experiment on the
+    ledger it shares with B, and its bridge shows B's entries as hashes alone."""
+    from tests.test_hostile_custody import OWNER, Coordinator
+
+    policy = deployed_owner(tmp_path / OWNER, OWNER, epsilon_budget=50.0)
+    federation_b = Coordinator(tmp_path / "coordinator-b", policy.parent / "signing.pub")
+    federation_b.round(policy, "trial-2024", 1)
+    policy_a = write_policy_file(load_policy_file(policy).replace(federation="federation-a.example.org:9092"),
+                                 policy.parent / "policy-a.toml")
+    close_owner_ledgers()
+    reply = run_train_round(message(request(CONFIG, 1, experiment_id="study-a").for_owner(None)),
+                            deployed_context({"policy": str(policy_a)}))
+    assert protocol.ARRAYS in reply
+    full = [Entry.from_signed(raw) for raw in reply[protocol.PRIVACY].get(protocol.BRIDGE, [])]
+    assert full == [] and len(reply[protocol.PRIVACY].get(protocol.BRIDGE_ELIDED, [])) == 1
+    close_owner_ledgers()
+    with OwnerLedger.open_readonly(policy.parent / "ledger.db") as ledger:
+        assert [(e.run_id, e.federation) for e in ledger.entries()] == [
+            ("trial-2024", load_policy_file(policy).federation), ("study-a", "federation-a.example.org:9092")]
+
+
+def test_a_deployed_policy_without_a_federation_is_refused(tmp_path):
+    policy = deployed_owner(tmp_path / "lab", "lab", federation="")
+    reply = run_train_round(message(request(CONFIG, 1)), deployed_context({"policy": str(policy)}))
+    assert protocol.ARRAYS not in reply and "no federation set" in str(reply[protocol.PRIVACY])

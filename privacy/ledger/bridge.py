@@ -6,7 +6,8 @@ continues its anchor.  An owner's ledger holds the releases of *every* federatio
 takes part in; the whole of them would tell one coordinator the experiments,
 purposes and events the owner ran for others (and a coordinator that sends anchor 0
 would get the owner's whole history).  So the bridge carries in full only the entries
-of the experiment the coordinator is asking about (:func:`concerns`); every other
+of the experiment the coordinator is asking about, written for the federation the node
+serves (:func:`concerns`; the federation comes from the owner's own policy); every other
 entry travels *elided*: its sequence, its previous hash and its own hash, no content.
 
 The chain still links: each entry's ``previous_hash`` names the entry before it, so
@@ -55,17 +56,20 @@ class ElidedEntry:
         return cls(owner_id, sequence, previous_hash, own_hash)
 
 
-def concerns(entry: Entry, run_ids: Iterable[str]) -> bool:
-    """Whether a coordinator asking about ``run_ids`` (its experiment's charge keys) may see ``entry`` in full."""
-    return entry.run_id in set(run_ids)
+def concerns(entry: Entry, run_ids: Iterable[str], federation: str) -> bool:
+    """Whether a coordinator of ``federation`` asking about ``run_ids`` (its experiment's charge keys) may see
+    ``entry`` in full: the experiment's own entries, written for this same federation."""
+    return entry.run_id in set(run_ids) and entry.federation == federation
 
 
-def split_bridge(entries: Iterable[Entry], run_ids: Iterable[str]) -> tuple[list[bytes], list[bytes]]:
-    """(full signed entries, elided entries) of a bridge, for a coordinator asking about ``run_ids``."""
+def split_bridge(entries: Iterable[Entry], run_ids: Iterable[str],
+                 federation: str) -> tuple[list[bytes], list[bytes]]:
+    """(full signed entries, elided entries) of a bridge, for a coordinator of ``federation`` asking about
+    ``run_ids``."""
     run_ids = set(run_ids)
     full, elided = [], []
     for entry in entries:
-        if concerns(entry, run_ids):
+        if concerns(entry, run_ids, federation):
             full.append(entry.signed_bytes())
         else:
             elided.append(ElidedEntry.of(entry).to_bytes())

@@ -53,6 +53,7 @@ class Entry:
     entry_bytes: bytes = field(repr=False)
     signature: bytes = field(repr=False)
     key_fingerprint: str = ""
+    federation: str = ""  # the federation the owner's node served (its own policy); "" in simulations
 
     @property
     def hash(self) -> bytes:
@@ -148,6 +149,7 @@ def encode_entry(
     update_hash: bytes,
     refusal_reason: str,
     timestamp_unix_nanos: int | None = None,
+    federation: str = "",
 ) -> bytes:
     """The canonical bytes of a new entry (serialized once, then stored verbatim)."""
     if len(previous_hash) != HASH_SIZE:
@@ -169,6 +171,7 @@ def encode_entry(
         timestamp_unix_nanos=time.time_ns() if timestamp_unix_nanos is None else timestamp_unix_nanos,
         update_hash=update_hash,
         refusal_reason=refusal_reason,
+        federation=federation,
     )
     event_to_proto(event, message)
     return message.SerializeToString()
@@ -210,4 +213,5 @@ def decode_entry(entry_bytes: bytes, signature: bytes = b"", key_fingerprint: st
         entry_bytes=bytes(entry_bytes),
         signature=bytes(signature),
         key_fingerprint=key_fingerprint,
+        federation=message.federation,
     )

@@ -161,6 +161,11 @@ class OwnerLedger(LedgerFile):
             return None
         return entry
 
+    def federation_of(self, run_id: str) -> str | None:
+        """The federation ``run_id`` belongs to at this owner: that of its first entry (None: never used)."""
+        row = self._store.first_of_run(self.owner_id, run_id)
+        return None if row is None else _decode(row).federation
+
     def is_charged(self, run_id: str, round: int) -> bool:
         return self._store.find(self.owner_id, run_id, round, KIND_TO_PROTO[CHARGE]) is not None
 
@@ -203,6 +208,7 @@ class OwnerLedger(LedgerFile):
         update_hash: bytes = b"",
         privacy_unit: str | None = None,
         enforce_budget: bool = True,
+        federation: str = "",
     ) -> Entry:
         """Durably record a release before it happens; returns the signed entry (its receipt).
 
@@ -247,7 +253,7 @@ class OwnerLedger(LedgerFile):
                                  clipping_norm=clipping_norm, privacy_unit=unit, delta=delta,
                                  accountant=accountant, cumulative_epsilon=cumulative,
                                  epsilon_budget=epsilon_budget, purpose=purpose,
-                                 update_hash=update_hash, refusal_reason="")
+                                 update_hash=update_hash, refusal_reason="", federation=federation)
         self._cache = _EventCache(entry.sequence, (*self._cache.events, (unit, event))) \
             if self._cache.head_sequence == entry.sequence - 1 else self._cache
         return entry
@@ -265,6 +271,7 @@ class OwnerLedger(LedgerFile):
         clipping_norm: float = 0.0,
         purpose: str = "",
         privacy_unit: str | None = None,
+        federation: str = "",
     ) -> Entry:
         """Record that the owner refused a release (nothing is charged).
 
@@ -287,7 +294,7 @@ class OwnerLedger(LedgerFile):
                                 clipping_norm=clipping_norm, privacy_unit=unit, delta=delta,
                                 accountant=accountant, cumulative_epsilon=spent,
                                 epsilon_budget=epsilon_budget, purpose=purpose, update_hash=b"",
-                                refusal_reason=reason)
+                                refusal_reason=reason, federation=federation)
 
     # -- internals -------------------------------------------------------------
 

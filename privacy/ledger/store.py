@@ -336,6 +336,13 @@ class LedgerStore:
             (owner_id, run_id, round, kind)).fetchone()
         return _row(row) if row else None
 
+    def first_of_run(self, owner_id: str, run_id: str) -> StoredRow | None:
+        """The earliest entry (charge or refusal) an owner wrote under ``run_id``."""
+        row = self._db.execute(
+            f"SELECT {_ROW_COLUMNS} FROM entries WHERE owner_id = ? AND run_id = ? ORDER BY sequence LIMIT 1",
+            (owner_id, run_id)).fetchone()
+        return _row(row) if row else None
+
     def at_sequence(self, owner_id: str, sequence: int) -> StoredRow | None:
         row = self._db.execute(f"SELECT {_ROW_COLUMNS} FROM entries WHERE owner_id = ? AND sequence = ?",
                                (owner_id, sequence)).fetchone()

@@ -196,20 +196,20 @@ def policy_header(owner_id: str) -> str:
             "1/number of your records) and min-noise-multiplier to what your data-protection officer decided.")
 
 
-def institution_policy(owner_id: str, defaults: PolicyDefaults) -> OwnerPolicy:
+def institution_policy(owner_id: str, defaults: PolicyDefaults, federation: str) -> OwnerPolicy:
     try:
-        return _institution_policy(owner_id, defaults)
+        return _institution_policy(owner_id, defaults, federation)
     except SettingsError as err:  # a bad budget, delta or purpose
         raise DeployError(str(err)) from None
 
 
-def _institution_policy(owner_id: str, defaults: PolicyDefaults) -> OwnerPolicy:
+def _institution_policy(owner_id: str, defaults: PolicyDefaults, federation: str) -> OwnerPolicy:
     return OwnerPolicy(
         owner_id=owner_id, epsilon_budget=defaults.epsilon_budget, delta=defaults.delta, dp_required=True,
         min_noise_multiplier=defaults.min_noise_multiplier, allowed_purposes=(defaults.purpose,),
         privacy_units=("record",), answer_evaluation=defaults.answer_evaluation,
         data="data/train.npz", evaluation_data="data/evaluation.npz" if defaults.answer_evaluation else "",
-        ledger="ledger.db", signing_key="signing.key",
+        ledger="ledger.db", signing_key="signing.key", federation=federation,
     )
 
 
@@ -233,7 +233,7 @@ def create_institution(folder: str | Path, owner_id: str, *, superlink: str,
             pki.load_ca_certificates(ca_cert)
         except pki.PkiError as err:
             raise DeployError(f"--ca-cert: {err}") from None
-    policy_object = institution_policy(owner_id, policy)
+    policy_object = institution_policy(owner_id, policy, federation=superlink)
     where = InstitutionFolder(Path(folder).resolve())
     created = _fresh_folder(where.path, "institution")
     try:
@@ -494,7 +494,8 @@ def init_deployment(folder: str | Path, owners: str | Sequence[str], *, options:
     if clash:
         raise DeployError(f"the SuperNodes' local ports {ports[0]}..{ports[-1]} include the SuperLink's or the app "
                           f"registry's port {sorted(clash)}; choose another --port")
-    institution_policy(owner_ids[0], policy)  # refuse a bad budget/delta/purpose before anything is written
+    # refuse a bad budget/delta/purpose before anything is written
+    institution_policy(owner_ids[0], policy, federation=superlink_address(options.host, options.port))
     root = DeploymentFolder(Path(folder).resolve())
     created = _fresh_folder(root.path, "deployment")
     try:
