@@ -27,6 +27,17 @@ def flower_task_identity():
     TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = previous
 
 
+@pytest.fixture
+def fresh_owner_ledgers():
+    """The node keeps its owners' ledgers open between rounds (client/owner_ledger.py): each test starts and
+    ends with none open, as a restarted node would, so no test reads another's open ledger."""
+    from privfl.client.owner_ledger import close_owner_ledgers
+
+    close_owner_ledgers()
+    yield
+    close_owner_ledgers()
+
+
 @pytest.fixture(autouse=True)
 def _environment_restored():
     """A test that runs the CLI in this process may change ``os.environ`` (``privfl simulate`` puts the folder

@@ -27,14 +27,7 @@ from tests.owner_helpers import (
 
 N = 1437 // 4 + 1  # digits train split, IID over 4 owners: owner-1 holds 360 records
 
-pytestmark = pytest.mark.usefixtures("flower_task_identity")
-
-
-@pytest.fixture(autouse=True)
-def _fresh_ledgers():
-    close_owner_ledgers()
-    yield
-    close_owner_ledgers()
+pytestmark = pytest.mark.usefixtures("flower_task_identity", "fresh_owner_ledgers")
 
 
 def _entry(reply) -> Entry:

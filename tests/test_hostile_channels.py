@@ -35,16 +35,9 @@ from tests.owner_helpers import (
     CONFIG, DIGITS, deployed_context, deployed_owner, message, request, write_owner_data,
 )
 
-pytestmark = pytest.mark.usefixtures("flower_task_identity")
+pytestmark = pytest.mark.usefixtures("flower_task_identity", "fresh_owner_ledgers")
 
 ROWS = 300  # records of a test owner; CONFIG's batch size 72 gives 5 batches per epoch
-
-
-@pytest.fixture(autouse=True)
-def _fresh_ledgers():
-    close_owner_ledgers()
-    yield
-    close_owner_ledgers()
 
 
 def _train(policy_file: Path, server_round: int = 1, *, record=None, arrays=None, **changes):

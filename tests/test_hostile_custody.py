@@ -34,17 +34,10 @@ from privfl.protocol import TrainingPlan
 from privfl.server.receipts import ReceiptCheck
 from tests.owner_helpers import CONFIG, deployed_context, deployed_owner, message, request
 
-pytestmark = pytest.mark.usefixtures("flower_task_identity")
+pytestmark = pytest.mark.usefixtures("flower_task_identity", "fresh_owner_ledgers")
 
 OWNER = "st-mary"
 PLAN = TrainingPlan.from_config(CONFIG)
-
-
-@pytest.fixture(autouse=True)
-def _fresh_ledgers():
-    close_owner_ledgers()
-    yield
-    close_owner_ledgers()
 
 
 class Coordinator:

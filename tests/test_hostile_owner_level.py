@@ -36,17 +36,10 @@ from tests.owner_helpers import (
     signed_entry,
 )
 
-pytestmark = pytest.mark.usefixtures("flower_task_identity")
+pytestmark = pytest.mark.usefixtures("flower_task_identity", "fresh_owner_ledgers")
 
 ROOT = Path(__file__).resolve().parents[1]
 EXP = "exp-1"
-
-
-@pytest.fixture(autouse=True)
-def _fresh_ledgers():
-    close_owner_ledgers()
-    yield
-    close_owner_ledgers()
 
 
 _terms, _owner, _entry = owner_round_terms, both_units_owner, signed_entry
