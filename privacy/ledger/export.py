@@ -22,7 +22,7 @@ COLUMNS = (
     "owner_id", "sequence", "kind", "run_id", "round", "mechanism", "noise_multiplier", "sample_rate", "steps",
     "clipping_norm", "privacy_unit", "delta", "accountant", "cumulative_epsilon", "epsilon_budget", "purpose",
     "timestamp", "update_hash", "refusal_reason", "previous_hash", "entry_hash", "key_fingerprint",
-    "signature", "entry_base64",
+    "signature", "entry_base64", "federation",  # new columns are appended: scripts index the old ones
 )
 
 
@@ -68,6 +68,7 @@ def entry_row(entry: Entry) -> dict[str, Any]:
         "key_fingerprint": entry.key_fingerprint,
         "signature": entry.signature.hex(),
         "entry_base64": base64.b64encode(entry.entry_bytes).decode(),
+        "federation": entry.federation,
     }
 
 
