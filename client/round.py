@@ -38,6 +38,7 @@ from typing import Any
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 
 from privfl import protocol
+from privfl.client.audit_canary import canary_update
 from privfl.client.data import OwnerDataError
 from privfl.client.guard import decide_release, owner_plan, plan_problem, released_count, review_request
 from privfl.client.owner_level import as_released, owner_charge, owner_release_problem
@@ -297,7 +298,8 @@ def _train(owner: Owner, request: RoundRequest, msg: Message) -> LocalUpdate:
     update = train_locally(model, data.train.to_torch(), request.plan, resolve_device(owner.policy.device))
     log.info("%s: round %s of %s, mean training loss %.4f (kept at this node: it is not covered by DP)",
              owner.owner_id, request.server_round, request.experiment_id, update.mean_loss)
-    return replace(update, metrics={"num-examples": released_count(owner.policy, request.plan, len(data.train))})
+    update = replace(update, metrics={"num-examples": released_count(owner.policy, request.plan, len(data.train))})
+    return canary_update(owner, request, msg, update)  # a simulated audit's canary owner only (docs/audit.md)
 
 
 def _release(update: LocalUpdate, receipt: Any) -> RecordDict:

@@ -99,6 +99,9 @@ def prepare_audit(config: ExperimentConfig, count: int, *, seed: int | None = No
                                                                                                Canaries]:
     """Plant canaries in ``config``'s simulated owners; returns the experiment to run and the secret.
 
+    ``count = 0`` plants none (the owner-level audit alone, :mod:`privfl.simulations.canary_owners`,
+    adds canary owners to the same data folder).
+
     ``config.run_dir`` must be set (settled).  Writes ``<run-dir>/audit/data`` (what the
     owners read) and ``<run-dir>/audit/canaries.npz`` (what only the auditor reads).
     """
@@ -113,7 +116,7 @@ def prepare_audit(config: ExperimentConfig, count: int, *, seed: int | None = No
     if config.resume:
         raise ConfigError("an audit cannot resume: its canaries' coins are drawn once, for one run")
     federation = simulated_federation(config)
-    canaries = draw_canaries(federation, count, seed=seed)
+    canaries = draw_canaries(federation, count, seed=seed) if count else no_canaries(federation)
     folder = Path(config.run_dir) / AUDIT_FOLDER
     data = folder / DATA_FOLDER
     (data / EVALUATION_FOLDER).mkdir(parents=True, exist_ok=True)
@@ -129,8 +132,14 @@ def prepare_audit(config: ExperimentConfig, count: int, *, seed: int | None = No
     audited = config.replace(
         experiment=config.experiment + AUDIT_SUFFIX, dataset="folder", data_dir=str(data.resolve()),
         label_column="label", num_owners=0, partitioning="natural", num_classes=federation.num_classes,
-        purpose=f"{config.purpose} (empirical privacy audit with {count} canaries)")
+        purpose=f"{config.purpose} (empirical privacy audit" + (f" with {count} canaries)" if count else ")"))
     return audited, canaries
+
+
+def no_canaries(federation: SimulatedFederation) -> Canaries:
+    """No canary records (an audit of the owner level alone: the owners' data stays as it is)."""
+    return Canaries(np.zeros((0, federation.num_features), dtype=np.float32), np.zeros(0, dtype=np.int64),
+                    np.zeros(0, dtype=np.int64), np.zeros(0, dtype=bool))
 
 
 def canary_losses(model: object, canaries: Canaries) -> np.ndarray:
