@@ -152,16 +152,37 @@ def test_a_deployed_node_is_never_a_canary_whatever_the_request_names(tmp_path):
     assert canary_update(deployed, request, msg, plain) is plain
 
 
-def test_a_node_is_simulated_only_when_flower_gives_it_a_partition_id(tmp_path):
-    """What ``simulated`` rests on: a deployed SuperNode's node config (the institution's own) names its policy,
-    not a partition; such a node reads its policy from there and is never a simulated owner."""
-    from types import SimpleNamespace
+@pytest.mark.usefixtures("flower_task_identity")
+def test_a_deployed_institution_trains_as_ever_when_the_coordinator_names_a_canary_folder(tmp_path):
+    """Through the ClientApp's own round: a deployed node (its policy in its own node config, no partition-id)
+    whose owner id has a canary direction in the owners folder the request names is charged, trains with
+    DP-SGD and releases its own clipped update, not the direction."""
+    from dataclasses import replace
 
-    from privfl.client.owner import OwnerSetupError, node_owner
+    from tests.owner_helpers import (
+        CONFIG, both_units_owner, deployed_context, message, owner_round_terms, request, signed_entry,
+    )
+    from privfl import protocol
+    from privfl.client.round import run_train_round
+    from privfl.simulations.canary_owners import draw_canary_owners, flat_delta, place_canary_directions
 
-    context = SimpleNamespace(node_config={"policy": str(tmp_path / "missing.toml")}, run_config={})
-    with pytest.raises(OwnerSetupError):  # no usable policy: it refuses, and never looks at the owners folder
-        node_owner(context, str(tmp_path))
+    policy = both_units_owner(tmp_path)
+    canaries = draw_canary_owners(2, 650, seed=3)  # logreg on 64 features, 10 classes
+    canaries = type(canaries)(("st-mary", "other"), canaries.directions)
+    hostile = tmp_path / "owners"  # the coordinator's choice of folder, holding a direction for st-mary
+    place_canary_directions(hostile, canaries)
+    terms = owner_round_terms()
+    node = deployed_context({"policy": str(policy)})
+    for stage in (protocol.OWNER_CHARGE_STAGE, protocol.TRAIN_STAGE):
+        req = replace(request(CONFIG, 1, owners_dir=hostile, privacy_unit="owner"), stage=stage, owner_round=terms)
+        msg = message(req)
+        reply = run_train_round(msg, node)
+        assert signed_entry(reply).is_charge, signed_entry(reply)  # charged at both stages, never refused
+    released = reply[protocol.ARRAYS].to_torch_state_dict()
+    start = msg.content[protocol.ARRAYS].to_torch_state_dict()
+    moved = flat_delta({k: v.numpy() for k, v in released.items()}, {k: 0 * v.numpy() for k, v in start.items()})
+    assert np.linalg.norm(moved) > 0  # an update left (a difference from the global model, clipped to C = 1)
+    assert abs(float(moved @ canaries.directions[0]) / np.linalg.norm(moved)) < 0.5  # its own, not the direction
 
 
 def test_the_owner_level_audit_refuses_a_deployment(tmp_path):
