@@ -31,13 +31,16 @@ RESULT_FILE = "result.json"
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "audit",
-        help="run an experiment with canary records and print the claimed epsilon beside an empirical lower bound",
+        help="run an experiment with canaries and print the claimed epsilon beside an empirical lower bound "
+        "(record level) or estimate (owner level)",
         description="Run a named experiment as `privfl simulate` does, with generated canary records planted in "
         "the simulated owners' training data (each with probability 1/2, by a secret coin), then guess from the "
         "final model which canaries were trained on and print, per privacy unit, the epsilon the ledgers claim "
         "and the lower bound the guesses prove (Steinke, Nasr, Jagielski 2023). A bound above the claim proves "
-        "the claim false; a bound below it is no guarantee (the guesses may be weak). Simulation only: canaries "
-        "never enter a real institution's data. See docs/audit.md.",
+        "the claim false; a bound below it is no guarantee (the guesses may be weak). For owner-level DP "
+        "(owner-dp = true) it adds canary owners whose update is a fixed random direction and prints the one-shot "
+        "epsilon estimate of Andrew et al. 2024 (an estimate, not a bound). Simulation only: canaries never enter "
+        "a real institution's data. See docs/audit.md.",
     )
     parser.add_argument("experiment", help="a named experiment or a path to a TOML config file")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
