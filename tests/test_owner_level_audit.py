@@ -77,9 +77,9 @@ def test_estimate_recovers_the_mu_of_a_simulated_gaussian_mechanism():
 
 
 def _owner_round_request(owners_dir: str, **changes):
+    from privfl.config import ExperimentConfig
     from privfl.models import ModelSpec
     from privfl.protocol import OwnerRound, RoundRequest, TrainingPlan
-    from privfl.config import ExperimentConfig
 
     plan = TrainingPlan.from_config(ExperimentConfig(dp=False))
     terms = OwnerRound(noise_multiplier=1.0, sampling="poisson", sample_rate=1.0, sample_size=0, population=2,
@@ -100,7 +100,7 @@ def _global_message():
 
     state = build_model("logreg", 4, 3, seed=0).state_dict()
     return SimpleNamespace(content=RecordDict({protocol.ARRAYS: ArrayRecord(state)})), \
-        {k: v.clone() for k, v in state.items()}, None
+        {k: v.clone() for k, v in state.items()}
 
 
 def _owner(owner_id: str, simulated: bool):
@@ -123,7 +123,7 @@ def test_a_simulated_canary_owners_update_is_its_direction_scaled_to_the_clip(tm
 
     canaries = draw_canary_owners(2, 15, seed=1)  # logreg 4 -> 3: 12 weights + 3 biases
     place_canary_directions(tmp_path, canaries)
-    msg, state, _ = _global_message()
+    msg, state = _global_message()
     request = _owner_round_request(str(tmp_path))
     update = canary_update(_owner(canaries.owner_ids[1], True), request, msg, _trained(state))
     released = as_released(update, request, msg)  # what leaves: the owner-level clipping comes after
@@ -144,7 +144,7 @@ def test_a_deployed_node_is_never_a_canary_whatever_the_request_names(tmp_path):
 
     canaries = draw_canary_owners(2, 15, seed=2)
     place_canary_directions(tmp_path, canaries)
-    msg, state, _ = _global_message()
+    msg, state = _global_message()
     request = _owner_round_request(str(tmp_path))
     deployed = _owner(canaries.owner_ids[0], simulated=False)
     assert canary_direction_file(deployed, request) is None
