@@ -35,6 +35,7 @@ truncated makes the verdict NOT INTACT, naming the owner: never a note under INT
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,9 +52,10 @@ from privfl.privacy.ledger.store import OWNER_LEDGER, LedgerStore
 from privfl.privacy.policy import LEDGER_FILE
 from privfl.server.history import load_history
 from privfl.server.run_dir import COORDINATOR as COORDINATOR_FOLDER
-from privfl.server.run_dir import HISTORY, OWNERS, Layout, locate
+from privfl.server.run_dir import Layout, is_federation_folder, is_run_folder, locate
 
 INTACT, NOT_INTACT = "INTACT", "NOT INTACT"
+REGISTRY_NOT_INTACT = "the coordinator's registry"  # how a ledger's judgement starts when its trust root is bad
 EXIT_NOT_INTACT = 1  # what every command that judges a run exits with when the verdict is NOT INTACT
 
 
@@ -71,6 +73,7 @@ class RunAudit:
     layout: Layout | None = None
     owner_keys_dir: Path | None = None  # the owners' registered public keys (from the trust root)
     read: list[str] = field(default_factory=list)  # every file read, in order
+    checked_against: str = ""  # what the verdict line says the files were checked against (default: registry, history)
     # owner -> {"lifetime": epsilon of all its record-level charges, "experiment": of this experiment's alone,
     #           "accountant", "delta", "budget"}: a restarted or repeated experiment composes the earlier spend
     epsilon: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -94,8 +97,10 @@ class RunAudit:
         """The one line every command prints: the verdict, and the owners it names."""
         subject = self.subject or f"run {self.run_dir} (experiment {self.experiment_id})"
         if self.ok:
+            checked = self.checked_against or (
+                "cross-checked with the registry" + ("" if self.subject else " and the history"))
             return (f"{INTACT}: {subject}: {len(self.reports)} ledger files, {len(self.owner_ledgers)} owner ledgers, "
-                    "cross-checked with the registry" + ("" if self.subject else " and the history"))
+                    + checked)
         named = sorted(self.owners_not_intact)
         return (f"{NOT_INTACT}: {subject}: "
                 f"{len(self.all_problems())} problem(s)" + (f"; owners not intact: {', '.join(named)}" if named else ""))
@@ -173,10 +178,13 @@ def audit_run(run_dir: str | Path, *, owner_ledgers: dict[str, Path] | None = No
     return audit
 
 
-def audit_federation(federation_dir: str | Path, *, coordinator_dir: str | Path | None = None) -> RunAudit:
+def audit_federation(federation_dir: str | Path, *, coordinator_dir: str | Path | None = None,
+                     verify_ledgers: bool = True) -> RunAudit:
     """Judge a simulation's federation folder (``owners/`` and ``coordinator/``) without a run: every owner ledger
     the registry or the coordinator's keys know about must be there, be the owner's, and hold every head the
-    registry anchored for it."""
+    registry anchored for it.  ``verify_ledgers=False``: only the trust root and that each known owner's ledger is
+    there and is the owner's (what a simulation checks before it enrols owners; never a verdict to print as
+    INTACT)."""
     federation = Path(federation_dir)
     where = Layout(federation, federation, Path(coordinator_dir) if coordinator_dir else federation / COORDINATOR_FOLDER)
     audit = RunAudit(run_dir=federation, layout=where, subject=f"federation folder {federation}",
@@ -184,36 +192,68 @@ def audit_federation(federation_dir: str | Path, *, coordinator_dir: str | Path 
     _, keys, anchors, registered = _trust_root(audit, where)
     known = {a.owner_id for a in anchors} | registered | set(keys)
     audit.owner_ledgers = _find_owner_ledgers(audit, where, known, {})
-    for owner_id, path in sorted(audit.owner_ledgers.items()):
+    for owner_id, path in sorted(audit.owner_ledgers.items() if verify_ledgers else ()):
         audit.add_report(verify(path, keys.get(owner_id), anchored=[a for a in anchors if a.owner_id == owner_id]),
                          owner_id)
     return audit
 
 
 def audit_ledger(path: str | Path, public_key=None, *, registry: str | Path | None = None,
-                 coordinator_key: Ed25519PublicKey | None = None, epsilon_check: str = "all") -> VerificationReport:
+                 coordinator_key: Ed25519PublicKey | None = None, epsilon_check: str = "all",
+                 anchors: Sequence[Any] = (), anchors_source: str = "the anchors",
+                 expected_heads: Sequence[tuple[str, int, bytes]] = ()) -> VerificationReport:
     """One ledger file judged against the trust root: its own verification, and, given the coordinator's registry
     (itself verified under ``coordinator_key``), every head the registry anchored for the file's owners.
 
     What the ledger service answers from: a truncated or rolled-back ledger is refused, not served.
+    ``anchors``: signed entries (a federation ledger's) the file must hold verbatim; ``expected_heads``:
+    (owner, sequence, sha256) heads an auditor noted, which the file must still hold.
     """
-    anchored: list[Anchor] = []
+    anchored: list[Any] = []
     if registry is not None:
         checked = verify(registry, coordinator_key=coordinator_key)
         if not checked.ok:
             report = VerificationReport(path=str(path), epsilon_check=epsilon_check)
-            return report.fail(f"the coordinator's registry {registry} is not intact: {checked.problem}")
-        anchored = _anchors(Path(registry))
-    return verify(path, public_key, epsilon_check=epsilon_check, anchored=anchored)
+            return report.fail(f"{REGISTRY_NOT_INTACT} {registry} is not intact: {checked.problem}")
+        anchored = list(_anchors(Path(registry)))
+    anchored += list(expected_heads)
+    source = "the coordinator's registry" if registry is not None else "the expected head"
+    return verify(path, public_key, epsilon_check=epsilon_check, anchors=anchors, anchors_source=anchors_source,
+                  anchored=anchored, anchored_source=source, coordinator_key=coordinator_key)
+
+
+def audit_file(path: str | Path, public_key=None, *, registry: str | Path | None = None,
+               coordinator_key: Ed25519PublicKey | None = None, epsilon_check: str = "all",
+               anchors: Sequence[Any] = (), anchors_source: str = "the anchors",
+               expected_heads: Sequence[tuple[str, int, bytes]] = ()) -> RunAudit:
+    """One ledger file as the one audit judges it (:func:`audit_ledger`), with the verdict line and exit code
+    every command prints: what ``privfl ledger verify FILE`` says."""
+    path = Path(path)
+    report = audit_ledger(path, public_key, registry=registry, coordinator_key=coordinator_key,
+                          epsilon_check=epsilon_check, anchors=anchors, anchors_source=anchors_source,
+                          expected_heads=expected_heads)
+    trusted = [f"the registry {registry}"] if registry is not None else []
+    trusted += ["the expected head(s)"] if expected_heads else []
+    trusted += [anchors_source] if anchors else []
+    audit = RunAudit(run_dir=path, subject=f"ledger {path}",
+                     trust_root=", ".join(trusted) if trusted else "none named (the file judged on its own)",
+                     checked_against=("checked against " + ", ".join(trusted)) if trusted else
+                     "checked on its own (no --registry: a truncated or rolled-back ledger would pass)")
+    owner = _ledger_owner(path) if path.is_file() else ""
+    registry_failed = report.problem is not None and report.problem.reason.startswith(REGISTRY_NOT_INTACT)
+    audit.add_report(report, "" if registry_failed else owner)  # a bad registry says nothing of the owner's file
+    if report.ok and owner:
+        audit.owner_ledgers[owner] = path
+    return audit
 
 
 def audit_path(path: str | Path, *, federation_dir: str | Path | None = None,
                coordinator_dir: str | Path | None = None) -> RunAudit:
     """The one audit of whatever folder the user named: a run folder (history.json) or a federation folder."""
     path = Path(path)
-    if (path / HISTORY).is_file():
+    if is_run_folder(path):
         return audit_run(path, federation_dir=federation_dir, coordinator_dir=coordinator_dir)
-    if (path / COORDINATOR_FOLDER).is_dir() or (path / OWNERS).is_dir():
+    if is_federation_folder(path):
         return audit_federation(federation_dir or path, coordinator_dir=coordinator_dir)
     raise FileNotFoundError(f"{path} is neither a privfl run folder (history.json) nor a federation folder "
                             "(coordinator/, owners/)")

@@ -116,6 +116,17 @@ def prepare_run_dir(config: ExperimentConfig) -> Layout:
 RUNS = "runs"  # a deployment's coordinator folder keeps its runs in runs/<name>
 
 
+def is_run_folder(path: str | Path) -> bool:
+    """A run folder of today's layout: it holds the run's history."""
+    return (Path(path) / HISTORY).is_file()
+
+
+def is_federation_folder(path: str | Path) -> bool:
+    """A simulation's federation folder (``coordinator/``, ``owners/``), not a run folder."""
+    path = Path(path)
+    return not is_run_folder(path) and ((path / COORDINATOR).is_dir() or (path / OWNERS).is_dir())
+
+
 def locate(run_dir: str | Path, *, federation_dir: str | Path | None = None,
            coordinator_dir: str | Path | None = None) -> Layout:
     """The folders of a run found from the run folder itself (and what the user named), never from its config.json.

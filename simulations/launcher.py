@@ -419,6 +419,12 @@ def run_simulations(configs: Sequence[ExperimentConfig], *, log_to: Path | None 
             for config in configs:
                 check(config)
             clock.mark("checked")
+        from privfl.simulations.owners import enrolment_refusal
+
+        for config in configs:  # an owner whose ledger is gone: refused here, not by a traceback in a Flower process
+            refusal = None if config.deployment else enrolment_refusal(artefacts.layout(config))
+            if refusal:
+                raise SimulationError(refusal)
         app = export_app(state_dir / "app")
         federation_config = resources.federation_config()
         owners = [_num_owners(c) for c in configs]

@@ -38,6 +38,27 @@ def enroll_simulated_owners(config: ExperimentConfig, where: Layout, owner_ids: 
     return [_enroll(config, where, owner_id) for owner_id in owner_ids]
 
 
+def enrolment_refusal(where: Layout) -> str | None:
+    """Why the simulated owners of a reused federation folder cannot be enrolled (None: they can).
+
+    An owner that the coordinator knows (a registered key, an anchored head) and whose ledger is missing or is
+    another owner's is never given a fresh ledger (a fresh lifetime budget): the one audit of the folder
+    (:func:`privfl.privacy.audit.audit_federation`) names it, and the simulation does not start.  Problems that
+    name no owner (a first run that stopped before the registry was written) do not stop enrolment.
+    """
+    if not where.owner_keys_dir.is_dir():
+        return None  # a new federation folder: nothing enrolled yet
+    from privfl.privacy.audit import audit_federation
+
+    audit = audit_federation(where.federation_dir, coordinator_dir=where.coordinator_dir, verify_ledgers=False)
+    if not audit.owners_not_intact:
+        return None
+    problems = "\n".join(f"problem: {p}" for p in audit.all_problems())
+    return (f"{audit.verdict_line()}\n{problems}\nno run was started: a simulated owner whose ledger is missing or "
+            "replaced is never given a fresh one (that would be a fresh lifetime budget); put its ledger back, or "
+            "rebuild it with `privfl ledger recover` (docs/ledger.md)")
+
+
 def _enroll(config: ExperimentConfig, where: Layout, owner_id: str) -> OwnerPolicy:
     folder = where.owner_dir(owner_id)
     policy_file = folder / POLICY_FILE

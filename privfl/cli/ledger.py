@@ -205,9 +205,10 @@ def run_show(args: argparse.Namespace) -> int:
 
 
 def run_verify(args: argparse.Namespace) -> int:
-    import json
-
-    from privfl.privacy.ledger import FederationLedger, LedgerError, verify
+    """A run or federation folder, or one ledger file: all judged by the one audit (privfl.privacy.audit), which
+    prints the same verdict line and exits with the same code whatever it was given."""
+    from privfl.privacy.audit import audit_file
+    from privfl.privacy.ledger import FederationLedger, LedgerError
 
     if args.path.is_dir():
         return _verify_run(args)
@@ -222,35 +223,23 @@ def run_verify(args: argparse.Namespace) -> int:
             anchors, source = federation.entries(), f"the federation ledger {args.against}"
         finally:
             federation.close()
-    anchored, anchored_source = _anchored_heads(args)
     coordinator = _load_key(args.coordinator_key) if args.coordinator_key else None
     try:
-        report = verify(args.path, keys, epsilon_check=args.epsilon, anchors=anchors, anchors_source=source,
-                        anchored=anchored, anchored_source=anchored_source, coordinator_key=coordinator)
-    except ValueError as err:
+        audit = audit_file(args.path, keys, registry=args.registry, coordinator_key=coordinator,
+                           epsilon_check=args.epsilon, anchors=anchors, anchors_source=source,
+                           expected_heads=_expected_heads(args))
+    except (ValueError, LedgerError) as err:
         raise _ledger_error(err) from None
-    print(json.dumps(report.to_dict(), indent=2) if args.json else report.summary())
-    return 0 if report.ok else 1
+    return _print_audit(audit, args.json)
 
 
-def _anchored_heads(args: argparse.Namespace) -> tuple[list, str]:
-    """Heads the ledger must hold: from the coordinator's registry, or noted by hand."""
+def _expected_heads(args: argparse.Namespace) -> list[tuple[str, int, bytes]]:
+    """--expected-head SEQUENCE:SHA256 (the file's owner) or OWNER:SEQUENCE:SHA256: heads an auditor noted."""
     from privfl.cli import UsageError
-    from privfl.privacy.ledger import LedgerError, verify
-    from privfl.privacy.ledger.registry import CoordinatorRegistry
+    from privfl.privacy.ledger import LedgerError
     from privfl.privacy.ledger.store import LedgerStore
 
-    heads: list = []
-    if args.registry is not None:
-        coordinator = _load_key(args.coordinator_key) if args.coordinator_key else None
-        checked = verify(args.registry, coordinator_key=coordinator)
-        if not checked.ok:
-            raise UsageError(f"the registry itself is not intact: {checked.problem}")
-        try:
-            with CoordinatorRegistry.open_readonly(args.registry) as registry:
-                heads = registry.anchors()
-        except LedgerError as err:
-            raise _ledger_error(err) from None
+    heads: list[tuple[str, int, bytes]] = []
     for value in args.expected_head:
         parts = value.split(":")
         try:
@@ -271,8 +260,7 @@ def _anchored_heads(args: argparse.Namespace) -> tuple[list, str]:
             raise UsageError(f"--expected-head {value}: write SEQUENCE:SHA256 (64 hex digits), or "
                              "OWNER:SEQUENCE:SHA256") from None
         heads.append((owner, sequence, digest))
-    source = "the coordinator's registry" if args.registry is not None else "the expected head"
-    return heads, source
+    return heads
 
 
 def _load_key(path: Path):
@@ -286,22 +274,28 @@ def _load_key(path: Path):
 
 
 def _verify_run(args: argparse.Namespace) -> int:
-    import json
-
     from privfl.privacy.audit import audit_path
 
     try:
         audit = audit_path(args.path, federation_dir=args.federation, coordinator_dir=args.coordinator)
     except FileNotFoundError as err:
         raise _ledger_error(err) from None
-    if args.json:
+    return _print_audit(audit, args.json)
+
+
+def _print_audit(audit, as_json: bool) -> int:
+    """The one audit's verdict (line, problems, each file), as text or JSON; returns its exit code."""
+    import json
+
+    if as_json:
         print(json.dumps({"ok": audit.ok, "verdict": audit.verdict, "owners_not_intact": audit.owners_not_intact,
                           "problems": audit.all_problems(), "notes": audit.unaggregated, "trust_root": audit.trust_root,
                           "read": audit.read, "files": [r.to_dict() for r in audit.reports]}, indent=2))
     else:
         print(audit.summary())
         for report in audit.reports:
-            print(report.summary() if not report.ok else f"{report.path}: INTACT ({report.ledger_kind} ledger)")
+            print(report.summary() if not report.ok or audit.subject.startswith("ledger ")
+                  else f"{report.path}: INTACT ({report.ledger_kind} ledger)")
     return audit.exit_code
 
 

@@ -43,7 +43,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("ledgers", nargs="*", type=Path, metavar="LEDGER",
                         help="ledger file (.db): an owner's ledger or a federation ledger; a folder: its *.db; a "
-                        "simulation run folder: its ledgers/, keys/, history.json and processing-record.toml")
+                        "simulation run folder: its ledgers/, keys/, history.json and processing-record.toml; a "
+                        "federation folder (coordinator/, owners/): every owner ledger it knows, audited as by "
+                        "`privfl ledger verify`")
     parser.add_argument("--format", choices=FORMATS,
                         help="report format (default: from --out's suffix, else html)")
     parser.add_argument("--out", type=Path, metavar="PATH",
@@ -244,16 +246,19 @@ def run_report(args: argparse.Namespace) -> int:
 
     from privfl.server import run_dir as artefacts
 
-    runs = [p for p in args.ledgers if p.is_dir() and (p / artefacts.HISTORY).is_file() and not is_legacy_folder(p)]
+    # a run folder or a federation folder: judged by the one audit, which finds its ledgers (as `ledger verify`)
+    runs = [p for p in args.ledgers if p.is_dir() and not is_legacy_folder(p)
+            and (artefacts.is_run_folder(p) or artefacts.is_federation_folder(p))]
     audit = None
     warm_up = _warm_up_renderers if fmt in ("html", "pdf") else None
     try:
         if runs:
             if len(args.ledgers) != 1:
-                raise UsageError("a run folder is reported on its own (its ledgers are found from it): give one RUN")
-            from privfl.privacy.audit import audit_run
+                raise UsageError("a run or federation folder is reported on its own (its ledgers are found from "
+                                 "it): give one folder")
+            from privfl.privacy.audit import audit_path
 
-            audit = audit_run(runs[0], federation_dir=args.federation, coordinator_dir=args.coordinator)
+            audit = audit_path(runs[0], federation_dir=args.federation, coordinator_dir=args.coordinator)
             keys = None
             if args.public_key or args.keys_dir:
                 keys, _ = _keys(args, audit.owner_keys_dir)
