@@ -8,11 +8,11 @@ within budget, so a budget is never crossed, not even by one round.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from privfl.privacy.accountants import Accountant
-from privfl.privacy.events import DpEvent
+from privfl.privacy.events import LEAST_NOISE, DpEvent, below_least_noise
 
 
 @dataclass(frozen=True)
@@ -49,9 +49,13 @@ def fits_budget(epsilon: float, budget: float) -> bool:
 
 
 def noise_problem(noise_multiplier: float, minimum: float, what: str = "noise multiplier") -> str | None:
-    """Why a requested noise multiplier is refused under an owner's minimum (min-noise-multiplier), or None."""
+    """Why a requested noise multiplier is refused under an owner's minimum (min-noise-multiplier) or privfl's
+    floor (:data:`~privfl.privacy.events.LEAST_NOISE`), or None: the one minimum-noise check an owner makes."""
     if not noise_multiplier > 0:
         return f"the request asks for {what} {noise_multiplier:g}: no privacy guarantee"
+    if below_least_noise(noise_multiplier):
+        return (f"the request asks for {what} {noise_multiplier:g}: below {LEAST_NOISE:g}, the least privfl "
+                "composes (such a release protects nothing)")
     if noise_multiplier < minimum:
         return (f"the request asks for {what} {noise_multiplier:g}; this owner's policy requires at least "
                 f"{minimum:g} (min-noise-multiplier)")
@@ -79,25 +83,31 @@ class UnitSpend:
         return fits_budget(self.epsilon, self.budget)
 
 
-def unit_spend(entries: Sequence, unit: str, accountant: str = "", run_id: str | None = None) -> UnitSpend | None:
+def unit_spend(entries: Sequence, unit: str, accountant: str = "", run_id: str | None = None, *,
+               delta: float | None = None, compose: Callable[[str, Sequence[DpEvent], float], float | None] | None = None,
+               ) -> UnitSpend | None:
     """Spent per privacy unit, the one definition: the unit's charges (of ``run_id`` alone, if given) composed by
-    ``accountant`` (default: the one the unit's last charge names) at that charge's delta, against its budget.
+    ``accountant`` at ``delta`` against the unit's budget; each defaults to what the unit's latest entry (a charge
+    or a refusal: the owner's policy as it last applied it) states.
 
     Record-level and owner-level charges are different guarantees and never composed together.  None when the
-    owner has no entry of the unit.
+    owner has no entry of the unit.  ``compose``: how events are composed (default: the named accountant,
+    :func:`privfl.privacy.ledger.owner.compute_epsilon`; a report passes its cache of the same figures).  The
+    owner's ledger, its ledger service (GetBudget), the audit and the report all ask here.
     """
     from privfl.privacy.ledger.entry import unit_of
     from privfl.privacy.ledger.owner import compute_epsilon
 
     mine = [e for e in entries if unit_of(e) == unit]
-    charges = [e for e in mine if e.is_charge]
     if not mine:
         return None
-    last = charges[-1] if charges else mine[-1]
-    chosen = accountant or last.accountant
+    charges = [e for e in mine if e.is_charge]
+    latest = mine[-1]
+    chosen = accountant or latest.accountant
+    at = latest.delta if delta is None else delta
     counted = [e.event for e in charges if run_id is None or e.run_id == run_id]
-    return UnitSpend(unit, chosen, last.delta, compute_epsilon(chosen, counted, last.delta), last.epsilon_budget,
-                     len(charges), len(mine) - len(charges))
+    epsilon = (compose or compute_epsilon)(chosen, counted, at) if counted else 0.0
+    return UnitSpend(unit, chosen, at, epsilon, latest.epsilon_budget, len(charges), len(mine) - len(charges))
 
 
 @dataclass(frozen=True)

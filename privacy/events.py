@@ -70,6 +70,13 @@ def _check_count(name: str, value: int, least: int) -> None:
 # bisect down to sigma 0.001 and exhaust the node's memory.
 LEAST_NOISE = 0.1
 
+
+def below_least_noise(noise_multiplier: float) -> bool:
+    """Whether a noise multiplier is below :data:`LEAST_NOISE` (NaN included): the one floor test, which the
+    request check, the coordinator's receipt check and the owner's noise check
+    (:func:`privfl.privacy.budget.noise_problem`) all ask."""
+    return not noise_multiplier >= LEAST_NOISE
+
 @dataclass(frozen=True)
 class PoissonSubsampledGaussian:
     """``steps`` releases: Poisson sampling at ``sample_rate``, Gaussian noise.

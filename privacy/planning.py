@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from privfl.privacy.accountants import get_accountant
+from privfl.privacy.budget import fits_budget
 from privfl.privacy.events import DpEvent, PoissonSubsampledGaussian, merge_repeats
 
 
@@ -81,7 +82,9 @@ def _plan(accountant_name: str, target: float, delta: float, rate: float, steps:
     limited_by = "target"
     if budget is not None:
         spent_alone = accountant.epsilon(list(spent), delta)
-        if spent_alone >= budget:
+        # The one budget rule: any further round costs epsilon > 0, so a spend that fits only with nothing to
+        # spare (spent == budget) leaves nothing to plan either.
+        if not fits_budget(spent_alone, budget) or spent_alone == budget:
             raise ValueError(f"the budget {budget:g} is spent already (epsilon {spent_alone:.4g}); nothing to plan")
         for_budget = accountant.plan_noise_multiplier(shape, target_epsilon=budget, delta=delta, spent=spent)
         if for_budget > sigma:

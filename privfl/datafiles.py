@@ -788,8 +788,10 @@ def check_owner_file(
     Raises :class:`DataFileError` only when there is nothing to check (no such
     file, a folder, an unknown suffix, Parquet without pyarrow).
     """
-    if delta is not None and not 0 < delta < 1:
-        raise ValueError(f"delta must be in (0, 1), got {delta}")
+    if delta is not None:
+        from privfl.privacy.budget import check_delta
+
+        check_delta(delta)
     findings = _examine(path, label_column, num_classes)
     n = findings.num_rows
     if delta is None or not n or "file" in {p.check for p in findings.errors}:

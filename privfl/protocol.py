@@ -30,7 +30,7 @@ from flwr.app import ConfigRecord
 
 from privfl import __version__
 from privfl.models import ModelSpec
-from privfl.privacy.events import LEAST_NOISE, PoissonSubsampledGaussian
+from privfl.privacy.events import LEAST_NOISE, PoissonSubsampledGaussian, below_least_noise
 from privfl.settings import key_of, non_negative
 
 # Bumped whenever a key below changes meaning or a required key is added; an owner
@@ -338,7 +338,7 @@ def plan_value_problem(plan: TrainingPlan) -> str | None:
         message = check(value) if check is not None else None
         if message:
             return f"the request's {key_of(f.name)} = {value!r}: {message}"
-    if plan.dp and 0 < plan.noise_multiplier < LEAST_NOISE:
+    if plan.dp and plan.noise_multiplier > 0 and below_least_noise(plan.noise_multiplier):
         return f"the request's noise-multiplier = {plan.noise_multiplier!r}: must be 0 or at least {LEAST_NOISE:g}"
     return None
 
@@ -369,7 +369,7 @@ def _owner_terms_problem(record: Any) -> str | None:
             return problem
     if not terms.clipping_norm > 0:
         return f"the request's owner-clipping-norm = {terms.clipping_norm!r}: must be > 0"
-    if 0 < terms.noise_multiplier < LEAST_NOISE:
+    if terms.noise_multiplier > 0 and below_least_noise(terms.noise_multiplier):
         return f"the request's owner-noise-multiplier = {terms.noise_multiplier!r}: must be at least {LEAST_NOISE:g}"
     try:
         terms.event()

@@ -139,7 +139,13 @@ def fraction(value: float) -> str | None:
 def probability_delta(value: float) -> str | None:
     # delta is the probability that the epsilon guarantee fails outright; at 1 or
     # above there is no guarantee, and it should sit well below 1/n of the records.
-    return None if 0 < value < 1 else "must be in (0, 1), and should be well below 1/n"
+    from privfl.privacy.budget import check_delta  # the one home of 0 < delta < 1
+
+    try:
+        check_delta(value)
+    except ValueError:
+        return "must be in (0, 1), and should be well below 1/n"
+    return None
 
 
 def one_of(choices: tuple[str, ...]) -> Check:

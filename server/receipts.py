@@ -31,6 +31,7 @@ from privfl.privacy.ledger import Entry, FederationLedger, LedgerError, ReceiptR
 from privfl.privacy.ledger.federation import AnchorMismatch, Checked, event_bound_problem
 from privfl.privacy.ledger.identity import answer_problem
 from privfl.privacy.ledger.registry import CoordinatorRegistry
+from privfl.privacy.planning import dp_sgd_round
 from privfl.protocol import OWNER_CHARGE_STAGE, TRAIN_STAGE, OwnerRound, PrivacyReceipt, TrainingPlan
 
 log = get_logger("server")
@@ -278,7 +279,11 @@ class ReceiptCheck:
         problem = event_bound_problem(event)
         if problem:
             raise ReceiptRejected(f"{where}: {problem}")
-        if not math.isclose(round(1 / event.sample_rate) * event.sample_rate, 1.0, rel_tol=1e-9):
+        # The round's DP-SGD event has one home (privacy.planning.dp_sgd_round): the coordinator does not know the
+        # owner's n, so it asks that the event be that rule's for some number of batches (steps are bounded above).
+        batches = max(1, round(1 / event.sample_rate))
+        shape = dp_sgd_round(event.noise_multiplier, batches * plan.batch_size, plan.batch_size, plan.local_epochs)
+        if event.steps != shape.steps or not math.isclose(event.sample_rate, shape.sample_rate, rel_tol=1e-9):
             raise ReceiptRejected(f"{where} sampled at rate {event.sample_rate}, not 1 / batches of {plan.batch_size}")
         if plan.owner_planned:  # each owner planned its own noise for the target; it must not be below it
             whole_run = dataclasses.replace(event, steps=event.steps * max(plan.num_rounds, 1))

@@ -111,8 +111,9 @@ class PldAccountant(Accountant):
             return 0.0
         if any(e.noise_multiplier == 0 for e in merged):
             return math.inf  # no noise, no guarantee
-        if not 0 < delta < 1:
-            raise ValueError(f"delta must be in (0, 1), got {delta}")
+        from privfl.privacy.budget import check_delta  # the one home of 0 < delta < 1 (imports this package)
+
+        check_delta(delta)
         return _merged_epsilon(tuple(merged), delta)
 
     def noise_multiplier(

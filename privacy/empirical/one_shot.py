@@ -46,8 +46,9 @@ def gaussian_delta(eps: float, mu: float) -> float:
 
 def gaussian_epsilon(mu: float, delta: float) -> float:
     """The smallest eps with delta(eps) <= ``delta`` for the Gaussian mechanism with ratio ``mu`` (0 if mu <= 0)."""
-    if not 0 < delta < 1:
-        raise ValueError(f"delta must be in (0, 1), got {delta}")
+    from privfl.privacy.budget import check_delta  # the one home of 0 < delta < 1
+
+    check_delta(delta)
     if mu <= 0 or gaussian_delta(0.0, mu) <= delta:
         return 0.0
     hi = max(1.0, mu)

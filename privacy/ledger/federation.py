@@ -28,7 +28,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from google.protobuf.message import DecodeError
 
-from privfl.privacy.events import LEAST_NOISE, NonPrivateRelease
+from privfl.privacy.events import LEAST_NOISE, NonPrivateRelease, below_least_noise
 from privfl.privacy.keys import check_owner_id, fingerprint, public_key_bytes, public_key_from_bytes
 from privfl.privacy.ledger.bridge import ElidedEntry
 from privfl.privacy.ledger.chain import entry_hash
@@ -54,7 +54,7 @@ def event_bound_problem(event: object) -> str | None:
     if event is None:
         return None
     noise = getattr(event, "noise_multiplier", None)
-    if isinstance(noise, (int, float)) and not noise >= LEAST_NOISE and not isinstance(event, NonPrivateRelease):
+    if isinstance(noise, (int, float)) and below_least_noise(noise) and not isinstance(event, NonPrivateRelease):
         return (f"its noise multiplier {noise:g} is below {LEAST_NOISE:g}, the least this coordinator composes "
                 "(such a release protects nothing)")
     steps = getattr(event, "steps", 1)

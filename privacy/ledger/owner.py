@@ -172,14 +172,13 @@ class OwnerLedger(LedgerFile):
     def spent_epsilon(self, accountant: str, delta: float | None = None, unit: str = RECORD) -> float:
         """Epsilon of all charges of ``unit`` under ``accountant`` (recomputed, never read from an entry).
 
-        ``delta`` defaults to the delta of the latest entry (0.0 spent if there is none).
+        Spent per unit has one definition (:func:`privfl.privacy.budget.unit_spend`): ``delta`` defaults to the
+        delta of the unit's latest entry; 0.0 when the unit has no entry.
         """
-        head = self._store.head(self.owner_id)
-        if delta is None:
-            if head is None:
-                return 0.0
-            delta = _decode(head).delta
-        return compute_epsilon(accountant, _of_unit(self._charge_events(head), unit), delta)
+        from privfl.privacy.budget import unit_spend
+
+        spend = unit_spend(self.entries(), unit, accountant, delta=delta)
+        return 0.0 if spend is None else spend.epsilon
 
     def head(self) -> tuple[int, bytes]:
         """(sequence, sha256) of the latest entry; (0, 32 zero bytes) for an empty ledger.

@@ -36,7 +36,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
-from privfl.privacy.budget import fits_budget
+from privfl.privacy.budget import fits_budget, unit_spend
 from privfl.privacy.accountants import get_accountant
 from privfl.privacy.budget import PrivacyBudget, decide_next_release
 from privfl.privacy.events import (
@@ -322,7 +322,8 @@ def _unit_account(st: _UnitState, experiment_id: str | None, complete: bool, cac
     charge_rows = [r for r in rows if r.kind == "charge"]
     latest = rows[-1]
     budget, delta, accountant = latest.epsilon_budget, latest.delta, latest.accountant
-    recomputed = latest.epsilon_cumulative
+    # Spent per unit, the one definition (privacy.budget.unit_spend), composed through this report's cache.
+    recomputed = None if st.unsupported else unit_spend(st.entries, st.unit, compose=cache.composed).epsilon
     if st.unsupported:
         spent, basis = None, f"cannot be computed: {st.unsupported}"
     elif complete:
@@ -669,7 +670,7 @@ def _experiment(experiment_id: str | None, unit: str, entries: list[Entry], char
     elif delta is None or any(c is None for c in charges):
         epsilon = None
     else:
-        epsilon = cache.composed(acct, charges, delta)
+        epsilon = unit_spend(entries, unit, run_id=run_id, compose=cache.composed).epsilon
     others = len(charge_events) - len(charges)
     what = "charge(s)" if unit == RECORD else f"{unit_label(unit)} charge(s)"
     run = "" if run_id == experiment_id else f" (run {run_id})"
@@ -682,7 +683,9 @@ def _experiment(experiment_id: str | None, unit: str, entries: list[Entry], char
 
 def experiment_run_id(experiment_id: str, unit: str) -> str:
     """The run id a unit's charges of an experiment carry: the id (record-level), ``<id>/owner`` (owner-level)."""
-    return experiment_id if unit == RECORD else f"{experiment_id}/{unit}"
+    from privfl.protocol import OwnerRound  # the one home of the owner-level run id
+
+    return experiment_id if unit == RECORD else OwnerRound.charge_key(experiment_id)
 
 
 def _purpose_check(given: OwnerInput, rows: list[Release]) -> PurposeCheck:

@@ -17,7 +17,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from privfl.privacy.ledger.epsilon import EPSILON_ABS_TOL, EPSILON_REL_TOL
+from privfl.privacy.budget import fits_budget
 from privfl.privacy.report import evidence as ev
 from privfl.privacy.report.model import HistorySection, LedgerIntegrity, OwnerStatement, Release
 from privfl.privacy.report.processing_record import ProcessingRecord, records_for
@@ -102,7 +102,9 @@ def _within(row: Release) -> bool | None:
         return None
     if math.isinf(c):
         return False
-    return c <= row.epsilon_budget * (1 + EPSILON_REL_TOL) + EPSILON_ABS_TOL
+    # The one budget rule, on the figure the owner enforced (as the unit's block judges it): its stated epsilon
+    # where the recomputation confirms it (they differ by rounding only), else the recomputed one.
+    return fits_budget(row.epsilon_cumulative_stated if row.epsilon_stated_matches else c, row.epsilon_budget)
 
 
 def article_25(owners: list[OwnerStatement], history: HistorySection | None) -> list[dict[str, Any]]:

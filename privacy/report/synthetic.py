@@ -12,13 +12,13 @@ events (keys and timestamps differ).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
 from privfl.privacy.events import PoissonSubsampledGaussian, SampledWithoutReplacementGaussian
 from privfl.privacy.keys import generate_owner_keys, load_private_key
 from privfl.privacy.ledger import BudgetExceeded, FederationLedger, OwnerLedger, update_hash
+from privfl.privacy.planning import dp_sgd_round
 
 
 @dataclass(frozen=True)
@@ -81,8 +81,7 @@ def build_synthetic_federation(
         for index, owner in enumerate(names):
             files = generate_owner_keys(keys, owner)
             federation.register_owner(owner, load_private_key(files.private_key).public_key())
-            steps = math.ceil(owner_size(index) / batch_size)  # Opacus: rate 1 / ceil(n / batch)
-            event = PoissonSubsampledGaussian(noise_multiplier, 1 / steps, steps)
+            event = dp_sgd_round(noise_multiplier, owner_size(index), batch_size, 1)  # one local epoch a round
             with OwnerLedger.open(scratch / f"{owner}.db", owner, load_private_key(files.private_key)) as ledger:
                 for rnd in range(1, rounds + 1):
                     if owner_event is not None:  # the coordinator's owner-level charge, before its draw

@@ -45,10 +45,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _checked_event(noise: float, args: argparse.Namespace):
     from privfl.cli import UsageError
+    from privfl.privacy.budget import check_delta
     from privfl.privacy.events import PoissonSubsampledGaussian
 
-    if not 0 < args.delta < 1:
-        raise UsageError(f"--delta must be in (0, 1), got {args.delta}")
+    try:
+        check_delta(args.delta)
+    except ValueError:
+        raise UsageError(f"--delta must be in (0, 1), got {args.delta}") from None
     try:
         return PoissonSubsampledGaussian(noise, args.sample_rate, args.steps)
     except ValueError as err:
@@ -88,6 +91,7 @@ def preview_experiment(args: argparse.Namespace) -> int:
     """Each simulated owner's noise and epsilon over the whole experiment, before running it."""
     from privfl.cli.simulate import load_config
     from privfl.privacy.accountants import get_accountant
+    from privfl.privacy.budget import fits_budget
     from privfl.privacy.events import PoissonSubsampledGaussian
     from privfl.privacy.planning import plan_noise
     from privfl.protocol import TrainingPlan
@@ -113,7 +117,8 @@ def preview_experiment(args: argparse.Namespace) -> int:
         event = plan.privacy_event(len(train))
         whole = PoissonSubsampledGaussian(sigma, event.sample_rate, event.steps * config.num_rounds)
         pld, rdp = (get_accountant(a).epsilon([whole], config.delta) for a in ("pld", "rdp"))
-        flag = "" if max(pld if config.accountant == "pld" else rdp, 0) <= config.epsilon_budget else "  over budget"
+        flag = "" if fits_budget(max(pld if config.accountant == "pld" else rdp, 0), config.epsilon_budget) \
+            else "  over budget"
         print(f"{owner_id:<14} {len(train):>7} {event.sample_rate:>8.4g} {whole.steps:>6} {sigma:>8.4g} {pld:>8.3f} "
               f"{rdp:>8.3f} {config.epsilon_budget:>7g}{flag}")
     return 0

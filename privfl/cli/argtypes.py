@@ -33,4 +33,17 @@ positive_int = checked(int, lambda v: v >= 1, ">= 1", "a whole number")
 positive_float = checked(float, lambda v: v > 0, "> 0")
 non_negative_float = checked(float, lambda v: v >= 0, ">= 0")
 open_fraction = checked(float, lambda v: 0 < v < 1, "in (0, 1)")
+
+
+def _is_delta(value: float) -> bool:
+    from privfl.privacy.budget import check_delta  # the one home of 0 < delta < 1
+
+    try:
+        check_delta(value)
+    except ValueError:
+        return False
+    return True
+
+
+delta = checked(float, _is_delta, "in (0, 1)")
 tcp_port = checked(int, lambda v: 1 <= v <= 65535, "a TCP port (1-65535)", "a port number")

@@ -48,7 +48,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     check.add_argument("path", type=Path, metavar="PATH", help="the data file: .csv, .parquet or .npz")
     check.add_argument("--label-column", type=_label_column, default="label", metavar="NAME",
                        help="the column (or .npz array) holding the class ids (default: label)")
-    check.add_argument("--delta", type=argtypes.open_fraction, metavar="D",
+    check.add_argument("--delta", type=argtypes.delta, metavar="D",
                        help="the owner's delta: the file fails when delta is not below 1/rows")
     check.add_argument("--num-classes", type=argtypes.positive_int, metavar="K",
                        help="the task's number of classes: labels must be below K (default: largest label + 1)")
