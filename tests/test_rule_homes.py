@@ -108,7 +108,7 @@ def test_a_damaged_registry_makes_one_ledger_not_intact_not_a_usage_error(world,
     """The registry a single file is judged against is part of the verdict: not intact -> NOT INTACT, exit 1 (as a
     run's audit says of a damaged registry), not a usage error (exit 2)."""
     coordinator = _federation(world) / "coordinator"
-    _sql(coordinator / "registry.db", "DELETE FROM entries WHERE sequence = 1")
+    _sql(coordinator / "registry.db", "DELETE FROM anchors WHERE sequence = 1")
     code = privfl(["ledger", "verify", str(_ledger(world, "owner-1")), "--registry", str(coordinator / "registry.db"),
                    "--coordinator-key", str(coordinator / "coordinator.pub")])
     out = capsys.readouterr().out
