@@ -157,14 +157,8 @@ def test_a_simulation_on_a_federation_folder_with_a_deleted_owner_ledger_refuses
                                                                                            capsys):
     """The next `privfl simulate` on the folder refuses before it starts (exit 1, NOT INTACT, the owner named), as
     the one audit judges the folder; it used to fail inside the ServerApp at enrolment with a traceback."""
-    from privfl.server.run_dir import Layout
-    from privfl.simulations.owners import enrolment_refusal
-
     federation = _federation(world)
-    where = Layout(tmp_path / "next", federation, federation / "coordinator")
-    assert enrolment_refusal(where) is None
     _ledger(world, "owner-1").unlink()
-    assert "owners not intact: owner-1" in enrolment_refusal(where)
     code = privfl(["simulate", "quickstart", "--set", f"num-owners={OWNERS}", "--set", "num-rounds=1",
                    "--run-dir", str(tmp_path / "next"), "--set", f"federation-dir={federation}"])
     err = capsys.readouterr().err
@@ -173,6 +167,19 @@ def test_a_simulation_on_a_federation_folder_with_a_deleted_owner_ledger_refuses
     assert "Traceback" not in err and not (tmp_path / "next" / "history.json").exists()
     verify = privfl(["ledger", "verify", str(federation)])
     assert verify == code and "owners not intact: owner-1" in capsys.readouterr().out
+
+
+def test_enrolment_refusal_names_only_owner_problems(world, tmp_path):
+    from privfl.server.run_dir import Layout
+    from privfl.simulations.owners import enrolment_refusal
+
+    federation = _federation(world)
+    where = Layout(tmp_path / "next", federation, federation / "coordinator")
+    assert enrolment_refusal(where) is None
+    assert enrolment_refusal(Layout(tmp_path / "n", tmp_path / "new.federation", tmp_path / "new.federation" /
+                                    "coordinator")) is None  # nothing enrolled yet
+    shutil.copy(_ledger(world, "owner-0"), _ledger(world, "owner-1"))  # another owner's copy
+    assert "owners not intact: owner-1" in enrolment_refusal(where)
 
 
 # --------------------------------------------------------------------------- spent per privacy unit
@@ -239,7 +246,7 @@ def test_ledger_report_and_service_agree_on_spent_per_unit_with_both_units_charg
 
 def _delta_refused_by(tmp_path: Path, capsys) -> dict[str, bool]:
     """For delta 0.01: which entry point refuses it."""
-    from privfl.cli import argtypes
+    from privfl.cli import build_parser
     from privfl.datafiles import check_owner_file
     from privfl.privacy.accountants import get_accountant
     from privfl.privacy.empirical.one_shot import gaussian_epsilon
@@ -260,7 +267,8 @@ def _delta_refused_by(tmp_path: Path, capsys) -> dict[str, bool]:
     raises("pld", lambda: get_accountant("pld").epsilon([event], 0.01))
     raises("data file", lambda: check_owner_file(data, delta=0.01))
     raises("empirical", lambda: gaussian_epsilon(1.0, 0.01))
-    raises("data --delta", lambda: argtypes.delta("0.01"), (Exception,))
+    raises("data --delta", lambda: build_parser().parse_args(["data", "check", str(data), "--delta", "0.01"]),
+           (SystemExit,))
     refused["config/policy"] = probability_delta(0.01) is not None
     refused["accountant epsilon"] = privfl(["accountant", "epsilon", "--noise-multiplier", "1", "--sample-rate",
                                             "0.1", "--steps", "10", "--delta", "0.01"]) == 2
