@@ -213,6 +213,16 @@ def read_round_log(history_file: Path, offset: int = 0) -> tuple[dict[int, dict[
     return rounds, offset + len(complete.encode("utf-8"))
 
 
+def run_status(history_file: Path) -> str | None:
+    """The run's status as ``history.json`` states it now (None: not written yet, or being replaced): what a
+    launcher polls while the run goes on, without replaying the round log as :func:`load_history` does."""
+    try:
+        data = json.loads(Path(history_file).read_text(encoding="utf-8"))
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+    return data.get("status") if isinstance(data, dict) else None
+
+
 def load_history(history_file: Path) -> dict[str, Any]:
     """The run's history: ``history.json``, with the round log replayed over it if the run did not finish.
 

@@ -710,10 +710,9 @@ def _save_log(process: subprocess.Popen, log_path: Path) -> None:
 
 
 def _status(history_file: Path) -> str | None:
-    try:
-        return json.loads(history_file.read_text(encoding="utf-8")).get("status")
-    except (FileNotFoundError, json.JSONDecodeError):
-        return None
+    from privfl.server.history import run_status  # the one history reader's
+
+    return run_status(history_file)
 
 
 def _app_pids(superlink: subprocess.Popen) -> list[int]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from privfl.server.history import epsilon_table
+from privfl.server.run_dir import HISTORY
 from privfl.simulations.launcher import SimulationResult
 
 
@@ -21,7 +22,7 @@ def run_problems(result: SimulationResult, *, max_failed_updates: int = 0) -> li
     failed = history.get("failed_updates", 0)
     if failed > max_failed_updates:
         problems.append(f"{failed} client update(s) failed or were rejected (tolerated: {max_failed_updates}); "
-                        f"see 'failures' in {result.run_dir / 'history.json'}")
+                        f"see 'failures' in {result.run_dir / HISTORY}")
     return problems
 
 

@@ -26,6 +26,7 @@ from privfl.privacy.keys import KeyFileError, load_public_key, public_key_bytes,
 from privfl.privacy.ledger import Entry, LedgerError, VerificationReport, decode_entry, verify
 from privfl.privacy.ledger.errors import NotALedgerError
 from privfl.privacy.ledger.store import FEDERATION_LEDGER, OWNER_LEDGER, LedgerStore
+from privfl.server.run_dir import LEDGERS
 
 KeysArg = Ed25519PublicKey | Mapping[str, Any] | str | Path | Sequence[str | Path] | None
 
@@ -72,7 +73,7 @@ def resolve_ledger_paths(paths: Iterable[str | Path]) -> list[Path]:
     for given in paths:
         path = Path(given)
         if path.is_dir():
-            folder = path / "ledgers" if (path / "ledgers").is_dir() else path
+            folder = path / LEDGERS if (path / LEDGERS).is_dir() else path
             files = sorted(folder.glob("*.db"))
             if not files:
                 raise FileNotFoundError(f"no ledger files (*.db) in {folder}")

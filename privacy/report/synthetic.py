@@ -19,6 +19,7 @@ from privfl.privacy.events import PoissonSubsampledGaussian, SampledWithoutRepla
 from privfl.privacy.keys import generate_owner_keys, load_private_key
 from privfl.privacy.ledger import BudgetExceeded, FederationLedger, OwnerLedger, update_hash
 from privfl.privacy.planning import dp_sgd_round
+from privfl.server.run_dir import FEDERATION_LEDGER, LEDGERS
 
 
 @dataclass(frozen=True)
@@ -33,7 +34,7 @@ class SyntheticFederation:
 
     @property
     def federation_ledger(self) -> Path:
-        return self.ledgers / "federation.db"
+        return self.ledgers / FEDERATION_LEDGER
 
 
 def owner_size(index: int) -> int:
@@ -72,12 +73,12 @@ def build_synthetic_federation(
     elif owner_level == "fixed":
         owner_event = SampledWithoutReplacementGaussian(owner_noise_multiplier, min(10, owners), owners, 1)
     folder = Path(folder)
-    ledgers, keys = folder / "ledgers", folder / "keys"
+    ledgers, keys = folder / LEDGERS, folder / "keys"
     scratch = ledgers if owner_ledgers else folder / "owners-scratch"
     ledgers.mkdir(parents=True, exist_ok=True)
     names = tuple(f"owner-{i:03d}" for i in range(owners))
     charges = refusals = 0
-    with FederationLedger.open(ledgers / "federation.db") as federation:
+    with FederationLedger.open(ledgers / FEDERATION_LEDGER) as federation:
         for index, owner in enumerate(names):
             files = generate_owner_keys(keys, owner)
             federation.register_owner(owner, load_private_key(files.private_key).public_key())

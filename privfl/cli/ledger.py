@@ -303,13 +303,14 @@ def run_recover(args: argparse.Namespace) -> int:
     from privfl.cli import UsageError
     from privfl.privacy.ledger import LedgerError
     from privfl.privacy.ledger.recover import recover_owner_ledger
+    from privfl.server.run_dir import FEDERATION_LEDGER
 
     if len(args.registry) != len(args.coordinator_key):
         raise UsageError(f"give one --coordinator-key per --registry ({len(args.registry)} registries, "
                          f"{len(args.coordinator_key)} keys)")
     copies = []
     for path in args.copies:
-        found = sorted(path.rglob("federation.db")) if path.is_dir() else [path]
+        found = sorted(path.rglob(FEDERATION_LEDGER)) if path.is_dir() else [path]
         if not found:
             raise UsageError(f"--from {path}: no federation.db under this folder")
         copies.extend(found)

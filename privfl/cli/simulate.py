@@ -143,14 +143,16 @@ def resume(args: argparse.Namespace) -> int:
 
     if args.experiment or args.baseline:
         raise ConfigError("--resume takes the experiment from RUN_DIR: give no experiment name and no --baseline")
-    recorded = json.loads((args.resume / "config.json").read_text(encoding="utf-8")) \
-        if (args.resume / "config.json").is_file() else {}
+    from privfl.server.run_dir import CONFIG
+
+    recorded = json.loads((args.resume / CONFIG).read_text(encoding="utf-8")) \
+        if (args.resume / CONFIG).is_file() else {}
     overrides = dict(parse_override(o) for o in args.overrides)
     unknown = sorted(set(overrides) - {"num-rounds"})
     if unknown:
         raise ConfigError(f"a resumed experiment keeps its settings; only num-rounds may be set (not {unknown})")
     config = ExperimentConfig.from_mapping({**recorded, **overrides, "run-dir": str(args.resume.resolve()),
-                                            "resume": True}, source=str(args.resume / "config.json"))
+                                            "resume": True}, source=str(args.resume / CONFIG))
     problems = print_summary([run_simulation(config, stream=args.verbose, **cluster_options(args))],
                              max_failed_updates=args.max_failed_updates)
     _quick_exit()
