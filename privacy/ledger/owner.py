@@ -329,16 +329,15 @@ class OwnerLedger(LedgerFile):
                     raise UnsupportedEvent(
                         f"{self.path}: charge {row.sequence} records a mechanism this privfl does not know "
                         f"({entry.mechanism or 'none'}); upgrade privfl to account for it")
-                new.append((entry.privacy_unit, entry.event))
+                new.append((unit_of(entry), entry.event))
             cache = _EventCache(head_sequence, (*cache.events, *new))
         self._cache = cache
         return cache.events
 
 
 def _of_unit(charges: tuple[tuple[str, DpEvent], ...], unit: str) -> list[DpEvent]:
-    """The events of one unit; a charge that names no unit (written before units existed) is record-level."""
-    return [event for charge_unit, event in charges if (charge_unit if charge_unit in (RECORD, OWNER) else RECORD)
-            == unit]
+    """The events of one unit (each charge's unit as :func:`~privfl.privacy.ledger.entry.unit_of` reads it)."""
+    return [event for charge_unit, event in charges if charge_unit == unit]
 
 
 def _decode(row: StoredRow) -> Entry:
