@@ -29,6 +29,7 @@ from typing import Any
 
 from privfl import settings
 from privfl.privacy.accountants import ACCOUNTANT_NAMES
+from privfl.privacy.events import LEAST_NOISE, below_least_noise
 from privfl.settings import SettingsError, fraction, non_negative, one_of, positive, probability_delta, setting
 
 BUNDLED_DATASETS = ("digits", "heart-disease")
@@ -170,6 +171,11 @@ class ExperimentConfig:
         settings.validate(self)
         if self.dp and self.noise_multiplier == 0 and not self.target_epsilon:
             raise ConfigError("noise-multiplier = 0 with dp = true gives no privacy guarantee; set it > 0")
+        for key, on, noise in (("noise-multiplier", self.dp and not self.target_epsilon, self.noise_multiplier),
+                               ("owner-noise-multiplier", self.owner_dp, self.owner_noise_multiplier)):
+            if on and below_least_noise(noise):
+                raise ConfigError(f"{key} = {noise:g} is below {LEAST_NOISE:g}, the least noise any owner accepts "
+                                  "(every owner would refuse every round); raise it")
         if self.partitioning == "natural" and self.dataset not in ("heart-disease", "folder"):
             raise ConfigError(
                 "partitioning = 'natural' needs a dataset with a natural split "

@@ -337,3 +337,16 @@ def test_planning_refuses_exactly_when_nothing_fits_the_budget():
             plan_noise(**common, budget=budget)
     plan = plan_noise(**common, budget=spent_epsilon * 1.5)
     assert plan.lifetime_epsilon <= spent_epsilon * 1.5 and math.isfinite(plan.noise_multiplier)
+
+
+@pytest.mark.parametrize("key", ["noise-multiplier", "owner-noise-multiplier"])
+def test_an_experiment_asking_for_less_than_the_least_noise_is_refused_before_it_starts(key):
+    """Every owner refuses noise below LEAST_NOISE; a config that asks for it is an error up front, not a run
+    in which every owner refuses every round."""
+    from privfl.config import ConfigError, ExperimentConfig
+    from privfl.privacy.events import LEAST_NOISE
+
+    extra = {"owner-dp": True} if key.startswith("owner") else {}
+    with pytest.raises(ConfigError, match=f"{key} = 0.05 is below {LEAST_NOISE:g}"):
+        ExperimentConfig.from_mapping({key: 0.05, **extra})
+    ExperimentConfig.from_mapping({key: LEAST_NOISE, **extra})
