@@ -48,10 +48,10 @@ from bench.common import REPO_ROOT, bench_env, median, parser, quantile, print_t
 
 NAME = "client_step"
 HI = 9  # local epochs of the long call; (t(HI) - t(1)) / (HI - 1) is one epoch
-MODES = ("nonprivate", "hooks", "functorch", "ghost", "ew", "hooks-nowrap", "ghost-nowrap")
+MODES = ("nonprivate", "auto", "hooks", "functorch", "ghost", "ew", "hooks-nowrap", "ghost-nowrap")
 # "ew" (Opacus's expanded-weights mode) and the "-nowrap" variants (wrap_model=False) are
 # not selectable in privfl's config; they are measured to show whether adding them would pay.
-PRIVFL_MODES = ("hooks", "functorch", "ghost")
+PRIVFL_MODES = ("auto", "hooks", "functorch", "ghost")  # auto: client/linear_dpsgd.py for linear models
 
 
 def _replica_epoch(model: Any, data: Any, plan: Any, device: Any, *, seed: int, mode: str, wrap: bool) -> None:
@@ -239,7 +239,7 @@ def profile_case(case: dict[str, Any]) -> dict[str, Any]:
 def cases(quick: bool, threads: int, isolate: bool = False) -> list[dict[str, Any]]:
     if quick:
         shapes = [("mlp", 144, 48)]
-        modes: tuple[str, ...] = ("nonprivate", "hooks", "ghost")
+        modes: tuple[str, ...] = ("nonprivate", "auto", "hooks", "ghost")
         seconds, min_reps = 2.0, 5
     else:
         shapes = [(m, 1437, b) for m in ("logreg", "mlp", "cnn") for b in (16, 32, 64, 128)]

@@ -77,13 +77,17 @@ def _train(
     engine = None
     trained: nn.Module = model
     if plan.dp:
-        from opacus import PrivacyEngine
-
-        engine = PrivacyEngine(accountant="rdp")  # records steps; privfl composes them itself
         mode = per_sample_gradient_mode(plan.grad_sample_mode, model, plan.batch_size)
         noise = torch.Generator(device=device).manual_seed(
             noise_seed if noise_seed is not None else secrets.randbits(63)
         )
+        if mode == PER_LAYER_MODE and _per_layer_applies(model, data, device):
+            return _train_per_layer(model, data, plan, device, sampling=sampling, noise=noise)
+        if mode == PER_LAYER_MODE:
+            mode = opacus_mode(model, plan.batch_size)
+        from opacus import PrivacyEngine
+
+        engine = PrivacyEngine(accountant="rdp")  # records steps; privfl composes them itself
         common = dict(
             module=model, optimizer=optimizer, data_loader=loader,
             noise_multiplier=plan.noise_multiplier, max_grad_norm=plan.max_grad_norm,
@@ -128,15 +132,83 @@ GHOST_MIN_BATCH = 64
 GHOST_MIN_LINEAR_LAYERS = 2
 
 
+# For a model made only of linear layers, ``auto`` trains with client/linear_dpsgd.py (the same
+# sampling, clipping, noise and scaling as Opacus, from one forward and one backward pass per
+# batch; docs/benchmarks.md, section 2).  Not an Opacus mode, so not selectable by name.
+PER_LAYER_MODE = "per-layer"
+
+
 def per_sample_gradient_mode(requested: str, model: nn.Module, batch_size: int) -> str:
-    """The Opacus ``grad_sample_mode`` to train ``model`` with: ``requested``, or for ``auto`` the faster one."""
+    """The per-sample-gradient mode to train ``model`` with: ``requested``, or for ``auto`` the faster one."""
     if requested != "auto":
         return requested
     with_parameters = [m for m in model.modules() if any(True for _ in m.parameters(recurse=False))]
     only_linear = bool(with_parameters) and all(isinstance(m, nn.Linear) for m in with_parameters)
-    if only_linear and len(with_parameters) >= GHOST_MIN_LINEAR_LAYERS and batch_size >= GHOST_MIN_BATCH:
+    return PER_LAYER_MODE if only_linear else "hooks"
+
+
+def opacus_mode(model: nn.Module, batch_size: int) -> str:
+    """The Opacus mode ``auto`` falls back to where the per-layer path does not apply to a linear model."""
+    linear = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    if len(linear) >= GHOST_MIN_LINEAR_LAYERS and batch_size >= GHOST_MIN_BATCH:
         return "ghost"
     return "hooks"
+
+
+def _per_layer_applies(model: nn.Module, data: Any, device: torch.device) -> bool:
+    """Whether ``data`` is a (features, labels) TensorDataset and the per-layer shortcut is exact for ``model``."""
+    from privfl.client.linear_dpsgd import supports
+
+    tensors = getattr(data, "tensors", None)
+    if not isinstance(tensors, tuple) or len(tensors) != 2 or len(data) == 0:
+        return False
+    return supports(model, tensors[0][:2].to(device))
+
+
+def _train_per_layer(
+    model: nn.Module, data: TensorDataset, plan: TrainingPlan, device: torch.device, *,
+    sampling: torch.Generator, noise: torch.Generator,
+) -> LocalUpdate:
+    """DP-SGD as Opacus does it (Poisson batches, clip, noise, divide by the expected batch), per layer in one pass.
+
+    The batches come from ``sampling`` and the noise from ``noise``, both seeded from the
+    OS's entropy by the caller; the event records the steps actually taken.
+    """
+    from privfl.client.linear_dpsgd import LinearStack, clipped_gradient_sum, noise_like, poisson_batches
+
+    features, labels = (t.to(device) for t in data.tensors)
+    n = len(data)
+    sample_rate = 1 / plan.batches_per_epoch(n)  # Opacus: 1 / len(data_loader)
+    expected_batch_size = int(n * sample_rate)
+    optimizer = torch.optim.SGD(model.parameters(), lr=plan.learning_rate, momentum=plan.momentum)
+    per_sample_loss = ClassificationLoss(reduction="none")
+    std = plan.noise_multiplier * plan.max_grad_norm
+    stack = LinearStack(model)
+    steps, total_loss, loss_batches = 0, 0.0, 0
+    try:
+        for _ in range(plan.local_epochs):
+            for index in poisson_batches(n, sample_rate, sampling):
+                index = index.to(device)
+                summed, losses = clipped_gradient_sum(stack, per_sample_loss, features[index], labels[index],
+                                                      plan.max_grad_norm)
+                for p, clipped, z in zip(stack.params, summed, noise_like(stack.params, std, noise)):
+                    p.grad = (clipped + z).view_as(p)
+                    p.grad /= expected_batch_size
+                optimizer.step()  # an empty batch too: a noise-only step that the accountant counts
+                steps += 1
+                if len(losses):
+                    total_loss += float(losses.mean())
+                    loss_batches += 1
+    finally:
+        stack.close()
+    state = OrderedDict((k, v.detach().cpu().clone()) for k, v in model.state_dict().items())
+    return LocalUpdate(
+        state_dict=state,
+        num_examples=n,
+        mean_loss=total_loss / loss_batches if loss_batches else float("nan"),
+        privacy_event=PoissonSubsampledGaussian(noise_multiplier=float(plan.noise_multiplier),
+                                                sample_rate=float(sample_rate), steps=steps),
+    )
 
 
 def _recorded_event(engine: Any, plan: TrainingPlan) -> PoissonSubsampledGaussian:

@@ -105,9 +105,9 @@ class ExperimentConfig:
         "(or what its remaining budget allows, if less); 0: every owner uses noise-multiplier", non_negative)
     max_grad_norm: float = setting(1.0, "DP-SGD per-sample gradient clipping norm", positive)
     grad_sample_mode: str = setting(
-        "auto", "Opacus per-sample gradient mode: auto (ghost clipping for a model made only of linear layers, "
-        "two or more, at batch-size 64 or more; hooks otherwise: the faster one as measured, docs/benchmarks.md) "
-        "| hooks | functorch | ghost", one_of(GRAD_SAMPLE_MODES))
+        "auto", "per-sample gradient mode: auto (a model made only of linear layers: privfl's per-layer DP-SGD, "
+        "the same sampling, clipping and noise as Opacus in one pass per batch; Opacus hooks otherwise: the faster "
+        "one as measured, docs/benchmarks.md) | hooks | functorch | ghost", one_of(GRAD_SAMPLE_MODES))
     # -- owner-level DP (DP-FedAvg at the coordinator; the privacy unit is the owner) -----------------
     owner_dp: bool = setting(
         False, "owner-level DP: sample owners, clip each owner's update, add Gaussian noise to their sum; every "

@@ -105,19 +105,21 @@ def test_non_private_training_records_no_event():
 # --------------------------------------------------------------------------- the per-sample-gradient mode
 
 
-@pytest.mark.parametrize(("model", "batch_size", "expected"), [
-    ("mlp", 64, "ghost"), ("mlp", 128, "ghost"),  # stacked linear layers at larger batches: ghost clipping
-    ("mlp", 16, "hooks"), ("mlp", 63, "hooks"),   # small batches: the second backward pass does not pay
-    ("logreg", 128, "hooks"),                     # one linear layer
-    ("cnn", 128, "hooks"),                        # convolutions: backward compute dominates
+@pytest.mark.parametrize(("model", "batch_size", "expected", "fallback"), [
+    ("mlp", 64, "per-layer", "ghost"), ("mlp", 128, "per-layer", "ghost"),  # linear layers: one pass per batch
+    ("mlp", 16, "per-layer", "hooks"), ("mlp", 63, "per-layer", "hooks"),   # (tests/test_dpsgd_exact.py)
+    ("logreg", 128, "per-layer", "hooks"),
+    ("cnn", 128, "hooks", None),                        # convolutions: Opacus's hooks
 ])
-def test_auto_picks_the_measured_faster_mode(model, batch_size, expected):
-    from privfl.client.training import per_sample_gradient_mode
+def test_auto_picks_the_measured_faster_mode(model, batch_size, expected, fallback):
+    from privfl.client.training import opacus_mode, per_sample_gradient_mode
 
     in_features = 64 if model == "cnn" else 16
     built = build_model(model, in_features, 10, seed=0)
     assert per_sample_gradient_mode("auto", built, batch_size) == expected
     assert per_sample_gradient_mode("functorch", built, batch_size) == "functorch"  # an explicit mode is kept
+    if fallback:  # where the per-layer shortcut is not exact for a linear model (weight sharing, ...)
+        assert opacus_mode(built, batch_size) == fallback
 
 
 def test_auto_mode_trains_and_clips_like_the_mode_it_picks():
