@@ -46,10 +46,15 @@ class NodeLedger(OwnerLedger):
             write_node_head(self.head_record, self._signing_key, self.owner_id, sequence, head_hash, self.path)
 
     def _recorded(self, entry: Entry) -> Entry:
-        """After the ledger committed: the record only ever moves forward (never ahead of the ledger)."""
+        """After the ledger committed: the record only ever moves forward (never ahead of the ledger).
+
+        Not fsynced (``write_node_head``'s ``durable``): the ledger's commit before it is the
+        durable write of the round; a record lost with the power is behind the ledger, which is allowed.
+        """
         known = read_node_head(self.head_record, self.public_key)
         if known is None or entry.sequence > known.sequence:
-            write_node_head(self.head_record, self._signing_key, self.owner_id, entry.sequence, entry.hash, self.path)
+            write_node_head(self.head_record, self._signing_key, self.owner_id, entry.sequence, entry.hash, self.path,
+                            durable=False)
         return entry
 
 

@@ -161,6 +161,70 @@ def test_a_client_killed_between_commit_and_release_leaves_exactly_one_entry(wor
     assert protocol.update_digest(reply[protocol.ARRAYS].to_torch_state_dict()) == entries[0].update_hash
 
 
+def test_a_steady_round_has_one_durable_write_the_charge(world, monkeypatch):
+    """The charge's commit is fsynced (synchronous = FULL); nothing else in a round calls fsync (issue 23)."""
+    from privfl.client.owner_ledger import _OPEN
+
+    _sim_round(world, 1)  # first contact: the owner's ledger is opened
+    calls = []
+    real = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: calls.append(fd) or real(fd))
+    _entry(_sim_round(world, 2))
+    assert calls == []
+    (ledger, _), = _OPEN.values()
+    assert ledger._store.pragma("synchronous") == 2  # FULL: the commit itself is durable before the release
+
+
+def _killed_at_the_head_record(world, when: str) -> None:
+    """Child process: SIGKILL itself while the node's head record moves on after a charge (no fsync there)."""
+    import signal
+
+    from flwr.supercore.task_identity import TaskIdentity
+
+    from privfl.client import owner_ledger
+
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 7, 0, 1
+    original = owner_ledger.write_node_head
+
+    def write_then_die(path, *args, **kwargs):
+        if when == "before the rename":
+            os.replace = lambda *_: os.kill(os.getpid(), signal.SIGKILL)  # the temporary file is written
+        original(path, *args, **kwargs)
+        os.kill(os.getpid(), signal.SIGKILL)  # after: the record moved on, the update not yet returned
+
+    owner_ledger.write_node_head = write_then_die
+    _sim_round(world, 1)
+
+
+@pytest.mark.parametrize("when", ["before the rename", "after the record moved on"])
+def test_a_client_killed_while_its_head_record_moves_on_releases_once_charged_once(world, when):
+    """kill -9 mid-round around the head record, which is written without fsync after the fsynced charge."""
+    from privfl.privacy.keys import load_private_key
+    from privfl.privacy.ledger.node_head import node_head_path, read_node_head
+
+    config, where = world
+    child = multiprocessing.get_context("spawn").Process(target=_killed_at_the_head_record, args=(world, when))
+    child.start()
+    child.join(120)
+    assert child.exitcode == -9  # killed by SIGKILL, mid-round
+    owner = where.owner_dir("owner-1")
+    ledger_file = owner / "ledger.db"
+    with _ledger(ledger_file) as ledger:
+        (charged,) = ledger.entries()  # the charge is there: it was committed before the record moved
+    key = next(owner.glob("*.key"))
+    record = read_node_head(node_head_path(key), load_private_key(key).public_key())
+    assert record is not None and record.sequence == (1 if when.startswith("after") else 0)  # never ahead
+    reply = _sim_round(world, 1)  # the round runs again: the same update and entry, no second charge
+    with _ledger(ledger_file) as ledger:
+        assert [e.signed_bytes() for e in ledger.entries()] == [charged.signed_bytes()]
+    assert _entry(reply).signed_bytes() == charged.signed_bytes()
+    assert protocol.update_digest(reply[protocol.ARRAYS].to_torch_state_dict()) == charged.update_hash
+    _sim_round(world, 2)  # the next charge moves the record on (a lagging record is allowed, and is caught up)
+    with _ledger(ledger_file) as ledger:
+        assert len(ledger.entries()) == 2
+    assert read_node_head(node_head_path(key), load_private_key(key).public_key()).sequence == 2
+
+
 @pytest.mark.parametrize("ask, policy, expected", [
     ({"dp": False}, {}, "requires DP"),
     ({"noise_multiplier": 0.3}, {"min_noise_multiplier": 0.8}, "requires at least 0.8 (min-noise-multiplier)"),

@@ -86,8 +86,18 @@ def read_node_head(path: Path, public_key: Ed25519PublicKey) -> NodeHead | None:
 
 
 def write_node_head(path: Path, key: Ed25519PrivateKey, owner_id: str, sequence: int, head_hash: bytes,
-                    ledger: str | Path) -> NodeHead:
-    """Durably replace the record (temporary file, fsync, rename, fsync of the folder)."""
+                    ledger: str | Path, *, durable: bool = True) -> NodeHead:
+    """Replace the record atomically (temporary file, rename); ``durable``: with fsyncs of the file and folder.
+
+    The first record (enrolment, or a ledger older than records) is written durably: it
+    is what makes a missing ledger refuse.  A record that moves on after a charge need
+    not be (``durable=False``, two fsyncs saved per owner-round): it is written only
+    after the ledger's fsynced commit, so whatever version a crash leaves describes an
+    entry the ledger durably holds -- behind the ledger (allowed), never ahead.  A
+    killed process leaves the old or the new record whole (the rename is atomic; the
+    page cache survives the process).  Only a power loss can set it back, to an earlier
+    entry of the same ledger.
+    """
     head = NodeHead(owner_id, fingerprint(key), sequence, head_hash, str(ledger))
     body = json.loads(head._signed_part())
     body["signature"] = key.sign(NODE_HEAD_SIGNING_CONTEXT + head._signed_part()).hex()
@@ -97,11 +107,14 @@ def write_node_head(path: Path, key: Ed25519PrivateKey, owner_id: str, sequence:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(json.dumps(body, indent=1) + "\n")
             handle.flush()
-            os.fsync(handle.fileno())
+            if durable:
+                os.fsync(handle.fileno())
         os.replace(temporary, path)
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
+    if not durable:
+        return head
     folder = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(folder)
