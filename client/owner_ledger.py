@@ -13,13 +13,14 @@ itself (:mod:`privfl.privacy.ledger.node_head`), whatever anchor the coordinator
 from __future__ import annotations
 
 import atexit
+import os
 from collections import OrderedDict
 from pathlib import Path
 
 from privfl.privacy.keys import load_private_key
 from privfl.privacy.ledger import Entry, MissingLedger, OwnerLedger
 from privfl.privacy.ledger.node_head import (
-    NodeHeadError, head_problem, missing_ledger_problem, node_head_path, read_node_head, write_node_head,
+    NodeHead, NodeHeadError, head_problem, missing_ledger_problem, node_head_path, read_node_head, write_node_head,
 )
 from privfl.privacy.policy import OwnerPolicy
 
@@ -28,6 +29,7 @@ class NodeLedger(OwnerLedger):
     """An owner's ledger as its node appends to it: every entry written moves the node's head record on."""
 
     head_record: Path
+    _head_seen: tuple[tuple[int, int, int], NodeHead] | None = None  # (inode, size, mtime_ns) -> the record
 
     def charge(self, *args, **kwargs) -> Entry:
         return self._recorded(super().charge(*args, **kwargs))
@@ -37,7 +39,7 @@ class NodeLedger(OwnerLedger):
 
     def check_head(self) -> None:
         """Raise NodeHeadError unless the ledger holds the head this node last wrote (no record yet: record it)."""
-        head = read_node_head(self.head_record, self.public_key)
+        head = self._read_head()
         problem = head_problem(self, head)
         if problem:
             raise NodeHeadError(problem)
@@ -51,11 +53,33 @@ class NodeLedger(OwnerLedger):
         Not fsynced (``write_node_head``'s ``durable``): the ledger's commit before it is the
         durable write of the round; a record lost with the power is behind the ledger, which is allowed.
         """
-        known = read_node_head(self.head_record, self.public_key)
+        known = self._read_head()
         if known is None or entry.sequence > known.sequence:
-            write_node_head(self.head_record, self._signing_key, self.owner_id, entry.sequence, entry.hash, self.path,
-                            durable=False)
+            written = write_node_head(self.head_record, self._signing_key, self.owner_id, entry.sequence, entry.hash,
+                                      self.path, durable=False)
+            self._head_seen = (_stamp(self.head_record), written)
         return entry
+
+    def _read_head(self) -> NodeHead | None:
+        """The node's head record, read and its signature checked again only when the file changed.
+
+        Reading and verifying it for every message and every charge was about a millisecond
+        of each owner-round (docs/benchmarks.md, section 4).
+        """
+        stamp = _stamp(self.head_record)
+        if stamp is not None and self._head_seen is not None and self._head_seen[0] == stamp:
+            return self._head_seen[1]
+        head = read_node_head(self.head_record, self.public_key)
+        self._head_seen = (stamp, head) if stamp is not None and head is not None else None
+        return head
+
+
+def _stamp(path: Path) -> tuple[int, int, int] | None:
+    try:
+        status = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return status.st_ino, status.st_size, status.st_mtime_ns
 
 
 _OPEN: OrderedDict[tuple[str, Path, Path], tuple[NodeLedger, int]] = OrderedDict()  # least recently used first

@@ -291,3 +291,23 @@ def test_evaluation_is_answered_only_when_the_policy_says_so(tmp_path):
     # the count of evaluation records is not public unless the policy says so (public-record-count)
     assert metrics["num-examples"] == 1 and 0 <= metrics["accuracy"] <= 1 and metrics["loss"] > 0
     assert reply[protocol.OWNER][protocol.OWNER_ID] == "st-john"
+
+
+def test_an_edited_policy_or_head_record_is_read_again_despite_the_per_process_caches(tmp_path):
+    """The node caches the parsed policy (by exact text) and the verified head record (by inode, size, mtime)."""
+    from privfl.client.owner_ledger import open_owner_ledger
+    from privfl.privacy.ledger.node_head import NodeHeadError
+    from privfl.privacy.policy import load_policy_file
+
+    policy_file = deployed_owner(tmp_path / "st-mary")
+    assert load_policy_file(policy_file).epsilon_budget == 3.0
+    policy_file.write_text(policy_file.read_text().replace("epsilon-budget = 3.0", "epsilon-budget = 0.5"))
+    assert load_policy_file(policy_file).epsilon_budget == 0.5  # the edit counts from the next message on
+
+    _deployed_round(policy_file, 1)  # charged: the head record moved on, and is cached
+    ledger = open_owner_ledger(load_policy_file(policy_file))
+    record = ledger.head_record
+    body = record.read_text()
+    record.write_text(body.replace('"sequence": 1', '"sequence": 2'))  # another sequence, same size
+    with pytest.raises(NodeHeadError, match="not signed by this owner's key"):
+        open_owner_ledger(load_policy_file(policy_file))
