@@ -35,8 +35,10 @@ def federation_task(config: ExperimentConfig, where: Layout) -> FederationTask:
         if stated and stated != actual:
             raise ConfigError(f"{key} = {stated}, but the data has {actual}")
     if not config.deployment:
+        from privfl.privacy.files import deferred_sync
         from privfl.simulations.owners import enroll_simulated_owners
 
-        enroll_simulated_owners(config, where, federation.owner_ids)
+        with deferred_sync():  # one sync for the whole enrolment; no owner trains before it returns
+            enroll_simulated_owners(config, where, federation.owner_ids)
     return FederationTask(federation.num_features, federation.num_classes, federation.test,
                           () if config.deployment else federation.owner_ids)

@@ -29,6 +29,7 @@ from pathlib import Path
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from privfl.privacy.files import sync_each_write
 from privfl.privacy.keys import fingerprint
 from privfl.privacy.ledger.chain import HASH_SIZE
 from privfl.privacy.ledger.errors import LedgerError, MissingLedger
@@ -98,6 +99,7 @@ def write_node_head(path: Path, key: Ed25519PrivateKey, owner_id: str, sequence:
     page cache survives the process).  Only a power loss can set it back, to an earlier
     entry of the same ledger.
     """
+    durable = durable and sync_each_write()
     head = NodeHead(owner_id, fingerprint(key), sequence, head_hash, str(ledger))
     body = json.loads(head._signed_part())
     body["signature"] = key.sign(NODE_HEAD_SIGNING_CONTEXT + head._signed_part()).hex()

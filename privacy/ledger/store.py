@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Self
 
+from privfl.privacy.files import sync_each_write
 from privfl.privacy.ledger.errors import LedgerError, MissingLedger, NotALedgerError
 
 SCHEMA_VERSION = 2
@@ -192,7 +193,9 @@ class LedgerStore:
             db.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
             if db.execute("PRAGMA journal_mode = WAL").fetchone()[0].lower() != "wal":
                 raise LedgerError(f"{path}: could not switch the ledger to WAL mode")
-            db.execute("PRAGMA synchronous = FULL")
+            # FULL: a committed entry is on disk; OFF only while a simulation enrols its owners
+            # (privacy.files.deferred_sync: one os.sync() when enrolment ends, before any release)
+            db.execute(f"PRAGMA synchronous = {'FULL' if sync_each_write() else 'OFF'}")
             with store.write():
                 if not store._has_schema():
                     if not create:
