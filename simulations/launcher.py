@@ -58,6 +58,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from privfl.server import run_dir as artefacts
+from privfl.simulations import warm as warm_federation
 from privfl.simulations.processes import command_line, descendants, processes_mentioning
 
 from privfl import settings
@@ -182,15 +183,33 @@ def _simulation_environment(flwr_home: Path, ray_tmp: Path, client_cpus: float =
     return env
 
 
-def _start_superlink(env: dict[str, str], state_dir: Path, port: int) -> subprocess.Popen:
+def _start_superlink(env: dict[str, str], state_dir: Path, port: int, *, isolation: str = "subprocess",
+                     extra: Sequence[str] = (), death_signal: int | None = None) -> subprocess.Popen:
+    """``isolation="process"``: the SuperLink starts no simulation process; a warm federation's daemon
+    takes its runs (:mod:`privfl.simulations.warm_daemon`)."""
     command = [
-        "flower-superlink", "--insecure", "--simulation", "--isolation", "subprocess",
+        "flower-superlink", "--insecure", "--simulation", "--isolation", isolation,
         "--host", "127.0.0.1", "--port", str(port),
         "--disable-runtime-dependency-installation",
         "--database", str(state_dir / "superlink.db"),
-        "--log-file", str(state_dir / "superlink.log"),
+        "--log-file", str(state_dir / "superlink.log"), *extra,
     ]
-    return subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    return subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+                            preexec_fn=_dies_with_parent(death_signal))
+
+
+def _dies_with_parent(death_signal: int | None) -> Callable[[], None] | None:
+    """A child that gets ``death_signal`` when the process that started it dies (Linux ``PR_SET_PDEATHSIG``):
+    a warm federation's daemon killed with -9 does not leave its SuperLink and Ray head running."""
+    if death_signal is None or not sys.platform.startswith("linux"):
+        return None
+
+    def arm() -> None:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, death_signal)  # PR_SET_PDEATHSIG = 1
+
+    return arm
 
 
 @contextmanager
@@ -223,7 +242,8 @@ def _ray_cpus() -> int:
         return os.cpu_count() or 1
 
 
-def _start_ray_head(env: dict[str, str], ray_tmp: Path, log_file: Path) -> tuple[subprocess.Popen, str]:
+def _start_ray_head(env: dict[str, str], ray_tmp: Path, log_file: Path,
+                    death_signal: int | None = None) -> tuple[subprocess.Popen, str]:
     """A one-machine Ray cluster for this launcher (``ray start --head --block``); returns it and its address.
 
     ``--block`` keeps ``ray start`` as the parent of Ray's daemons, and the daemons as the
@@ -237,7 +257,8 @@ def _start_ray_head(env: dict[str, str], ray_tmp: Path, log_file: Path) -> tuple
         f"--ray-client-server-port={_free_port()}", f"--dashboard-agent-listen-port={_free_port()}",
     ]
     with open(log_file, "wb") as log:
-        process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                   preexec_fn=_dies_with_parent(death_signal))
     return process, f"127.0.0.1:{port}"
 
 
@@ -355,16 +376,16 @@ class RoundProgress:
 
 def run_simulation(config: ExperimentConfig, *, log_to: Path | None = None, stream: bool = True,
                    ray_address: str | None = None, client_resources: ClientResources | None = None,
-                   save_flower_log: bool = True) -> SimulationResult:
+                   save_flower_log: bool = True, warm: float | bool | None = False) -> SimulationResult:
     """Run ``config`` as a whole federation; returns the run's history (see :func:`run_simulations`)."""
     return run_simulations([config], log_to=log_to, stream=stream, ray_address=ray_address,
-                           client_resources=client_resources, save_flower_log=save_flower_log)[0]
+                           client_resources=client_resources, save_flower_log=save_flower_log, warm=warm)[0]
 
 
 def run_simulations(configs: Sequence[ExperimentConfig], *, log_to: Path | None = None, stream: bool = True,
                     ray_address: str | None = None, client_resources: ClientResources | None = None,
                     save_flower_log: bool = True, check: Callable[[ExperimentConfig], None] | None = None,
-                    ray_head: bool | None = None) -> list[SimulationResult]:
+                    ray_head: bool | None = None, warm: float | bool | None = False) -> list[SimulationResult]:
     """Run ``configs`` one after another on one SuperLink (and one Ray cluster); one result each.
 
     ``check(config)`` (e.g. the pre-flight checks) runs for every experiment while the
@@ -376,6 +397,11 @@ def run_simulations(configs: Sequence[ExperimentConfig], *, log_to: Path | None 
     about 1 s, overlapped with the audit).  ``ray_head``: without ``ray_address``, start
     a Ray head of the launcher's own with the SuperLink (True) or let Flower's simulation
     process start Ray when it gets there (False); default :data:`OWN_RAY_HEAD`.
+    ``warm``: run on the warm federation (:mod:`privfl.simulations.warm`) instead of a SuperLink and Ray of
+    this call's own: a number starts one if none runs, with that idle timeout in seconds; ``None`` uses
+    one only if it already runs; ``False`` (the default) never.  Experiments that need this process's
+    environment (a model module of the user's, a key passphrase variable) or another Ray cluster always
+    run cold.
     """
     if not configs:
         return []
@@ -402,6 +428,8 @@ def run_simulations(configs: Sequence[ExperimentConfig], *, log_to: Path | None 
     )
     head: subprocess.Popen | None = None
     superlink: subprocess.Popen | None = None
+    federation = _warm_federation(configs, warm, ray_address, ray_head, resources)
+    owned: subprocess.Popen | None = None  # the SuperLink this call started (and stops); none on a warm federation
     stopper: threading.Thread | None = None
     settling: list[threading.Thread] = []
     results: dict[int, SimulationResult] = {}
@@ -410,11 +438,18 @@ def run_simulations(configs: Sequence[ExperimentConfig], *, log_to: Path | None 
     ours: set[int] = set()  # the Flower runs this launcher submitted; any other run on its SuperLink is foreign
     try:
         # Start the SuperLink and the Ray head at once, then do this process's own work while they start.
-        if ray_address:
+        if federation is not None:
+            warm_dir = warm_federation.state_dir()
+            port, env = federation.port, warm_federation.client_env(federation, warm_dir, CONNECTION)
+            superlink = warm_federation.RunHandle(federation, warm_dir)
+            database = warm_federation.database(warm_dir)
+        elif ray_address:
             env["RAY_ADDRESS"] = ray_address
         elif OWN_RAY_HEAD if ray_head is None else ray_head:
             head, env["RAY_ADDRESS"] = _start_ray_head(env, ray_tmp, state_dir / "ray-head.log")
-        superlink = _start_superlink(env, state_dir, port)
+        if federation is None:
+            superlink = owned = _start_superlink(env, state_dir, port)
+            database = state_dir / "superlink.db"
         if check is not None:
             for config in configs:
                 check(config)
@@ -428,9 +463,13 @@ def run_simulations(configs: Sequence[ExperimentConfig], *, log_to: Path | None 
         app = export_app(state_dir / "app")
         federation_config = resources.federation_config()
         owners = [_num_owners(c) for c in configs]
-        _wait_until_listening(superlink, port, state_dir / "superlink.log")
-        clock.mark("superlink_listening")
-        print(UNAUTHENTICATED_NOTE.format(port=port), flush=True)
+        if federation is None:
+            _wait_until_listening(superlink, port, state_dir / "superlink.log")
+            clock.mark("superlink_listening")
+            print(UNAUTHENTICATED_NOTE.format(port=port), flush=True)
+        else:
+            clock.mark("superlink_listening")
+            print(WARM_NOTE.format(port=port, folder=warm_federation.state_dir()), flush=True)
         # No waiting for Ray: Flower's simulation process connects to it seconds after the submission
         # (ray.init waits for a head that is still starting); the wait below only notices a head that died.
         if head is not None:
@@ -448,6 +487,8 @@ def run_simulations(configs: Sequence[ExperimentConfig], *, log_to: Path | None 
             marks.start = clock.start
             before = set(_app_pids(superlink))
             run_id = _submit(env, app, run_config, owners[index], federation_config)
+            if federation is not None:  # the warm federation's daemon runs only the runs a privfl vouched for
+                warm_federation.register(warm_federation.state_dir(), run_id)
             ours.add(run_id)
             marks.mark("submitted")
             warm = _warm_report_imports() if index == 0 else None
@@ -455,7 +496,7 @@ def run_simulations(configs: Sequence[ExperimentConfig], *, log_to: Path | None 
             try:
                 _wait_for_run(superlink, where.history, RoundProgress(where.history, config.num_rounds, quiet=stream),
                               log_path, before=before, marks=marks, head=head,
-                              foreign=lambda: _foreign_runs(state_dir / "superlink.db", ours))
+                              foreign=lambda: _foreign_runs(database, ours, federation))
             except BaseException:
                 if streamer is not None:
                     streamer.terminate()
@@ -470,7 +511,7 @@ def run_simulations(configs: Sequence[ExperimentConfig], *, log_to: Path | None 
                 if save_flower_log else None
             if last:  # nothing more to run: fetch the log, then stop every process, while this one settles
                 stopper = threading.Thread(target=_finish_processes, name="privfl-stop",
-                                           args=(log_fetch, log_path, superlink, head, ray_tmp, marks), daemon=True)
+                                           args=(log_fetch, log_path, owned, head, ray_tmp, marks), daemon=True)
                 stopper.start()
                 if warm is not None:
                     warm.join()
@@ -489,7 +530,7 @@ def run_simulations(configs: Sequence[ExperimentConfig], *, log_to: Path | None 
         if stopper is not None:
             stopper.join()
         else:
-            _stop_processes(superlink, head, ray_tmp)
+            _stop_processes(owned, head, ray_tmp)
         for thread in settling:
             thread.join()
         shutil.rmtree(ray_tmp, ignore_errors=True)
@@ -504,11 +545,28 @@ UNAUTHENTICATED_NOTE = (
     "simulations in a container or a network namespace of their own).")
 
 
+WARM_NOTE = (
+    "privfl: on the warm federation (SuperLink 127.0.0.1:{port}, state in {folder}; `privfl federation stop` "
+    "stops it). Its daemon runs only runs that a privfl of yours submitted and vouched for in that folder.")
+
+
+def _warm_federation(configs: Sequence[ExperimentConfig], warm: float | bool | None, ray_address: str | None,
+                     ray_head: bool | None, resources: ClientResources) -> warm_federation.FederationState | None:
+    """The warm federation to run ``configs`` on, or None for a cold run (see :func:`run_simulations`)."""
+    if warm is False or ray_address or ray_head:
+        return None
+    if any(":" in c.model or c.coordinator_key_passphrase_env for c in configs):
+        return None  # the daemon does not have this process's PYTHONPATH and environment
+    if warm is None:  # only one that already runs with this privfl
+        return warm_federation.ensure(start=False) if warm_federation.running() is not None else None
+    return warm_federation.ensure(None if warm is True else float(warm))
+
+
 class ForeignRunError(SimulationError):
     """A run that this launcher did not submit appeared on its SuperLink."""
 
 
-def _foreign_runs(database: Path, ours: set[int]) -> list[int]:
+def _foreign_runs(database: Path, ours: set[int], federation: object | None = None) -> list[int]:
     """Runs in the SuperLink's state that this launcher did not submit (none while the state cannot be read).
 
     Why: Flower 1.42's open-source SuperLink accepts runs (``flwr run``) from anyone who reaches
@@ -523,6 +581,8 @@ def _foreign_runs(database: Path, ours: set[int]) -> list[int]:
         return []
     # Flower stores its unsigned 64-bit run ids as signed SQLite integers.
     runs = {int(row[0]) % (1 << 64) for row in rows if row[0] is not None}
+    if federation is not None:  # a warm federation also holds the runs of other privfl calls of this user
+        ours = ours | warm_federation.registered(warm_federation.state_dir())
     return sorted(runs - ours)
 
 
@@ -717,6 +777,8 @@ def _status(history_file: Path) -> str | None:
 
 def _app_pids(superlink: subprocess.Popen) -> list[int]:
     """The SuperLink's simulation processes (ServerApp + ClientApps), one per run in flight."""
+    if isinstance(superlink, warm_federation.RunHandle):  # the warm daemon's standby that took a run
+        return superlink.app_pids()
     return [pid for pid in descendants(superlink.pid) if "flwr-simulation" in command_line(pid)]
 
 

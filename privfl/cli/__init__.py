@@ -19,7 +19,7 @@ class UsageError(Exception):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from privfl.cli import accountant, app, audit, data, deploy, keys, ledger, policy, report, simulate
+    from privfl.cli import accountant, app, audit, data, deploy, federation, keys, ledger, policy, report, simulate
 
     parser = argparse.ArgumentParser(
         prog="privfl",
@@ -28,7 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"privfl {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in (simulate, accountant, keys, ledger, report, policy, app, data, deploy, audit):
+    for module in (simulate, accountant, keys, ledger, report, policy, app, data, deploy, audit, federation):
         module.register(subparsers)
     return parser
 

@@ -52,6 +52,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     cluster.add_argument("--client-gpus", type=float, default=None, metavar="F",
                          help="GPUs Ray reserves for each simulated client, e.g. 0.25 (default: 0.25 where this "
                          "machine has CUDA, else 0)")
+    warmth = parser.add_mutually_exclusive_group()
+    warmth.add_argument("--keep-warm", type=float, nargs="?", const=300.0, default=None, metavar="SECONDS",
+                        help="run on the warm local federation (see `privfl federation --help`), starting it if "
+                        "none runs; it stays up for SECONDS without a run (default 300), so the next "
+                        "`privfl simulate` skips Flower's start-up. Without this flag a warm federation that "
+                        "already runs is used, and none is started")
+    warmth.add_argument("--no-warm", action="store_true",
+                        help="run on a SuperLink and Ray of this run's own, stopped after it, even when a warm "
+                        "federation runs")
     parser.add_argument("--no-flower-log", dest="flower_log", action="store_false",
                         help="do not keep Flower's own log of the run (simulation.log; fetched with `flwr log`, "
                         "about 1 s, overlapped with the audit)")
@@ -131,8 +140,18 @@ def cluster_options(args: argparse.Namespace) -> dict:
 
     if args.client_cpus <= 0 or (args.client_gpus is not None and args.client_gpus < 0):
         raise ConfigError("--client-cpus must be > 0 and --client-gpus >= 0")
+    if getattr(args, "keep_warm", None) is not None and args.keep_warm <= 0:
+        raise ConfigError("--keep-warm must be > 0 seconds")
     return {"ray_address": args.ray_address, "save_flower_log": args.flower_log,
-            "client_resources": ClientResources(num_cpus=args.client_cpus, num_gpus=args.client_gpus)}
+            "client_resources": ClientResources(num_cpus=args.client_cpus, num_gpus=args.client_gpus),
+            "warm": warm_choice(args)}
+
+
+def warm_choice(args: argparse.Namespace) -> float | bool | None:
+    """``run_simulations(warm=...)``: SECONDS to start one (--keep-warm), False (--no-warm), None: one that runs."""
+    if getattr(args, "no_warm", False):
+        return False
+    return args.keep_warm if getattr(args, "keep_warm", None) is not None else None
 
 
 def resume(args: argparse.Namespace) -> int:
