@@ -15,6 +15,10 @@ cores every process competes for the same CPUs).  Cases:
 * ``privfl-before``, ``privfl-before+baseline``: the same through the launcher of commit
   :data:`BEFORE` (``git show BEFORE:simulations/launcher.py``, the CLI's old flow:
   pre-flight, then each run on its own SuperLink with Flower starting Ray itself);
+* ``privfl-warm``: two ``privfl simulate quickstart --keep-warm`` one after the other on a fresh
+  state folder: the first starts the warm federation (:mod:`privfl.simulations.warm`, rows
+  ``privfl-warm-1st``), the second runs on it (``privfl-warm-2nd``) once its standby process is
+  ready (the wait is printed: a user reading the first run's results gives it that time);
 * ``plain``: the plain Flower app of ``bench/plain_flower`` with the same owners, model,
   rounds and DP-SGD, with its own SuperLink and Flower starting Ray itself (what any
   Flower app pays); ``plain-tuned``: the same with the launcher's Ray settings (workers
@@ -59,7 +63,7 @@ from bench.flower_runner import (
 )
 
 NAME = "fixed_cost"
-CASES = ("privfl", "privfl+baseline", "privfl-ownhead", "privfl-ownhead+baseline", "privfl-before",
+CASES = ("privfl", "privfl-warm", "privfl+baseline", "privfl-ownhead", "privfl-ownhead+baseline", "privfl-before",
          "privfl-before+baseline", "plain", "plain-tuned", "plain-head")
 BEFORE = "bc708b3"  # the last commit before the launcher's fixed-cost work (issue 16)
 BASELINE = "quickstart-nonprivate"
@@ -146,10 +150,11 @@ def _child_before(argv: list[str], record: dict[str, Any]) -> int:
 # --------------------------------------------------------------------------- the parent
 
 
-def run_cli_case(case: str, rounds: int | None, work: Path) -> dict[str, Any]:
+def run_cli_case(case: str, rounds: int | None, work: Path, extra: tuple[str, ...] = (),
+                 env: dict[str, str] | None = None) -> dict[str, Any]:
     """One privfl case: the command line in a child interpreter, timed from outside and inside."""
     run_dir = work / "run"
-    argv = ["simulate", "quickstart", "--run-dir", str(run_dir)]
+    argv = ["simulate", "quickstart", "--run-dir", str(run_dir), *extra]
     if rounds:
         argv += ["--set", f"num-rounds={rounds}"]
     if case.endswith("+baseline"):
@@ -161,7 +166,7 @@ def run_cli_case(case: str, rounds: int | None, work: Path) -> dict[str, Any]:
     second_dir = run_dir.with_name(f"{run_dir.name}-{BASELINE}")
     start = time.time()
     process = subprocess.Popen([sys.executable, "-m", "bench.fixed_cost", "--child", str(out), "--variant", variant,
-                                "--", *argv], cwd=work, env=bench_env(), stdout=subprocess.PIPE,
+                                "--", *argv], cwd=work, env=env or bench_env(), stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True)
     with RoundWatcher(run_dir / "history.jsonl") as first, RoundWatcher(second_dir / "history.jsonl") as second, \
             ProcessTimeline(process.pid, t0=start) as timeline:
@@ -185,6 +190,41 @@ def run_cli_case(case: str, rounds: int | None, work: Path) -> dict[str, Any]:
     row["final_test_accuracy"] = history.get("final_test_accuracy")
     row["status"] = history.get("status")
     return row
+
+
+def run_warm_pair(rounds: int | None, work: Path) -> list[dict[str, Any]]:
+    """``privfl-warm``: the first run starts the warm federation, the second runs on it; then it is stopped."""
+    import tempfile
+
+    from privfl.simulations import warm
+
+    folder = Path(tempfile.mkdtemp(prefix="privfl-bench-warm-"))  # mode 0700, as the state folder must be
+    env = {**bench_env(), warm.ENV_DIR: str(folder)}
+    rows = []
+    try:
+        first = run_cli_case("privfl-warm-1st", rounds, work / "first", ("--keep-warm", "300"), env)
+        rows.append(first)
+        started = warm.read_state(folder)
+        waited = time.time()
+        first_standby = json.loads((folder / "runs").glob("*").__next__().read_text())["standby_pid"]
+        deadline = time.time() + 180
+        while time.time() < deadline:  # the next standby: forked, Ray connected, its actors up
+            try:
+                standby = json.loads((folder / "standby").read_text())
+            except (FileNotFoundError, json.JSONDecodeError):
+                standby = {}
+            if standby.get("pid") not in (None, first_standby) and standby.get("actor_pids"):
+                break
+            time.sleep(0.1)
+        second = run_cli_case("privfl-warm-2nd", rounds, work / "second", ("--keep-warm", "300"), env)
+        second["standby_wait_s"] = round(time.time() - waited - second["wall_s"], 2)
+        state = warm.read_state(folder)
+        second["reused_daemon"] = state is not None and started is not None and state.daemon_pid == started.daemon_pid
+        rows.append(second)
+    finally:
+        warm.stop(folder)
+        cleanup(folder)
+    return rows
 
 
 def _phases(start: float, end: float, child_record: dict[str, Any], watcher: RoundWatcher,
@@ -278,18 +318,20 @@ def main(argv: list[str] | None = None) -> int:
             for case in cases:  # alternate, so drift on a shared machine hits every case alike
                 print(f"== {case}, repeat {repeat + 1}", flush=True)
                 work = root / f"{case}-{repeat}"
-                row = run_plain_case(case, rounds, work) if case.startswith("plain") \
-                    else run_cli_case(case, rounds, work)
-                row["repeat"] = repeat
-                row["loadavg_1min"] = os.getloadavg()[0]
-                all_runs.append(row)
-                s = summarise(row)
-                print(f"   wall {s['wall_s']:.1f}s, to round 1 {s['to_round1_s'] or float('nan'):.1f}s, "
-                      f"cpu {s['cpu_total_s']:.1f}s, load {row['loadavg_1min']:.1f}", flush=True)
+                rows = run_warm_pair(rounds, work) if case == "privfl-warm" else \
+                    [run_plain_case(case, rounds, work) if case.startswith("plain") else run_cli_case(case, rounds, work)]
+                for row in rows:
+                    row["repeat"] = repeat
+                    row["loadavg_1min"] = os.getloadavg()[0]
+                    all_runs.append(row)
+                    s = summarise(row)
+                    print(f"   {row['case']}: wall {s['wall_s']:.1f}s, to round 1 {s['to_round1_s'] or float('nan'):.1f}s, "
+                          f"cpu {s['cpu_total_s']:.1f}s, load {row['loadavg_1min']:.1f}", flush=True)
                 cleanup(work)
     finally:
         cleanup(root)
-    best = [min((r for r in all_runs if r["case"] == case), key=lambda r: r["wall_s"]) for case in cases]
+    shown = [c for case in cases for c in ((f"{case}-1st", f"{case}-2nd") if case == "privfl-warm" else (case,))]
+    best = [min((r for r in all_runs if r["case"] == case), key=lambda r: r["wall_s"]) for case in shown]
     results = [{**summarise(r), "run": r} for r in best]
     print()
     print_table(results, [

@@ -199,12 +199,36 @@ class Standby:
         self.folder, self.runtime_address = folder, runtime_address
 
     def run(self) -> int:
+        import threading
+
         self._prewarm_backend()
+        # The run may start while the actors' workers still import privfl: the ServerApp's start overlaps them.
+        noted = threading.Thread(target=self._note_actors, name="privfl-standby-actors", daemon=True)
+        noted.start()
         token, run_id = self._acquire()
         (self.folder / "active" / str(os.getpid())).write_text(str(run_id), encoding="utf-8")
+        self._record(run_id)
+        try:
+            return self._run(token)
+        finally:
+            noted.join(timeout=30)
+            self._record(run_id)
+
+    def _record(self, run_id: int) -> None:
+        """Who served which run: this process and its actors' workers (for tests and diagnosis)."""
         (self.folder / "runs").mkdir(exist_ok=True, mode=0o700)
-        (self.folder / "runs" / str(run_id)).write_text(json.dumps(  # who served which run (tests, diagnosis)
-            {"standby_pid": os.getpid(), "actor_pids": self.actor_pids, "started_at": time.time()}), encoding="utf-8")
+        scratch = self.folder / "runs" / f".{run_id}"
+        scratch.write_text(json.dumps({"standby_pid": os.getpid(), "actor_pids": self.actor_pids}), encoding="utf-8")
+        scratch.replace(self.folder / "runs" / str(run_id))
+
+    def _note_actors(self) -> None:
+        self.actor_pids = _actor_pids(self.backend)  # waits until every actor's worker has started
+        for run_id in warm.active_runs(self.folder).values():
+            self._record(run_id)
+        (self.folder / "standby").write_text(json.dumps({"pid": os.getpid(), "actor_pids": self.actor_pids,
+                                                         "ready_at": time.time()}), encoding="utf-8")
+
+    def _run(self, token: str) -> int:
         from queue import Queue
 
         from flwr.simulation.app import run_simulation_process
@@ -234,9 +258,7 @@ class Standby:
         built = original({"client_resources": resources, "init_args": {}})
         built.build(None)  # type: ignore[arg-type]  # the actors start now; the ClientApp comes with the run
         spare: list = [built]
-        self.actor_pids = _actor_pids(built)  # waits until every actor's worker has started and imported privfl
-        (self.folder / "standby").write_text(json.dumps({"pid": os.getpid(), "actor_pids": self.actor_pids,
-                                                         "ready_at": time.time()}), encoding="utf-8")
+        self.backend, self.actor_pids = built, []
 
         def backend(config: dict) -> object:
             ready = spare.pop() if spare else None

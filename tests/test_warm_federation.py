@@ -59,9 +59,20 @@ def _not_zombie(pid: int) -> bool:
         return False
 
 
-def _leftovers(folder: Path, state: warm.FederationState) -> list[int]:
-    return [p for p in {*processes_mentioning(str(folder)), *processes_mentioning(state.ray_tmp)}
-            if p != os.getpid() and _not_zombie(p)]
+def _leftovers(folder: Path | None, state: warm.FederationState) -> list[int]:
+    """Processes that still name the federation's state folder (None: not checked) or its Ray folder."""
+    named = processes_mentioning(state.ray_tmp) + (processes_mentioning(str(folder)) if folder else [])
+    return [p for p in set(named) if p != os.getpid() and _not_zombie(p)]
+
+
+def _served(folder: Path, count: int, timeout: float = 60) -> dict[int, dict]:
+    """The daemon's record of which standby and actor processes served each run, once all ``count`` are known."""
+    deadline = time.monotonic() + timeout
+    while True:
+        served = {int(p.name): json.loads(p.read_text()) for p in (folder / "runs").glob("[0-9]*")}
+        if (len(served) == count and all(s["actor_pids"] for s in served.values())) or time.monotonic() > deadline:
+            return served
+        time.sleep(0.2)
 
 
 def test_second_run_reuses_the_federation_and_sees_nothing_of_the_first(warm_dir, tmp_path):
@@ -69,7 +80,7 @@ def test_second_run_reuses_the_federation_and_sees_nothing_of_the_first(warm_dir
     state = warm.read_state(warm_dir)
     assert state is not None and warm.live_state(warm_dir) == state
     processes = warm.pids(warm_dir)
-    served_first = {int(p.name): json.loads(p.read_text()) for p in (warm_dir / "runs").iterdir()}
+    served_first = _served(warm_dir, 1)
     assert len(served_first) == 1
     (first_run, first_served), = served_first.items()
 
@@ -84,7 +95,7 @@ def test_second_run_reuses_the_federation_and_sees_nothing_of_the_first(warm_dir
 
     # Isolation: another standby process and other actor processes served the second run, and those of
     # the first run had exited before it (no process held both runs' owners, keys, ledgers or caches).
-    served = {int(p.name): json.loads(p.read_text()) for p in (warm_dir / "runs").iterdir()}
+    served = _served(warm_dir, 2)
     (second_run, second_served), = ((r, s) for r, s in served.items() if r != first_run)
     assert second_served["standby_pid"] != first_served["standby_pid"]
     assert first_served["actor_pids"] and second_served["actor_pids"]
@@ -158,7 +169,7 @@ def test_a_dead_daemons_state_is_recovered_and_its_processes_killed(warm_dir):
     fresh = warm.ensure(300, warm_dir)
     assert fresh.daemon_pid != dead.daemon_pid and fresh.port != 0
     assert _gone([p for p in orphans if p != dead.daemon_pid]) == []
-    assert _leftovers(warm_dir, dead) == []
+    assert _leftovers(None, dead) == []  # the folder is the new federation's now; the Ray folder is per federation
     assert warm.stop(warm_dir)
 
 
