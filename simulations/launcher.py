@@ -39,6 +39,7 @@ What the launcher does about the fixed cost of a run (measured in docs/benchmark
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import json
 import os
@@ -428,7 +429,8 @@ def run_simulations(configs: Sequence[ExperimentConfig], *, log_to: Path | None 
     )
     head: subprocess.Popen | None = None
     superlink: subprocess.Popen | None = None
-    federation = _warm_federation(configs, warm, ray_address, ray_head, resources)
+    federation: warm_federation.FederationState | None = None
+    warming = _warm_federation(configs, warm, ray_address, ray_head)  # started while the experiments are checked
     owned: subprocess.Popen | None = None  # the SuperLink this call started (and stops); none on a warm federation
     stopper: threading.Thread | None = None
     settling: list[threading.Thread] = []
@@ -438,16 +440,11 @@ def run_simulations(configs: Sequence[ExperimentConfig], *, log_to: Path | None 
     ours: set[int] = set()  # the Flower runs this launcher submitted; any other run on its SuperLink is foreign
     try:
         # Start the SuperLink and the Ray head at once, then do this process's own work while they start.
-        if federation is not None:
-            warm_dir = warm_federation.state_dir()
-            port, env = federation.port, warm_federation.client_env(federation, warm_dir, CONNECTION)
-            superlink = warm_federation.RunHandle(federation, warm_dir)
-            database = warm_federation.database(warm_dir)
-        elif ray_address:
-            env["RAY_ADDRESS"] = ray_address
-        elif OWN_RAY_HEAD if ray_head is None else ray_head:
-            head, env["RAY_ADDRESS"] = _start_ray_head(env, ray_tmp, state_dir / "ray-head.log")
-        if federation is None:
+        if warming is None:
+            if ray_address:
+                env["RAY_ADDRESS"] = ray_address
+            elif OWN_RAY_HEAD if ray_head is None else ray_head:
+                head, env["RAY_ADDRESS"] = _start_ray_head(env, ray_tmp, state_dir / "ray-head.log")
             superlink = owned = _start_superlink(env, state_dir, port)
             database = state_dir / "superlink.db"
         if check is not None:
@@ -460,6 +457,16 @@ def run_simulations(configs: Sequence[ExperimentConfig], *, log_to: Path | None 
             refusal = None if config.deployment else enrolment_refusal(artefacts.layout(config))
             if refusal:
                 raise SimulationError(refusal)
+        if warming is not None:
+            federation = warming.result()
+            if federation is None:  # it stopped in the meantime: a SuperLink of this call's own after all
+                superlink = owned = _start_superlink(env, state_dir, port)
+                database = state_dir / "superlink.db"
+            else:
+                warm_dir = warm_federation.state_dir()
+                port, env = federation.port, warm_federation.client_env(federation, warm_dir, CONNECTION)
+                superlink = warm_federation.RunHandle(federation, warm_dir)
+                database = warm_federation.database(warm_dir)
         app = export_app(state_dir / "app")
         federation_config = resources.federation_config()
         owners = [_num_owners(c) for c in configs]
@@ -551,15 +558,26 @@ WARM_NOTE = (
 
 
 def _warm_federation(configs: Sequence[ExperimentConfig], warm: float | bool | None, ray_address: str | None,
-                     ray_head: bool | None, resources: ClientResources) -> warm_federation.FederationState | None:
-    """The warm federation to run ``configs`` on, or None for a cold run (see :func:`run_simulations`)."""
+                     ray_head: bool | None) -> concurrent.futures.Future | None:
+    """The warm federation to run ``configs`` on, being reached (or started) in a thread; None for a cold run
+    (see :func:`run_simulations`).  Its result is None if the federation stopped in the meantime."""
     if warm is False or ray_address or ray_head:
         return None
     if any(":" in c.model or c.coordinator_key_passphrase_env for c in configs):
         return None  # the daemon does not have this process's PYTHONPATH and environment
-    if warm is None:  # only one that already runs with this privfl
-        return warm_federation.ensure(start=False) if warm_federation.running() is not None else None
-    return warm_federation.ensure(None if warm is True else float(warm))
+    if warm is None and warm_federation.running() is None:  # without --keep-warm: only one that already runs
+        return None
+    idle = None if warm is None or warm is True else float(warm)
+    future: concurrent.futures.Future = concurrent.futures.Future()
+
+    def reach() -> None:
+        try:
+            future.set_result(warm_federation.ensure(idle, start=warm is not None))
+        except BaseException as err:  # noqa: BLE001  raised where the result is read
+            future.set_exception(err)
+
+    threading.Thread(target=reach, name="privfl-warm-federation", daemon=True).start()
+    return future
 
 
 class ForeignRunError(SimulationError):
