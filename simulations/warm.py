@@ -216,7 +216,7 @@ def touch(folder: Path) -> None:
 
 def _start(folder: Path, idle_timeout: float) -> FederationState:
     (folder / STATE_FILE).unlink(missing_ok=True)
-    log = open(folder / "daemon.log", "ab")  # noqa: SIM115  handed to the daemon
+    log = open(folder / "daemon.log", "wb")  # noqa: SIM115  handed to the daemon; one log per daemon
     with log:
         daemon = subprocess.Popen(
             [sys.executable, "-m", "privfl.simulations.warm_daemon", str(folder), str(idle_timeout), fingerprint()],

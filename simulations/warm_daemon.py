@@ -51,7 +51,13 @@ class Daemon:
 
     def start(self) -> None:
         folder = self.folder
-        for sub in ("active", "submitted"):
+        import shutil
+
+        for stale in ("active", "submitted", "runs"):  # a new SuperLink: nothing of an earlier daemon's runs applies
+            shutil.rmtree(folder / stale, ignore_errors=True)
+        for stale in folder.glob("superlink.db*"):
+            stale.unlink(missing_ok=True)
+        for sub in ("active", "submitted", "runs"):
             (folder / sub).mkdir(exist_ok=True, mode=0o700)
         secret = folder / "superexec.secret"
         secret.touch(mode=0o600)
