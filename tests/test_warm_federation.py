@@ -148,6 +148,36 @@ def test_a_run_nobody_vouched_for_is_refused_before_its_code_runs(warm_dir, tmp_
     assert warm.live_state(warm_dir) == state  # the federation goes on, with a new standby
 
 
+def test_only_the_daemon_can_take_a_run_from_the_superlink(warm_dir):
+    """The Runtime API hands out runs (with their inputs and token) only to a caller holding the secret
+    that the daemon keeps in the 0700 folder; another local user's process gets 401."""
+    from flwr.proto.runtime_pb2 import AcquireTaskRequest
+    from flwr.supercore.interceptors import SuperExecAuthHttpInterceptor
+    from flwr.supercore.runtime import RuntimeHttpClient
+
+    state = warm.ensure(300, warm_dir)
+    secret = warm_dir / "superexec.secret"
+    assert secret.stat().st_mode & 0o777 == 0o600
+
+    def acquire(key: bytes | None) -> str:
+        interceptors = [SuperExecAuthHttpInterceptor(master_secret=key, protected_methods=frozenset(
+            {"/flwr.proto.Runtime/AcquireTask"}))] if key else []
+        client = RuntimeHttpClient.from_server_address(server_address=state.address, insecure=True,
+                                                       root_certificates=None, interceptors=interceptors,
+                                                       retry_invoker=None)
+        try:
+            client.AcquireTask(AcquireTaskRequest(supported_task_types=["flwr-simulation"], agentapp_fab_hashes=[]))
+            return "answered"
+        except Exception as err:  # noqa: BLE001  the HTTP error is the answer
+            return str(err)
+        finally:
+            client.close()
+
+    assert "401" in acquire(None)
+    assert "401" in acquire(b"x" * 32)
+    assert acquire(secret.read_bytes()) == "answered"  # no run is pending: an empty answer, not a refusal
+
+
 def test_explicit_stop_leaves_no_process(warm_dir, capsys):
     state = warm.ensure(300, warm_dir)
     before = warm.pids(warm_dir)
