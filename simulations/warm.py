@@ -79,16 +79,21 @@ class FederationState:
         return f"127.0.0.1:{self.port}"
 
 
-def state_dir() -> Path:
-    """The per-user state folder (``$PRIVFL_WARM_DIR``, else ``$XDG_RUNTIME_DIR/privfl-warm``, else
-    ``~/.cache/privfl/warm``), created with mode 0700; refused when another user owns it or can enter it."""
+def state_path() -> Path:
+    """Where the per-user state folder is: ``$PRIVFL_WARM_DIR``, else ``$XDG_RUNTIME_DIR/privfl-warm``, else
+    ``~/.cache/privfl/warm`` (nothing is created)."""
     configured = os.environ.get(ENV_DIR)
     if configured:
-        folder = Path(configured)
-    elif os.environ.get("XDG_RUNTIME_DIR"):
-        folder = Path(os.environ["XDG_RUNTIME_DIR"]) / "privfl-warm"
-    else:
-        folder = Path.home() / ".cache" / "privfl" / "warm"
+        return Path(configured)
+    if os.environ.get("XDG_RUNTIME_DIR"):
+        return Path(os.environ["XDG_RUNTIME_DIR"]) / "privfl-warm"
+    return Path.home() / ".cache" / "privfl" / "warm"
+
+
+def state_dir() -> Path:
+    """The per-user state folder (:func:`state_path`), created with mode 0700; refused when another user owns
+    it or can enter it."""
+    folder = state_path()
     folder.mkdir(parents=True, exist_ok=True, mode=0o700)
     info = folder.stat()
     if info.st_uid != os.getuid() or info.st_mode & 0o077:
@@ -203,8 +208,10 @@ def ensure(idle_timeout: float | None = None, folder: Path | None = None, *, sta
 
 
 def running(folder: Path | None = None) -> FederationState | None:
-    """The warm federation if one runs with this privfl (nothing is started)."""
-    folder = folder or state_dir()
+    """The warm federation if one runs with this privfl (nothing is started or created)."""
+    folder = folder or state_path()
+    if not (folder / STATE_FILE).exists():
+        return None
     state = live_state(folder)
     return state if state is not None and state.fingerprint == fingerprint() else None
 
