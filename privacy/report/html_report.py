@@ -29,6 +29,7 @@ from typing import Any
 
 from privfl.privacy.report import evidence as ev
 from privfl.privacy.report.model import COMPARED_ACCOUNTANTS, OwnerStatement, Release, Report, UnitAccount, unit_label
+from privfl.privacy.report.sections import build_sections, first_sections, later_sections
 from privfl.privacy.report.words import odds_short, odds_text, percent
 
 HTML_ENTRY_ROWS = 2500  # entry rows listed in all (each owner gets at least MIN_ENTRIES_PER_OWNER)
@@ -288,9 +289,10 @@ def _view(report: Report, figures: list | None) -> dict[str, Any]:
     latest_eval = sorted(((o, o.federated_evaluation.latest) for o in report.owners
                           if o.federated_evaluation and o.federated_evaluation.latest),
                          key=lambda x: (x[1].accuracy is None, x[1].accuracy or 0.0, x[0].owner_id))
-    kind = "intact" if status.intact and status.ok else ("broken" if not status.intact else "problem")
-    verdict = ("LEDGER NOT INTACT \u2014 TAMPERING OR DAMAGE DETECTED" if not status.intact else
-               ("INTACT" if status.ok else "INTACT, WITH PROBLEMS"))
+    kind, verdict = banner(report)
+    shared = build_sections(report)
+    sections = [(s.key, s.heading) for s in first_sections(shared)] + sections[:-3] + \
+        [(s.key, s.heading) for s in later_sections(shared)] + sections[-3:]
     versions = ", ".join(f"{k} {v}" for k, v in report.generator["versions"].items() if v)
     return {
         "r": report, "s": report.summary, "status": status, "kind": kind, "verdict": verdict, "versions": versions,
@@ -304,7 +306,26 @@ def _view(report: Report, figures: list | None) -> dict[str, Any]:
         "refusals": refusals, "latest_eval": latest_eval, "evaluation": evaluation,
         "collapse": COLLAPSE_ABOVE, "content_hash": report.document["content_hash"]["value"],
         "single": len(report.owners) == 1,
+        "first_sections": first_sections(shared), "later_sections": later_sections(shared),
     }
+
+
+def banner(report: Report) -> tuple[str, str]:
+    """The banner's CSS class and verdict line, from the decision's level (one rule: :mod:`.decision`).
+
+    Red when anything is not intact; amber when an owner is near or over a budget, a guarantee is weak
+    (owner-level too) or another problem stands; green otherwise.
+    """
+    status = report.status
+    level = report.decision.level if report.decision else ("red" if not status.intact else
+                                                           ("green" if status.ok else "amber"))
+    if level == "red" or not status.intact:
+        return "broken", "LEDGER NOT INTACT \u2014 TAMPERING OR DAMAGE DETECTED" if not status.intact else \
+            "NOT INTACT: AN OWNER'S LEDGER CANNOT BE RELIED ON"
+    if level == "amber":
+        return ("problem" if not status.ok else "caution"), \
+            ("INTACT, WITH PROBLEMS" if not status.ok else "INTACT, WITH CAUTIONS: SEE WHAT TO DECIDE")
+    return "intact", "INTACT"
 
 
 # --------------------------------------------------------------------------- rendering

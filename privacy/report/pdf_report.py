@@ -29,6 +29,7 @@ from privfl.privacy.report import evidence as ev
 from privfl.privacy.report.html_report import (
     ENFORCED_MARK,
     PER_OWNER_FIELDS,
+    banner,
     compared,
     event_text,
     fmt_eps,
@@ -38,6 +39,7 @@ from privfl.privacy.report.html_report import (
 )
 from privfl.privacy.report.model import COMPARED_ACCOUNTANTS, OwnerStatement, Report, UnitAccount, unit_label
 from privfl.privacy.report.pdf_writer import PdfDocument
+from privfl.privacy.report.sections import Paragraph, Section, build_sections, first_sections, later_sections
 from privfl.privacy.report.words import odds_text, percent
 
 MIN_FONT_PT = 9.0
@@ -49,6 +51,7 @@ MAX_TABLE_ROWS = 60  # history rounds, refusals, files, evaluation rows
 PAGE = (8.27, 11.69)  # A4, inches
 MARGIN = 0.6
 RED, GREEN, ORANGE, GREY, BLACK = "#b03a2e", "#1e8449", "#ca6f1e", "#5d6d7e", "#000000"
+TONES = {"ok": GREEN, "near": ORANGE, "bad": RED, "muted": GREY, "": BLACK}  # the shared sections' tones
 
 # font, size (pt), line height (in)
 STYLES: dict[str, dict[str, Any]] = {
@@ -189,6 +192,63 @@ class _Pages:
             self.line(fmt(row), "mono", (colours[i] if colours else BLACK) or BLACK)
         self.gap(0.06)
 
+    def wrapped_table(self, headers: list[str], rows: list[list[str]], tones: list[list[str]] | None = None,
+                      max_width: int = TABLE_WIDTH, below: list[str] | None = None,
+                      below_tones: list[str] | None = None, below_header: str = "") -> None:
+        """A table whose long cells wrap onto several lines (never cut), each cell in its own colour."""
+        st = STYLES["mono"]
+        char = 0.602 * st["size"] / 72  # inches per character of DejaVu Sans Mono
+        # a header wraps too: a column is as wide as its longest cell (or its header's longest word)
+        natural = [max([max(map(len, h.split() or [""]))] + [len(r[i]) for r in rows]) for i, h in enumerate(headers)]
+        widths = list(natural)
+        rest = sum(natural[:-1]) + 2 * (len(natural) - 1)
+        if len(headers) > 2 and natural[-1] > 30 and max_width - rest < 30:
+            # the last column (a long text, e.g. "what to do") is too narrow beside the others: it goes on the
+            # lines under its row, indented, at the full width
+            below = [r[-1] for r in rows]
+            self.wrapped_table(headers[:-1] + [""], [r[:-1] + [""] for r in rows],
+                               [t[:-1] + [""] for t in tones] if tones else None, max_width, below,
+                               [t[-1] if t else "" for t in tones] if tones else None, headers[-1])
+            return
+        while sum(widths) + 2 * (len(widths) - 1) > max_width and max(widths) > 8:
+            widest = widths.index(max(widths))
+            widths[widest] -= 1
+
+        def cells(row: list[str]) -> list[list[str]]:
+            return [textwrap.wrap(c, max(w, 1), break_long_words=True, break_on_hyphens=False) or [""]
+                    for c, w in zip(row, widths)]
+
+        def draw(row: list[str], colours: list[str]) -> None:
+            wrapped = cells(row)
+            height = max(len(c) for c in wrapped)
+            self._room(st["height"] * height)
+            for k in range(height):
+                baseline = self.y - st["size"] * 0.95 / 72
+                x = MARGIN
+                for col, (lines, w) in enumerate(zip(wrapped, widths)):
+                    if k < len(lines) and lines[k]:
+                        self.doc.text(x * 72, baseline * 72, lines[k], "mono", st["size"], _rgb(colours[col]))
+                    x += (w + 2) * char
+                self.y -= st["height"]
+
+        grey = [GREY] * len(headers)
+        self._room(st["height"] * min(len(rows) + 1, 4))
+        draw(headers, grey)
+        for i, row in enumerate(rows):
+            if self.y - st["height"] < MARGIN + 0.25:
+                self._new_page()
+                draw(headers, grey)
+            tone = (tones[i] if tones and i < len(tones) else [])
+            draw(row, [TONES.get(tone[c] if c < len(tone) else "", BLACK) for c in range(len(headers))])
+            if below is not None:
+                colour = TONES.get(below_tones[i] if below_tones else "", BLACK)
+                for piece in textwrap.wrap(f"{below_header}: {below[i]}", max_width - 4) or [""]:
+                    self._room(st["height"])
+                    self.doc.text((MARGIN + 4 * char) * 72, (self.y - st["size"] * 0.95 / 72) * 72, piece, "mono",
+                                  st["size"], _rgb(colour))
+                    self.y -= st["height"]
+        self.gap(0.06)
+
     def banner(self, verdict: str, headline: str, color: str) -> None:
         lines = self.wrap(headline, "sans", STYLES["body"]["size"], TEXT_WIDTH_PT - 0.3 * 72)
         height = STYLES["verdict"]["height"] + STYLES["body"]["height"] * len(lines) + 0.2
@@ -290,6 +350,20 @@ def _owner_detail(p: _Pages, o: OwnerStatement) -> None:
              "\u03b5 left"], rows, colours)
 
 
+def shared_section(p: _Pages, section: Section) -> None:
+    """One section of the shared section model (:mod:`.sections`): the HTML template walks the same list."""
+    p.heading(section.heading)
+    for block in section.blocks:
+        if isinstance(block, Paragraph):
+            if block.strong and not block.text:
+                p.heading(block.strong, "h2")
+            else:
+                style = "small" if block.tone == "muted" else "body"
+                p.text(block.strong + block.text, style, TONES.get(block.tone, BLACK))
+        else:
+            p.wrapped_table(block.headers, block.rows, block.cell_tones)
+
+
 def _num(value: Any) -> str:
     return "-" if value is None else f"{value:.4f}"
 
@@ -311,18 +385,17 @@ def render_pdf(report: Report, path: Path, figures: list | None = None) -> None:
            f"{report.content_hash}" + (f", signed by key {report.signature.key_fingerprint[:16]}\u2026"
                                        if report.signature else "") + ".", "small", GREY)
     p.gap(0.1)
-    if not status.intact:
-        p.banner("LEDGER NOT INTACT \u2014 TAMPERING OR DAMAGE DETECTED", status.headline, RED)
-    elif not status.ok:
-        p.banner("INTACT, WITH PROBLEMS", status.headline, ORANGE)
-    else:
-        p.banner("INTACT", status.headline, GREEN)
+    kind, verdict = banner(report)
+    p.banner(verdict, status.headline, {"broken": RED, "problem": ORANGE, "caution": ORANGE}.get(kind, GREEN))
     for problem in status.problems[:15]:
         p.text(f"\u2022 {problem}", color=RED)
     if len(status.problems) > 15:
         p.text(f"\u2026 {len(status.problems) - 15} more problems: see the JSON version.", color=RED)
     for warning in status.warnings[:6]:
         p.text(f"\u2022 note: {warning}", "small", ORANGE)
+    shared = build_sections(report)
+    for section in first_sections(shared):
+        shared_section(p, section)
 
     p.heading("At a glance")
     p.text(s.in_words)
@@ -503,6 +576,9 @@ def render_pdf(report: Report, path: Path, figures: list | None = None) -> None:
             p.text(f"{m['measure']} ({m['reference']}): {m['status'].upper()} "
                    f"[{ev.SHORT.get(m['evidence'], m['evidence'])}]", color=colour)
             p.text(m["detail"], "small", indent=0.2)
+
+    for section in later_sections(shared):
+        shared_section(p, section)
 
     p.heading("What this report cannot prove")
     for note in report.limitations:
