@@ -29,8 +29,9 @@ from typing import Any
 
 from privfl.privacy.report import evidence as ev
 from privfl.privacy.report.model import COMPARED_ACCOUNTANTS, OwnerStatement, Release, Report, UnitAccount, unit_label
+from privfl.privacy.report.status import banner_notes
 from privfl.privacy.report.sections import build_sections, first_sections, later_sections
-from privfl.privacy.report.words import odds_short, odds_text, percent
+from privfl.privacy.report.words import FIGURE_DIGITS, fig, odds_short, odds_text, percent
 
 HTML_ENTRY_ROWS = 2500  # entry rows listed in all (each owner gets at least MIN_ENTRIES_PER_OWNER)
 MIN_ENTRIES_PER_OWNER = 10
@@ -44,16 +45,11 @@ ENFORCED_MARK = "*"  # after the figure of the accountant an owner enforces its 
 # --------------------------------------------------------------------------- formatting
 
 
-def fmt_eps(value: Any, digits: int = 4) -> str:
-    if value is None:
-        return "n/a"
-    if isinstance(value, float) and math.isinf(value):
-        return "\u221e" if value > 0 else "-\u221e"
+def fmt_eps(value: Any, digits: int = FIGURE_DIGITS) -> str:
+    """An epsilon (or any figure) as every format prints it: :func:`~.words.fig`, the one rounding rule."""
     if value == "inf":
         return "\u221e"
-    if isinstance(value, (int, float)):
-        return f"{value:.{digits}g}"
-    return str(value)
+    return fig(value, digits)
 
 
 def fmt_when(timestamp: str | None) -> str:
@@ -61,8 +57,9 @@ def fmt_when(timestamp: str | None) -> str:
     return (timestamp or "").replace("T", " ").removesuffix("Z")
 
 
-def fmt_num(value: Any, spec: str = ".4f") -> str:
-    return "-" if value is None else format(value, spec)
+def fmt_num(value: Any) -> str:
+    """Accuracy, loss and other figures: the same rounding rule as every epsilon (:func:`~.words.fig`)."""
+    return "-" if value is None else fig(value)
 
 
 def event_text(event) -> str:
@@ -207,13 +204,13 @@ def _owner_row(owner: OwnerStatement, anchor: str) -> OwnerRow:
 
 def _entry_row(r: Release) -> tuple[tuple[str, ...], str]:
     match = r.epsilon_stated_matches
-    stated = fmt_eps(r.epsilon_cumulative_stated, 6) + (" \u2713" if match else (" \u2717" if match is False else ""))
+    stated = fmt_eps(r.epsilon_cumulative_stated) + (" \u2713" if match else (" \u2717" if match is False else ""))
     purpose = r.refusal_reason or r.purpose
     if r.purpose_declared is False:
         purpose += " (undeclared purpose)"
     unit = r.privacy_unit if r.privacy_unit in ("record", "owner") else "record"
     cells = (str(r.sequence), r.kind, unit, r.run_id, str(r.round), fmt_when(r.timestamp), event_text(r.event),
-             fmt_eps(r.epsilon_release, 6), fmt_eps(r.epsilon_cumulative, 6), stated, fmt_eps(r.epsilon_remaining, 6),
+             fmt_eps(r.epsilon_release), fmt_eps(r.epsilon_cumulative), stated, fmt_eps(r.epsilon_remaining),
              purpose, r.entry_hash[:12] + "\u2026")
     return cells, "bad" if (match is False or r.purpose_declared is False) else ""
 
@@ -239,15 +236,28 @@ def _registry_groups(owners: list[OwnerStatement]) -> list[dict[str, Any]]:
         rows = []
         for item in members[0].epsilon_registry:
             if item["field"] in PER_OWNER_FIELDS and len(members) > 1:
-                values = "; ".join(f"{m.owner_id}: {_registry_value(_item(m, item['field']))}" for m in members[:12])
-                if len(members) > 12:
-                    values += f"; \u2026 ({len(members)} owners: see the owners table)"
-                rows.append({"label": item["label"], "value": values, "evidence": item["evidence"]})
+                rows.append({"label": item["label"], "value": _per_owner_values(members, item["field"]),
+                             "evidence": item["evidence"]})
             else:
                 rows.append({"label": item["label"], "value": value_text(item["value"]), "evidence": item["evidence"]})
         names = ", ".join(m.owner_id for m in members)
         cards.append({"names": names if len(names) <= 300 else names[:300] + "\u2026", "rows": rows})
     return cards
+
+
+def _per_owner_values(members: list[OwnerStatement], field: str, limit: int = 12) -> list[str]:
+    """A per-owner registry field: each distinct value once, with the owners that have it (never one sentence
+    repeated per owner, never '. ;')."""
+    by_value: dict[str, list[str]] = {}
+    for m in members:
+        by_value.setdefault(_registry_value(_item(m, field)).rstrip(". "), []).append(m.owner_id)
+    lines = []
+    for value, owners in list(by_value.items())[:limit]:
+        who = ", ".join(owners[:8]) + (f" and {len(owners) - 8} more" if len(owners) > 8 else "")
+        lines.append(value + "." if len(by_value) == 1 else f"{who}: {value}.")
+    if len(by_value) > limit:
+        lines.append(f"\u2026 {len(by_value) - limit} more values: see the owners table")
+    return lines
 
 
 def _item(owner: OwnerStatement, field: str) -> Any:
@@ -307,6 +317,7 @@ def _view(report: Report, figures: list | None) -> dict[str, Any]:
         "collapse": COLLAPSE_ABOVE, "content_hash": report.document["content_hash"]["value"],
         "single": len(report.owners) == 1,
         "first_sections": first_sections(shared), "later_sections": later_sections(shared),
+        "banner_notes": banner_notes(status),
     }
 
 

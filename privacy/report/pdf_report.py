@@ -40,13 +40,14 @@ from privfl.privacy.report.html_report import (
 from privfl.privacy.report.model import COMPARED_ACCOUNTANTS, OwnerStatement, Report, UnitAccount, unit_label
 from privfl.privacy.report.pdf_writer import PdfDocument
 from privfl.privacy.report.sections import Paragraph, Section, build_sections, first_sections, later_sections
-from privfl.privacy.report.words import odds_text, percent
+from privfl.privacy.report.status import banner_notes
+from privfl.privacy.report.words import fig, odds_text, percent
 
 MIN_FONT_PT = 9.0
 MAX_OWNER_ROWS = 300
 MAX_ALERT_ROWS = 40
 MAX_DETAIL_OWNERS = 20
-MAX_ENTRIES_PER_OWNER = 12
+MAX_ENTRIES_PER_OWNER = 40  # a 20-round run's entries all fit; the JSON and CSV hold every entry
 MAX_TABLE_ROWS = 60  # history rounds, refusals, files, evaluation rows
 PAGE = (8.27, 11.69)  # A4, inches
 MARGIN = 0.6
@@ -70,6 +71,11 @@ TABLE_WIDTH = int(TEXT_WIDTH_PT / (0.602 * STYLES["mono"]["size"]))  # DejaVu Sa
 
 def _eps(value: Any, digits: int = 4) -> str:
     return fmt_eps(value, digits)
+
+
+def _tone(tone: str) -> str:
+    """A shared section's tone name, or a colour already (``#rrggbb``)."""
+    return tone if tone.startswith("#") else TONES.get(tone, BLACK)
 
 
 def _rgb(colour: str) -> tuple[float, float, float]:
@@ -172,25 +178,14 @@ class _Pages:
         self.gap(0.05)
 
     def table(self, headers: list[str], rows: list[list[Any]], colours: list[str] | None = None,
-              max_width: int = TABLE_WIDTH) -> None:
+              max_width: int = TABLE_WIDTH, colour_columns: tuple[int, ...] | None = None) -> None:
+        """A table whose cells wrap (never cut); a row's colour paints only ``colour_columns`` (default: all)."""
         cells = [[str(c) for c in row] for row in rows]
-        widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
-        while sum(widths) + 2 * (len(widths) - 1) > max_width and max(widths) > 6:
-            widest = widths.index(max(widths))
-            widths[widest] -= 1
-
-        def fmt(row: list[str]) -> str:
-            return "  ".join((c if len(c) <= w else c[: max(w - 1, 1)] + "\u2026").ljust(w)
-                             for c, w in zip(row, widths)).rstrip()
-
-        self._room(STYLES["mono"]["height"] * min(len(rows) + 1, 4))
-        self.line(fmt(headers), "mono", GREY)
-        for i, row in enumerate(cells):
-            if self.y - STYLES["mono"]["height"] < MARGIN + 0.25:
-                self._new_page()
-                self.line(fmt(headers), "mono", GREY)
-            self.line(fmt(row), "mono", (colours[i] if colours else BLACK) or BLACK)
-        self.gap(0.06)
+        tones = None
+        if colours:
+            tones = [[(colours[i] or BLACK) if colour_columns is None or c in colour_columns else BLACK
+                      for c in range(len(headers))] for i in range(len(cells))]
+        self.wrapped_table(headers, cells, tones, max_width)
 
     def wrapped_table(self, headers: list[str], rows: list[list[str]], tones: list[list[str]] | None = None,
                       max_width: int = TABLE_WIDTH, below: list[str] | None = None,
@@ -239,9 +234,9 @@ class _Pages:
                 self._new_page()
                 draw(headers, grey)
             tone = (tones[i] if tones and i < len(tones) else [])
-            draw(row, [TONES.get(tone[c] if c < len(tone) else "", BLACK) for c in range(len(headers))])
+            draw(row, [_tone(tone[c] if c < len(tone) else "") for c in range(len(headers))])
             if below is not None:
-                colour = TONES.get(below_tones[i] if below_tones else "", BLACK)
+                colour = _tone(below_tones[i] if below_tones else "")
                 for piece in textwrap.wrap(f"{below_header}: {below[i]}", max_width - 4) or [""]:
                     self._room(st["height"])
                     self.doc.text((MARGIN + 4 * char) * 72, (self.y - st["size"] * 0.95 / 72) * 72, piece, "mono",
@@ -344,10 +339,10 @@ def _owner_detail(p: _Pages, o: OwnerStatement) -> None:
         match = {True: "ok", False: "WRONG", None: ""}[r.epsilon_stated_matches]
         unit = "owner" if r.privacy_unit == "owner" else "record"
         rows.append([r.sequence, r.kind, unit, r.run_id, r.round, fmt_when(r.timestamp)[5:16], event_text(r.event),
-                     _eps(r.epsilon_release, 4), _eps(r.epsilon_cumulative, 5), match, _eps(r.epsilon_remaining, 4)])
+                     _eps(r.epsilon_release), _eps(r.epsilon_cumulative), match, _eps(r.epsilon_remaining)])
         colours.append(RED if (r.epsilon_stated_matches is False or r.purpose_declared is False) else BLACK)
     p.table(["seq", "kind", "unit", "run", "rnd", "time UTC", "release", "\u03b5 alone", "\u03b5 cumul.", "stated",
-             "\u03b5 left"], rows, colours)
+             "\u03b5 left"], rows, colours, colour_columns=(9,))
 
 
 def shared_section(p: _Pages, section: Section) -> None:
@@ -365,7 +360,13 @@ def shared_section(p: _Pages, section: Section) -> None:
 
 
 def _num(value: Any) -> str:
-    return "-" if value is None else f"{value:.4f}"
+    return "-" if value is None else fig(value)
+
+
+def _short_path(path: str) -> str:
+    """The last two parts of a ledger's path (owners/<owner>/ledger.db is ten times 'ledger.db' by name alone)."""
+    parts = Path(path).parts
+    return "/".join(parts[-2:]) if len(parts) >= 2 else path
 
 
 def render_pdf(report: Report, path: Path, figures: list | None = None) -> None:
@@ -391,7 +392,7 @@ def render_pdf(report: Report, path: Path, figures: list | None = None) -> None:
         p.text(f"\u2022 {problem}", color=RED)
     if len(status.problems) > 15:
         p.text(f"\u2026 {len(status.problems) - 15} more problems: see the JSON version.", color=RED)
-    for warning in status.warnings[:6]:
+    for warning in banner_notes(status)[:6]:
         p.text(f"\u2022 note: {warning}", "small", ORANGE)
     shared = build_sections(report)
     for section in first_sections(shared):
@@ -401,9 +402,10 @@ def render_pdf(report: Report, path: Path, figures: list | None = None) -> None:
     p.text(s.in_words)
     p.gap(0.06)
     p.table(["", ""], [
-        ["data owners", s.owners], ["over budget", len(s.owners_over_budget)],
+        *([] if len(report.owners) == 1 else [["data owners", s.owners]]),
+        ["over budget", len(s.owners_over_budget)],
         ["near budget (\u2265 80% used)", len(s.owners_near_budget)],
-        ["releases / refused", f"{s.charges} / {s.refusals}"],
+        *[[f"{u.label} releases / refused", f"{u.charges} / {u.refusals}"] for u in s.units],
         *([[f"highest {u.label} \u03b5", f"{_eps(u.epsilon_spent_max)} ({u.epsilon_spent_max_owner})"]
            for u in s.units] if len(s.units) > 1 else
           [["highest \u03b5 spent", f"{_eps(s.epsilon_spent_max)} ({s.epsilon_spent_max_owner})"]]),
@@ -442,12 +444,13 @@ def render_pdf(report: Report, path: Path, figures: list | None = None) -> None:
 
     p.heading("Owners (highest share of budget used first)")
     p.text(f"A row per owner and privacy unit (record: record-level, DP-SGD; owner: owner-level, DP-FedAvg), each "
-           f"against its own budget. \u03b5 life: the unit's charges composed by the owner's own accountant; "
-           f"{' and '.join(a.upper() for a in COMPARED_ACCOUNTANTS)}: the same charges under each ({ENFORCED_MARK}: "
-           "the accountant the owner enforces its budget with; n/a: PLD does not support fixed-size sampling). "
-           "UNDECL.: entries signed with a purpose the processing record does not declare. Strength tiers and "
-           "odds: per owner, below.",
-           "small", GREY)
+           f"against its own budget. Columns: \u03b5 life (the unit's charges composed by the owner's own "
+           f"accountant); {' and '.join(a.upper() for a in COMPARED_ACCOUNTANTS)} (the same charges under each; "
+           f"{ENFORCED_MARK}: the accountant the owner enforces its budget with; n/a: PLD does not support fixed-size "
+           "sampling); " + ("\u03b5 exp (this experiment's charges alone); " if s.experiment_id else "")
+           + "budget; used (share of the budget); status; left (rounds left at the current plan); rel/ref (releases "
+           "/ refused); ledger (its verdict; UNDECL.: entries signed with a purpose the processing record does not "
+           "declare).", "small", GREY)
     ranked = report.owners_by_budget_used()
     exp = bool(s.experiment_id)
     headers = ["owner", "unit", "\u03b5 life"] + [a.upper() for a in COMPARED_ACCOUNTANTS] + \
@@ -466,7 +469,8 @@ def render_pdf(report: Report, path: Path, figures: list | None = None) -> None:
                 else ""])
             colours.append(RED if (u.budget_status == "over" or bad_owner) else
                            ORANGE if u.budget_status == "near" else BLACK)
-    p.table(headers, rows, colours)
+    p.table(headers, rows, colours, colour_columns=(headers.index("used"), headers.index("status"),
+                                                    headers.index("ledger")))
     if len(ranked) > MAX_OWNER_ROWS:
         p.text(f"The {MAX_OWNER_ROWS} owners with the highest share used of {len(ranked)}; every owner is in the "
                "HTML, JSON and CSV versions of this report.", "small", GREY)
@@ -523,10 +527,11 @@ def render_pdf(report: Report, path: Path, figures: list | None = None) -> None:
            "recomputation from the events; owner ledgers also checked against the federation ledger's copies of "
            "their receipts.")
     ledgers = sorted(report.ledgers, key=lambda lg: lg.intact)
-    p.table(["file", "kind", "entries", "checked", "\u03b5 checked", "keys supplied", "verdict"],
-            [[Path(lg.path).name, lg.ledger_kind, lg.entries, lg.entries_checked, lg.epsilons_checked,
+    p.table(["owner", "file", "kind", "entries", "checked", "\u03b5 checked", "keys supplied", "verdict"],
+            [[lg.owner_id or (f"{len(lg.owners)} owners" if lg.ledger_kind == "federation" else "-"),
+              _short_path(lg.path), lg.ledger_kind, lg.entries, lg.entries_checked, lg.epsilons_checked,
               "yes" if lg.keys_independently_supplied else "no", lg.verdict] for lg in ledgers[:MAX_TABLE_ROWS]],
-            [BLACK if lg.intact else RED for lg in ledgers[:MAX_TABLE_ROWS]])
+            [GREEN if lg.intact else RED for lg in ledgers[:MAX_TABLE_ROWS]], colour_columns=(7,))
     if len(ledgers) > MAX_TABLE_ROWS:
         p.text(f"\u2026 {len(ledgers) - MAX_TABLE_ROWS} more files, all intact.", "small", GREY)
     for lg in ledgers:
