@@ -16,6 +16,7 @@ import json
 import math
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -292,3 +293,37 @@ def test_the_per_owner_statement_carries_its_own_decision(weak_owner_level, tmp_
     assert statement.decision.level == "amber"
     html = write_html(statement, tmp_path / "owner.html", figures=[]).read_text()
     assert "owner-000" not in html[html.index('id="decision"'):html.index('id="attacker"')]
+
+
+# --------------------------------------------------------------------------- no torch in a report
+
+
+def test_a_whole_report_in_every_format_imports_neither_torch_nor_opacus(tmp_path):
+    """A report trains nothing: torch and Opacus (about 3.6 s of a fresh process) stay unimported."""
+    _ledger(tmp_path, "oslo", 3, budget=9.0)
+    script = (
+        "import sys\n"
+        "from privfl.cli import main\n"
+        f"for fmt in ('html', 'json', 'csv', 'pdf'):\n"
+        f"    assert main(['report', {str(tmp_path / 'oslo.db')!r}, '--keys-dir', {str(tmp_path / 'keys')!r},"
+        f" '--out', {str(tmp_path)!r} + '/r.' + fmt]) == 0\n"
+        "print('heavy:', sorted(m for m in ('torch', 'opacus', 'flwr') if m in sys.modules))\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "heavy: []" in done.stdout, done.stdout
+    assert all((tmp_path / f"r.{fmt}").stat().st_size > 0 for fmt in ("html", "json", "csv", "pdf"))
+
+
+def test_the_rdp_analysis_loaded_without_torch_is_opacus_own():
+    from opacus.accountants import RDPAccountant
+    from opacus.accountants.analysis import rdp as opacus_rdp
+
+    from privfl.privacy.accountants import opacus_backed
+
+    assert opacus_backed.RDP_ORDERS == tuple(RDPAccountant.DEFAULT_ALPHAS)
+    ours = opacus_backed.rdp_analysis.compute_rdp(q=0.07, noise_multiplier=1.3, steps=40,
+                                                  orders=opacus_backed.RDP_ORDERS)
+    theirs = opacus_rdp.compute_rdp(q=0.07, noise_multiplier=1.3, steps=40, orders=opacus_backed.RDP_ORDERS)
+    assert list(ours) == list(theirs)
+    assert opacus_backed.rdp_analysis.get_privacy_spent(orders=opacus_backed.RDP_ORDERS, rdp=ours, delta=1e-5) == \
+        opacus_rdp.get_privacy_spent(orders=opacus_backed.RDP_ORDERS, rdp=theirs, delta=1e-5)

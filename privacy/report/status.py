@@ -276,11 +276,11 @@ def in_words(s: Summary, owners: Sequence[OwnerStatement], st: Status) -> str:
         return "The ledgers hold no entries."
     first, last = (s.first_entry or "")[:10], (s.last_entry or "")[:10]
     when = "" if not first else (f" on {first}" if first == last else f" between {first} and {last}")
-    who = "1 data owner" if len(owners) == 1 else f"{len(owners)} data owners"
+    who = f"data owner {owners[0].owner_id}" if len(owners) == 1 else f"{len(owners)} data owners"
     by_unit = {u.privacy_unit: u for u in s.units}
     if set(by_unit) <= {"record"}:
-        text = [f"{who.capitalize()} released {s.charges} model update(s){when}, each charged to the owner's privacy "
-                "ledger with the DP mechanism that produced it."]
+        text = [f"{who[0].upper() + who[1:]} released {s.charges} model update(s){when}, each charged to the owner's "
+                "privacy ledger with the DP mechanism that produced it."]
     else:
         parts = []
         if "record" in by_unit:
@@ -290,7 +290,7 @@ def in_words(s: Summary, owners: Sequence[OwnerStatement], st: Status) -> str:
             parts.append(f"{by_unit['owner'].charges} owner-level charge(s), one per DP-FedAvg round in which the "
                          "owner could have been drawn by the coordinator")
         verb = "was" if len(owners) == 1 else "were"
-        text = [f"{who.capitalize()} {verb} charged {s.charges} time(s){when}: " + " and ".join(parts)
+        text = [f"{who[0].upper() + who[1:]} {verb} charged {s.charges} time(s){when}: " + " and ".join(parts)
                 + "; each charge is recorded in the owner's privacy ledger with the DP mechanism behind it."]
     units = [UNIT_WORDS.get(u, u) for u in s.privacy_units]
     if units:
