@@ -265,7 +265,11 @@ class _Pages:
         scale = min(usable_w / width_in, usable_h / height_in)
         w, h = width_in * scale, height_in * scale
         caption_lines = self.wrap(caption, "sans", STYLES["small"]["size"], TEXT_WIDTH_PT)
-        self._room(h + STYLES["small"]["height"] * len(caption_lines) + 0.2)
+        below = STYLES["small"]["height"] * len(caption_lines) + 0.2
+        left = self.y - (MARGIN + 0.25) - below - 0.1 if self.open else 0.0
+        if h > left >= 0.6 * h:  # shrink a little rather than leave most of a page empty
+            w, h = w * left / h, left
+        self._room(h + below)
         self.y -= h + 0.05
         self.doc.image(png, MARGIN * 72, self.y * 72, w * 72, h * 72)
         self.gap(0.06)
@@ -416,7 +420,7 @@ def render_pdf(report: Report, path: Path, figures: list | None = None) -> None:
         ["final test accuracy", _eps(s.final_test_accuracy)]])
     alerts = status.budget_alerts
     if alerts:
-        p.heading("Owners to act on: over budget or near it", "h2")
+        p.heading("Over budget or near it (what to do: see What to decide)", "h2")
         p.table(["owner", "unit", "status", "used", "\u03b5 spent", "budget", "rounds left"],
                 [[a.owner_id, unit_label(a.privacy_unit), a.level, percent(a.budget_used_fraction), _eps(a.epsilon_spent),
                   _eps(a.epsilon_budget), "n/a" if a.rounds_left is None else a.rounds_left]
