@@ -61,8 +61,11 @@ def attacker_sentence(epsilon: float | None, delta: float | None, records: int |
     if math.isinf(epsilon):
         return (f"A release was made without differential privacy: nothing bounds what an attacker learns about "
                 f"whether {what}.")
-    text = (f"An attacker who was 50/50 about whether {what} could become at most {certainty_text(epsilon)} sure "
-            f"(epsilon {fig(epsilon)}; a bound over every possible attacker, not the chance of a breach)")
+    certainty = certainty_text(epsilon)
+    bound = ("could become more than 99.9% sure: the bound allows near certainty" if certainty.startswith("over")
+             else f"could become at most {certainty} sure")
+    text = (f"An attacker who was 50/50 about whether {what} {bound} (epsilon {fig(epsilon)}; a bound over every "
+            "possible attacker, not the chance of a breach)")
     if delta is None:
         return text + "."
     text += f"; the guarantee may fail entirely with probability delta = {fig(delta)} per {unit}"
