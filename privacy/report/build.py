@@ -409,7 +409,9 @@ def _assemble(context: _Context, owners: list[OwnerStatement], files: list[Ledge
     decision = decide(owners, st, records, ledgers)
     channels = release_channels(owners, history)
     return Report(
-        title=context.title or _default_title(owners, history, scope_owner),
+        title=(context.title if scope_owner is None else
+               f"{context.title}: statement of data owner {scope_owner}" if context.title else None)
+        or _default_title(owners, history, scope_owner),
         generated_at=context.generated_at,
         generator=_generator(),
         scope=Scope(scope_owner, len(context.all_owners),

@@ -69,8 +69,8 @@ TEXT_WIDTH_PT = (PAGE[0] - 2 * MARGIN) * 72
 TABLE_WIDTH = int(TEXT_WIDTH_PT / (0.602 * STYLES["mono"]["size"]))  # DejaVu Sans Mono: 0.602 em per character
 
 
-def _eps(value: Any, digits: int = 4) -> str:
-    return fmt_eps(value, digits)
+def _eps(value: Any) -> str:
+    return fmt_eps(value)  # the one rounding rule (words.fig), as the HTML
 
 
 def _tone(tone: str) -> str:
