@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import base64
 import json
-import math
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
