@@ -39,7 +39,14 @@ from privfl.privacy.report.html_report import (
 )
 from privfl.privacy.report.model import COMPARED_ACCOUNTANTS, OwnerStatement, Report, UnitAccount, unit_label
 from privfl.privacy.report.pdf_writer import PdfDocument
-from privfl.privacy.report.sections import Paragraph, Section, build_sections, first_sections, later_sections
+from privfl.privacy.report.sections import (
+    Paragraph,
+    Section,
+    build_sections,
+    first_sections,
+    later_sections,
+)
+from privfl.privacy.report.sections import section as named_section
 from privfl.privacy.report.status import banner_notes
 from privfl.privacy.report.words import fig, odds_text, percent
 
@@ -399,8 +406,8 @@ def render_pdf(report: Report, path: Path, figures: list | None = None) -> None:
     for warning in banner_notes(status)[:6]:
         p.text(f"\u2022 note: {warning}", "small", ORANGE)
     shared = build_sections(report)
-    for section in first_sections(shared):
-        shared_section(p, section)
+    for first in first_sections(shared):
+        shared_section(p, first)
 
     p.heading("At a glance")
     p.text(s.in_words)
@@ -513,17 +520,7 @@ def render_pdf(report: Report, path: Path, figures: list | None = None) -> None:
             f = images["privacy_utility"]
             p.figure(f.png, f.width_in, f.height_in, f.caption)
 
-    p.heading("Refused releases")
-    refusals = [(o, r) for o in ranked for r in o.refused_releases]
-    if refusals:
-        p.table(["owner", "unit", "run", "round", "time (UTC)", "\u03b5 then", "reason"],
-                [[o.owner_id, r.privacy_unit, r.run_id, r.round, fmt_when(r.timestamp), _eps(r.epsilon_spent_before),
-                  r.reason]
-                 for o, r in refusals[:MAX_TABLE_ROWS]])
-        if len(refusals) > MAX_TABLE_ROWS:
-            p.text(f"\u2026 {len(refusals) - MAX_TABLE_ROWS} more in the JSON and CSV versions.", "small", GREY)
-    else:
-        p.text("No release was refused.")
+    shared_section(p, named_section(shared, "refusals"))
 
     p.heading("Ledger integrity")
     p.text("Each file verified with privfl.privacy.ledger.verify: SQLite integrity and schema, every Ed25519 "
@@ -586,12 +583,8 @@ def render_pdf(report: Report, path: Path, figures: list | None = None) -> None:
                    f"[{ev.SHORT.get(m['evidence'], m['evidence'])}]", color=colour)
             p.text(m["detail"], "small", indent=0.2)
 
-    for section in later_sections(shared):
-        shared_section(p, section)
-
-    p.heading("What this report cannot prove")
-    for note in report.limitations:
-        p.text(f"\u2022 {note}")
+    for later in later_sections(shared):
+        shared_section(p, later)
 
     detail = _detail_owners(report)
     p.heading("Per owner")

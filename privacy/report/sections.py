@@ -6,10 +6,11 @@ blocks (a paragraph with a tone, a table with a tone per row and per cell) -- an
 renderers only lay it out.  Every figure in it is text made by :func:`~.words.fig`, the one
 rounding rule, so the HTML and the PDF print the same digits.
 
-Sections built here: the decision box, epsilon and delta in an attacker's terms, the release
-channels, the empirical audit (when one ran) and the DPIA / Art. 30 section.  The older
-sections (owners table, integrity, registry, GDPR tables, per-owner detail) are still written
-in both renderers; moving them here is the same work, section by section.
+Sections built here: the decision box, epsilon and delta in an attacker's terms, the refused
+releases, the release channels, the empirical audit (when one ran), the DPIA / Art. 30 section
+and what the report cannot prove.  The older sections (at a glance, owners table, evaluation,
+integrity, registry, GDPR tables, per-owner detail) are still written in both renderers; moving
+them here is the same work, section by section.
 
 Tones: ``""`` (plain), ``ok`` (green), ``near`` (amber), ``bad`` (red), ``muted``.  A table
 colours a *cell* (``cell_tones``), never a whole row, so "INTACT" is never painted amber.
@@ -22,6 +23,7 @@ from privfl.privacy.report.model import Report
 from privfl.privacy.report.words import fig
 
 TONE = {"red": "bad", "amber": "near", "green": "ok"}
+REFUSAL_ROWS = 100  # refusals listed; the JSON and CSV hold every one
 DECISION_ROWS = 40  # rows of the decision box listed (worst first); the JSON and CSV hold every one
 ATTACKER_ROWS = 20  # rows of the attacker's-terms table: the highest epsilons of each unit and any delta warning
 
@@ -191,10 +193,41 @@ def _dpia(report: Report) -> Section | None:
     return Section("dpia", "DPIA and record of processing (Art. 30, 35)", blocks)
 
 
+def _refusals(report: Report) -> Section:
+    from privfl.privacy.report.html_report import event_text, fmt_when
+    from privfl.privacy.report.model import unit_label
+
+    refusals = [(o, r) for o in report.owners_by_budget_used() for r in o.refused_releases]
+    if not refusals:
+        return Section("refusals", "Refused releases", [Paragraph("No release was refused.")])
+    rows = [[o.owner_id, unit_label(r.privacy_unit), r.run_id, fig(r.round), fmt_when(r.timestamp),
+             fig(r.epsilon_spent_before), event_text(r.requested_event), r.reason] for o, r in refusals[:REFUSAL_ROWS]]
+    blocks: list[Paragraph | Table] = [
+        Paragraph(f"{len(refusals):,} release(s) refused. Each row is a release the owner refused because it would "
+                  "have crossed its budget (or for the reason given). A refusal releases nothing and is never "
+                  "charged; the refusal itself (signed, with its reason) reaches the coordinator."),
+        Table(["owner", "privacy unit", "run", "round", "time (UTC)", "\u03b5 of the unit spent then",
+               "requested release", "reason"], rows)]
+    if len(refusals) > REFUSAL_ROWS:
+        blocks.append(Paragraph(f"\u2026 {len(refusals) - REFUSAL_ROWS:,} more in the JSON and CSV versions.",
+                                "muted"))
+    return Section("refusals", "Refused releases", blocks)
+
+
+def _limitations(report: Report) -> Section:
+    return Section("limitations", "What this report cannot prove",
+                   [Paragraph(note, strong="\u2022 ") for note in report.limitations])
+
+
 def build_sections(report: Report) -> list[Section]:
     """The shared sections in reading order: the decision box first."""
-    built = [_decision(report), _attacker(report), _channels(report), _empirical(report), _dpia(report)]
+    built = [_decision(report), _attacker(report), _refusals(report), _channels(report), _empirical(report),
+             _dpia(report), _limitations(report)]
     return [s for s in built if s is not None]
+
+
+def section(sections: list[Section], key: str) -> Section | None:
+    return next((s for s in sections if s.key == key), None)
 
 
 def first_sections(sections: list[Section]) -> list[Section]:
@@ -203,7 +236,9 @@ def first_sections(sections: list[Section]) -> list[Section]:
 
 
 def later_sections(sections: list[Section]) -> list[Section]:
-    return [s for s in sections if s.key not in ("decision", "attacker")]
+    """The shared sections after the owners' figures, before the per-owner detail (refusals come with the
+    figures and are placed by the renderers)."""
+    return [s for s in sections if s.key not in ("decision", "attacker", "refusals")]
 
 
 def plain_text(section: Section) -> list[str]:
@@ -217,5 +252,6 @@ def plain_text(section: Section) -> list[str]:
     return [line for line in lines if line]
 
 
-__all__ = ["Paragraph", "Section", "Table", "build_sections", "first_sections", "later_sections", "plain_text"]
+__all__ = ["Paragraph", "Section", "Table", "build_sections", "first_sections", "later_sections", "plain_text",
+           "section"]
 
