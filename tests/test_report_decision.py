@@ -278,6 +278,12 @@ def test_an_empirical_audit_is_shown_beside_the_claim_and_is_art_32_evidence(tmp
     units = {u.privacy_unit: u for u in audited.empirical_audit.units}
     assert units["record"].lower_bound == 0.4 and not units["record"].exceeds_claim
     assert units["owner"].lower_bound is None and "not audited" in units["owner"].meaning
+    # the owner-level audit's one-shot estimate (branch audit21): shown as an estimate, never as a bound
+    owner_estimate = {**result, "units": {**result["units"], "owner": {"claimed_epsilon": 30.0, "estimate": 12.5,
+                                                                       "lower_bound": None, "confidence": None}}}
+    estimated = build_report([path], keys=tmp_path / "keys", empirical_audit=owner_estimate)
+    owner_unit = next(u for u in estimated.empirical_audit.units if u.privacy_unit == "owner")
+    assert owner_unit.estimate == 12.5 and "an estimate, not a bound" in owner_unit.meaning
     assert _regular_testing(audited)["status"] == "met"
     html = render_html(audited, figures=[])
     assert 'id="empirical"' in html and "not a guarantee" in html and "0.4" in html

@@ -58,7 +58,13 @@ def read_empirical_audit(source: str | Path | Mapping[str, Any] | None) -> Empir
         claimed, bound = _number(values.get("claimed_epsilon")), _number(values.get("lower_bound"))
         confidence = _number(values.get("confidence"))
         exceeds = claimed is not None and bound is not None and bound > claimed
-        if bound is None:
+        estimate = _number(values.get("estimate"))
+        if bound is None and estimate is not None:
+            meaning = (f"{unit_label(name)}: empirical estimate {fig(estimate)} beside the claim {fig(claimed)}: an "
+                       "estimate, not a bound"
+                       + (" -- above the claim: a sign (not a proof) that the mechanism does not give what the ledgers "
+                          "say" if claimed is not None and estimate > claimed else ""))
+        elif bound is None:
             meaning = f"{unit_label(name)}: not audited empirically (no lower bound)"
         elif exceeds:
             meaning = (f"{unit_label(name)}: THE LOWER BOUND {fig(bound)} EXCEEDS THE CLAIM {fig(claimed)}: the "
@@ -67,7 +73,7 @@ def read_empirical_audit(source: str | Path | Mapping[str, Any] | None) -> Empir
             meaning = (f"{unit_label(name)}: the run leaks at least epsilon {fig(bound)}"
                        + (f" with {fig(confidence * 100)}% confidence" if confidence is not None else "")
                        + f", consistent with the claim {fig(claimed)} (not a proof of it)")
-        units.append(EmpiricalAuditUnit(name, claimed, bound, confidence, exceeds, meaning))
+        units.append(EmpiricalAuditUnit(name, claimed, bound, confidence, exceeds, meaning, estimate))
     return EmpiricalAudit(where, source.get("experiment"), units, NOTE)
 
 

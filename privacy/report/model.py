@@ -707,6 +707,7 @@ class EmpiricalAuditUnit:
     confidence: float | None
     exceeds_claim: bool
     meaning: str
+    estimate: float | None = None  # an empirical estimate (owner-level one-shot fit): not a bound
 
 
 @dataclass
