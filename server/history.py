@@ -22,9 +22,10 @@ import math
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from privfl.protocol import PrivacyReceipt
+if TYPE_CHECKING:  # privfl.protocol imports flwr and torch (models): a report reading a history needs neither
+    from privfl.protocol import PrivacyReceipt
 
 
 @dataclass
@@ -62,6 +63,8 @@ class RunHistory:
         known = {f.name for f in dataclasses.fields(RoundRecord)}
         rounds = [RoundRecord(**{k: v for k, v in r.items() if k in known}) for r in data.get("rounds", [])
                   if up_to_round is None or r["round"] <= up_to_round]
+        from privfl.protocol import PrivacyReceipt  # resuming a run: the server has imported it already
+
         history = cls(experiment=data["experiment"], config=data["config"],
                       experiment_id=data.get("experiment_id", ""), status="running")
         for record in rounds:  # owners' tallies from the rounds kept, as they were recorded

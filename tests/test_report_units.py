@@ -190,7 +190,8 @@ def test_fixed_size_owner_level_unit_shows_pld_not_applicable(report, tmp_path):
     html = render_html(report, figures=[])
     table = html[html.index('id="owners"'):html.index('id="refusals"')]
     assert "n/a (PLD does not support fixed-size sampling)" in table
-    rows = list(csv.DictReader(io.StringIO(render_csv(report))))
+    rows = [r for r in csv.DictReader(io.StringIO(render_csv(report)))
+            if r["kind"] in ("charge", "refusal")]  # the entries (the decision rows follow them)
     owner_rows = [r for r in rows if r["owner_id"] == "st-mary" and r["privacy_unit"] == "owner"]
     assert owner_rows and all(r["unit_epsilon_spent_pld"] == "" for r in owner_rows)
     assert all("pld: n/a (PLD does not support fixed-size sampling)" in r["unit_accountant_notes"]

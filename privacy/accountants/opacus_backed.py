@@ -35,15 +35,14 @@ PRV (Opacus) composes Poisson events only.
 
 from __future__ import annotations
 
+import importlib.util
 import math
+import sys
 from collections.abc import Sequence
 from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
-from opacus.accountants import RDPAccountant as _OpacusRdp
-from opacus.accountants import create_accountant
-from opacus.accountants.analysis import rdp as rdp_analysis
-from opacus.accountants.utils import get_noise_multiplier
 
 from privfl.privacy.accountants.base import Accountant, Composition
 from privfl.privacy.events import (
@@ -51,7 +50,33 @@ from privfl.privacy.events import (
     merge_repeats,
 )
 
-RDP_ORDERS = tuple(_OpacusRdp.DEFAULT_ALPHAS)
+
+
+def _opacus_rdp_analysis():
+    """Opacus's RDP analysis module, ``opacus/accountants/analysis/rdp.py`` (it imports math, numpy and scipy only).
+
+    Importing it the usual way runs ``opacus/__init__``, which imports torch: 1.7-3.6 s that a
+    report (which trains nothing) would spend on every ``privfl report``.  Where Opacus is not
+    imported yet, the same file is loaded on its own: the same functions, so every figure is
+    still bit for bit Opacus's (``tests/test_report_decision.py`` compares them).
+    """
+    if "opacus" in sys.modules:
+        from opacus.accountants.analysis import rdp
+
+        return rdp
+    spec = importlib.util.find_spec("opacus")  # a top-level package: found without running its __init__
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError("opacus is not installed")
+    path = Path(next(iter(spec.submodule_search_locations))) / "accountants" / "analysis" / "rdp.py"
+    loaded = importlib.util.spec_from_file_location("privfl_opacus_rdp_analysis", path)
+    module = importlib.util.module_from_spec(loaded)
+    loaded.loader.exec_module(module)
+    return module
+
+
+rdp_analysis = _opacus_rdp_analysis()
+# Opacus's RDPAccountant.DEFAULT_ALPHAS (opacus/accountants/rdp.py), written out so that reading it imports no torch.
+RDP_ORDERS = tuple([1 + x / 10.0 for x in range(1, 100)] + list(range(12, 64)))
 
 
 @lru_cache(maxsize=4096)
@@ -108,6 +133,8 @@ class OpacusAccountant(Accountant):
     def noise_multiplier(
         self, *, target_epsilon: float, delta: float, sample_rate: float, steps: int
     ) -> float:
+        from opacus.accountants.utils import get_noise_multiplier  # imports torch: planning only, never a report
+
         return float(
             get_noise_multiplier(
                 target_epsilon=target_epsilon,
@@ -125,6 +152,8 @@ def _cached_epsilon(mechanism: str, history: tuple[MergedEvent, ...], delta: flo
         # For Poisson events exactly Opacus's RDPAccountant.get_privacy_spent: sum of compute_rdp(...) * steps.
         rdp = sum([_step_curve(event) * event.steps for event in history])
         return _rdp_epsilon(rdp, delta)
+    from opacus.accountants import create_accountant  # PRV: imports torch
+
     accountant = create_accountant(mechanism)
     accountant.history = [(e.noise_multiplier, e.sample_rate, e.steps) for e in history]
     return float(accountant.get_epsilon(delta=delta))

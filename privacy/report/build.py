@@ -44,6 +44,10 @@ from privfl.privacy.report.accounting import (
     settings_key,
     settle_deferred,
 )
+from privfl.privacy.report.channels import release_channels
+from privfl.privacy.report.decision import decide
+from privfl.privacy.report.dpia import dpia_section
+from privfl.privacy.report.empirical import read_empirical_audit
 from privfl.privacy.report.gdpr import article_25, article_30, article_32, limitations
 from privfl.privacy.report.history import experiment_id, history_section, load_history, owner_evaluations
 from privfl.privacy.report.ledgers import (
@@ -57,6 +61,7 @@ from privfl.privacy.report.ledgers import (
 from privfl.privacy.report.model import (
     COMPARED_ACCOUNTANTS,
     REPORT_TYPE,
+    EmpiricalAudit,
     SCHEMA_VERSION,
     LedgerIntegrity,
     OwnerIntegrity,
@@ -96,6 +101,7 @@ class _Context:
     title: str | None
     generated_at: str
     all_owners: list[OwnerStatement] = field(default_factory=list)
+    empirical_audit: EmpiricalAudit | None = None
 
 
 # --------------------------------------------------------------------------- the entry point
@@ -114,6 +120,7 @@ def build_report(
     owner: str | None = None,
     workers: int = 1,
     warm_up: Callable[[], object] | None = None,
+    empirical_audit: str | Path | Mapping[str, Any] | None = None,
 ) -> Report:
     """Build the report for one or more ledger files (owner and/or federation ledgers).
 
@@ -133,6 +140,8 @@ def build_report(
     ``workers``: processes to use (1: this one only; more: the accounting in forked
     helpers while this process verifies the files, see :mod:`.parallel`).
     ``warm_up``: called while the helpers account (e.g. to import the renderers).
+    ``empirical_audit``: ``privfl audit``'s result (``<run-dir>/audit/result.json``, path or parsed): its
+    lower bounds are shown beside the claims, and Art. 32's regular testing rests on it.
     """
     if isinstance(ledger_paths, (str, Path)):
         ledger_paths = [ledger_paths]
@@ -196,7 +205,7 @@ def build_report(
         cross_check_owners=dict(cross_check_owners or {}),
         key_modes=_key_file_modes(key_files_dir) if key_files_dir else None, title=title,
         generated_at=datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z"),
-        all_owners=owners)
+        all_owners=owners, empirical_audit=read_empirical_audit(empirical_audit))
     report = _assemble(context, owners, files, scope_owner=None)
     return narrow_to_owner(report, owner) if owner is not None else report
 
@@ -397,8 +406,12 @@ def _assemble(context: _Context, owners: list[OwnerStatement], files: list[Ledge
     s.in_words = in_words(s, owners, st)
     supplied = context.supplied if scope_owner is None else {
         o: k for o, k in context.supplied.items() if o == scope_owner}
+    decision = decide(owners, st, records, ledgers)
+    channels = release_channels(owners, history)
     return Report(
-        title=context.title or _default_title(owners, history, scope_owner),
+        title=(context.title if scope_owner is None else
+               f"{context.title}: statement of data owner {scope_owner}" if context.title else None)
+        or _default_title(owners, history, scope_owner),
         generated_at=context.generated_at,
         generator=_generator(),
         scope=Scope(scope_owner, len(context.all_owners),
@@ -413,10 +426,14 @@ def _assemble(context: _Context, owners: list[OwnerStatement], files: list[Ledge
         history=history,
         processing_records=[r.to_dict() for r in records],
         gdpr={"article_30": article_30(records, owners), "article_25": article_25(owners, history),
-              "article_32": article_32(owners, ledgers, context.key_modes)},
+              "article_32": article_32(owners, ledgers, context.key_modes, context.empirical_audit)},
         limitations=limitations(owners, supplied, history),
         evidence_levels=dict(ev.DESCRIPTIONS),
         recompute=_recompute_note(),
+        decision=decision,
+        release_channels=channels,
+        dpia=dpia_section(records, owners, decision, channels),
+        empirical_audit=context.empirical_audit,
         _context=context,
     )
 

@@ -7,6 +7,13 @@ release).  Text that starts with a spreadsheet formula trigger (``= + - @``, tab
 return) gets a leading apostrophe (OWASP's CSV-injection rule), so a purpose the
 coordinator chose never runs as a formula on a DPO's machine.  The CSV always holds every entry, however many the HTML and PDF list.
 
+After the entries come rows of kind ``decision`` (the decision box: one per owner and privacy
+unit, its level and the action in ``decision_action``), ``release-channel`` (each channel and
+how it is covered, in ``note``), ``attacker`` and ``empirical`` (epsilon in an attacker's terms; an
+empirical audit's lower bounds) and ``dpia`` (each line of the DPIA / Art. 30 section, in
+``note``), so the CSV carries what a DPO decides from as well as every number.  Every entry row
+carries its owner's and unit's decision in ``decision_level`` and ``decision_action``.
+
 Each row also carries its privacy unit's totals for the owner (the ``unit_*``
 columns, schema 1.2): the unit's lifetime epsilon, the same charges under PLD and
 RDP side by side (empty where the accountant does not compose them, with the reason
@@ -34,7 +41,12 @@ COLUMNS = (
     "unit_epsilon_spent", "unit_epsilon_spent_pld", "unit_epsilon_spent_rdp", "unit_enforced_accountant",
     "unit_accountant_notes", "unit_epsilon_budget", "unit_epsilon_remaining", "unit_budget_used_fraction",
     "unit_budget_status", "unit_rounds_left", "unit_epsilon_experiment", "sample_size", "population_size",
+    # the decision box, the release channels and the DPIA section (see the module's docstring)
+    "decision_level", "decision_action", "note",
 )
+# ``kind`` of the rows after the entries: one per owner and unit (the decision box), per release channel, per line
+# of the DPIA section.  A spreadsheet filtered on kind = charge | refusal sees the ledger entries alone.
+DECISION_KIND, CHANNEL_KIND, DPIA_KIND = "decision", "release-channel", "dpia"
 
 
 # A spreadsheet runs a cell that starts with one of these as a formula (=HYPERLINK(...), +cmd|...).
@@ -76,6 +88,7 @@ def render_csv(report: Report) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\r\n")  # RFC 4180; a cell holding \r or \n is then quoted
     writer.writerow(COLUMNS)
+    decisions = {(r.owner_id, r.privacy_unit): r for r in (report.decision.rows if report.decision else [])}
     for owner in report.owners:
         integrity = owner.integrity
         units = {u.privacy_unit: _unit_cells(u) for u in owner.unit_views()}
@@ -89,8 +102,31 @@ def render_csv(report: Report) -> str:
                 r.accountant, r.epsilon_release, r.epsilon_increment, r.epsilon_cumulative,
                 r.epsilon_cumulative_stated, r.epsilon_stated_matches, r.epsilon_budget, r.epsilon_remaining,
                 r.purpose, r.refusal_reason, r.update_hash, r.entry_hash, r.purpose_declared)] + list(unit)
-                + [_cell(e.sample_size), _cell(e.population_size)])
+                + [_cell(e.sample_size), _cell(e.population_size)] + _decision_cells(
+                    decisions.get((owner.owner_id, r.privacy_unit if r.privacy_unit in units else "record"))) + [""])
+    width = len(COLUMNS)
+    kind_at, owner_at, unit_at = COLUMNS.index("kind"), COLUMNS.index("owner_id"), COLUMNS.index("privacy_unit")
+    for row in decisions.values():
+        cells = [""] * width
+        cells[owner_at], cells[kind_at], cells[unit_at] = _cell(row.owner_id), DECISION_KIND, row.privacy_unit
+        cells[-3:] = [*_decision_cells(row), ""]
+        writer.writerow(cells)
+    from privfl.privacy.report.sections import build_sections, plain_text
+
+    for section in build_sections(report):
+        if section.key == "decision":
+            continue  # already above, one row per owner and unit
+        kind = {"channels": CHANNEL_KIND, "dpia": DPIA_KIND}.get(section.key, section.key)
+        for line in plain_text(section):
+            cells = [""] * width
+            cells[kind_at], cells[-1] = kind, _cell(f"{section.heading}: {line}" if line != section.heading
+                                                    else line)
+            writer.writerow(cells)
     return buffer.getvalue()
+
+
+def _decision_cells(row) -> list[Any]:
+    return ["", ""] if row is None else [row.level, _cell(row.action)]
 
 
 def write_csv(report: Report, path: str | Path) -> Path:

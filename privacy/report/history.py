@@ -29,7 +29,9 @@ from privfl.privacy.report.model import (
 from privfl.privacy.report.words import EVALUATION_WORDS
 
 CONFIG_KEYS = ("experiment-id", "dataset", "model", "num-owners", "num-rounds", "dp", "noise-multiplier",
-               "max-grad-norm", "batch-size", "local-epochs", "delta", "epsilon-budget", "accountant", "purpose")
+               "max-grad-norm", "batch-size", "local-epochs", "delta", "epsilon-budget", "accountant", "purpose",
+               # what the release channels are derived from (privacy/report/channels.py)
+               "owner-dp", "secure-aggregation", "federated-evaluation", "deployment")
 
 
 def load_history(history: str | Path | Mapping[str, Any] | None) -> tuple[dict[str, Any] | None, str]:

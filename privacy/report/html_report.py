@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import base64
 import json
-import math
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -29,7 +28,9 @@ from typing import Any
 
 from privfl.privacy.report import evidence as ev
 from privfl.privacy.report.model import COMPARED_ACCOUNTANTS, OwnerStatement, Release, Report, UnitAccount, unit_label
-from privfl.privacy.report.words import odds_short, odds_text, percent
+from privfl.privacy.report.status import banner_notes
+from privfl.privacy.report.sections import build_sections, first_sections, later_sections, section
+from privfl.privacy.report.words import FIGURE_DIGITS, fig, odds_short, odds_text, percent
 
 HTML_ENTRY_ROWS = 2500  # entry rows listed in all (each owner gets at least MIN_ENTRIES_PER_OWNER)
 MIN_ENTRIES_PER_OWNER = 10
@@ -43,16 +44,11 @@ ENFORCED_MARK = "*"  # after the figure of the accountant an owner enforces its 
 # --------------------------------------------------------------------------- formatting
 
 
-def fmt_eps(value: Any, digits: int = 4) -> str:
-    if value is None:
-        return "n/a"
-    if isinstance(value, float) and math.isinf(value):
-        return "\u221e" if value > 0 else "-\u221e"
+def fmt_eps(value: Any, digits: int = FIGURE_DIGITS) -> str:
+    """An epsilon (or any figure) as every format prints it: :func:`~.words.fig`, the one rounding rule."""
     if value == "inf":
         return "\u221e"
-    if isinstance(value, (int, float)):
-        return f"{value:.{digits}g}"
-    return str(value)
+    return fig(value, digits)
 
 
 def fmt_when(timestamp: str | None) -> str:
@@ -60,8 +56,9 @@ def fmt_when(timestamp: str | None) -> str:
     return (timestamp or "").replace("T", " ").removesuffix("Z")
 
 
-def fmt_num(value: Any, spec: str = ".4f") -> str:
-    return "-" if value is None else format(value, spec)
+def fmt_num(value: Any) -> str:
+    """Accuracy, loss and other figures: the same rounding rule as every epsilon (:func:`~.words.fig`)."""
+    return "-" if value is None else fig(value)
 
 
 def event_text(event) -> str:
@@ -206,13 +203,13 @@ def _owner_row(owner: OwnerStatement, anchor: str) -> OwnerRow:
 
 def _entry_row(r: Release) -> tuple[tuple[str, ...], str]:
     match = r.epsilon_stated_matches
-    stated = fmt_eps(r.epsilon_cumulative_stated, 6) + (" \u2713" if match else (" \u2717" if match is False else ""))
+    stated = fmt_eps(r.epsilon_cumulative_stated) + (" \u2713" if match else (" \u2717" if match is False else ""))
     purpose = r.refusal_reason or r.purpose
     if r.purpose_declared is False:
         purpose += " (undeclared purpose)"
     unit = r.privacy_unit if r.privacy_unit in ("record", "owner") else "record"
     cells = (str(r.sequence), r.kind, unit, r.run_id, str(r.round), fmt_when(r.timestamp), event_text(r.event),
-             fmt_eps(r.epsilon_release, 6), fmt_eps(r.epsilon_cumulative, 6), stated, fmt_eps(r.epsilon_remaining, 6),
+             fmt_eps(r.epsilon_release), fmt_eps(r.epsilon_cumulative), stated, fmt_eps(r.epsilon_remaining),
              purpose, r.entry_hash[:12] + "\u2026")
     return cells, "bad" if (match is False or r.purpose_declared is False) else ""
 
@@ -238,15 +235,28 @@ def _registry_groups(owners: list[OwnerStatement]) -> list[dict[str, Any]]:
         rows = []
         for item in members[0].epsilon_registry:
             if item["field"] in PER_OWNER_FIELDS and len(members) > 1:
-                values = "; ".join(f"{m.owner_id}: {_registry_value(_item(m, item['field']))}" for m in members[:12])
-                if len(members) > 12:
-                    values += f"; \u2026 ({len(members)} owners: see the owners table)"
-                rows.append({"label": item["label"], "value": values, "evidence": item["evidence"]})
+                rows.append({"label": item["label"], "value": _per_owner_values(members, item["field"]),
+                             "evidence": item["evidence"]})
             else:
                 rows.append({"label": item["label"], "value": value_text(item["value"]), "evidence": item["evidence"]})
         names = ", ".join(m.owner_id for m in members)
         cards.append({"names": names if len(names) <= 300 else names[:300] + "\u2026", "rows": rows})
     return cards
+
+
+def _per_owner_values(members: list[OwnerStatement], field: str, limit: int = 12) -> list[str]:
+    """A per-owner registry field: each distinct value once, with the owners that have it (never one sentence
+    repeated per owner, never '. ;')."""
+    by_value: dict[str, list[str]] = {}
+    for m in members:
+        by_value.setdefault(_registry_value(_item(m, field)).rstrip(". "), []).append(m.owner_id)
+    lines = []
+    for value, owners in list(by_value.items())[:limit]:
+        who = ", ".join(owners[:8]) + (f" and {len(owners) - 8} more" if len(owners) > 8 else "")
+        lines.append(value + "." if len(by_value) == 1 else f"{who}: {value}.")
+    if len(by_value) > limit:
+        lines.append(f"\u2026 {len(by_value) - limit} more values: see the owners table")
+    return lines
 
 
 def _item(owner: OwnerStatement, field: str) -> Any:
@@ -284,13 +294,13 @@ def _view(report: Report, figures: list | None) -> dict[str, Any]:
         sections = [s for s in sections if s[0] != "evaluation"]
     if history is None:
         sections = [s for s in sections if s[0] != "utility"]
-    refusals = [(o, r) for o in owners_ranked for r in o.refused_releases]
     latest_eval = sorted(((o, o.federated_evaluation.latest) for o in report.owners
                           if o.federated_evaluation and o.federated_evaluation.latest),
                          key=lambda x: (x[1].accuracy is None, x[1].accuracy or 0.0, x[0].owner_id))
-    kind = "intact" if status.intact and status.ok else ("broken" if not status.intact else "problem")
-    verdict = ("LEDGER NOT INTACT \u2014 TAMPERING OR DAMAGE DETECTED" if not status.intact else
-               ("INTACT" if status.ok else "INTACT, WITH PROBLEMS"))
+    kind, verdict = banner(report)
+    shared = build_sections(report)
+    sections = [(s.key, s.heading) for s in first_sections(shared)] + sections[:-3] + \
+        [(s.key, s.heading) for s in later_sections(shared) if s.key != "limitations"] + sections[-3:]
     versions = ", ".join(f"{k} {v}" for k, v in report.generator["versions"].items() if v)
     return {
         "r": report, "s": report.summary, "status": status, "kind": kind, "verdict": verdict, "versions": versions,
@@ -301,10 +311,31 @@ def _view(report: Report, figures: list | None) -> dict[str, Any]:
         "enforced_mark": ENFORCED_MARK, "unit_label": unit_label,
         "alerts": status.budget_alerts[:ALERTS_SHOWN], "alerts_more": max(0, len(status.budget_alerts) - ALERTS_SHOWN),
         "details": details, "entry_limit": limit, "registry": _registry_groups(report.owners),
-        "refusals": refusals, "latest_eval": latest_eval, "evaluation": evaluation,
+        "latest_eval": latest_eval, "evaluation": evaluation,
         "collapse": COLLAPSE_ABOVE, "content_hash": report.document["content_hash"]["value"],
         "single": len(report.owners) == 1,
+        "first_sections": first_sections(shared), "later_sections": later_sections(shared),
+        "refusals_section": section(shared, "refusals"),
+        "banner_notes": banner_notes(status),
     }
+
+
+def banner(report: Report) -> tuple[str, str]:
+    """The banner's CSS class and verdict line, from the decision's level (one rule: :mod:`.decision`).
+
+    Red when anything is not intact; amber when an owner is near or over a budget, a guarantee is weak
+    (owner-level too) or another problem stands; green otherwise.
+    """
+    status = report.status
+    level = report.decision.level if report.decision else ("red" if not status.intact else
+                                                           ("green" if status.ok else "amber"))
+    if level == "red" or not status.intact:
+        return "broken", "LEDGER NOT INTACT \u2014 TAMPERING OR DAMAGE DETECTED" if not status.intact else \
+            "NOT INTACT: AN OWNER'S LEDGER CANNOT BE RELIED ON"
+    if level == "amber":
+        return ("problem" if not status.ok else "caution"), \
+            ("INTACT, WITH PROBLEMS" if not status.ok else "INTACT, WITH CAUTIONS: SEE WHAT TO DECIDE")
+    return "intact", "INTACT"
 
 
 # --------------------------------------------------------------------------- rendering

@@ -639,6 +639,87 @@ class ReportSignature:
     value: str  # base64 signature
 
 
+# --------------------------------------------------------------------------- what a DPO decides from
+
+
+@dataclass
+class DecisionRow:
+    """One owner and privacy unit in the decision box: the figures a decision needs, and the action they imply.
+
+    ``level``: ``red`` (the owner's ledger is not intact, or missing), ``amber`` (near or over
+    the budget, a weak or infinite guarantee, a figure that cannot be computed), ``green``.
+    ``attacker_certainty``: e^eps / (1 + e^eps), the most an attacker who was 50/50 about
+    one protected unit can become sure (except with probability delta).
+    """
+
+    owner_id: str
+    privacy_unit: str
+    label: str
+    level: str
+    verdict: str  # short: "stop" | "do not rely" | "approve no more" | "approve" | "check"
+    action: str  # the action in plain words
+    epsilon_spent: float | None
+    epsilon_budget: float | None
+    epsilon_remaining: float | None
+    rounds_left: int | None
+    rounds_left_at_least: bool
+    strength: str | None
+    purposes: list[str]
+    requester: str
+    requester_key: str
+    delta: float | None
+    attacker_certainty: float | None
+    records: int | None  # n, as the owner's processing record declares it (None: not declared)
+    delta_times_n: float | None
+    delta_warning: str | None
+
+
+@dataclass
+class Decision:
+    """The decision box at the top of every format: the banner's level and, per owner and unit, the action."""
+
+    level: str  # "red" | "amber" | "green": the worst row, and red for anything not intact
+    banner: str  # one line for the banner
+    reasons: list[str]  # why the level is what it is (each a sentence)
+    rows: list[DecisionRow]
+    tier_counts: dict[str, int]  # owner x unit figures per strength tier (record- and owner-level alike)
+    attacker: str  # epsilon and delta in an attacker's terms, for the report as a whole
+    requester: str
+    requester_key: str
+
+
+@dataclass
+class ReleaseChannel:
+    """One way information leaves an owner, and how it is covered (DESIGN principle 6)."""
+
+    channel: str
+    released: str  # "yes" | "no" | "when asked" | ...
+    coverage: str  # "DP, charged" | "post-processing" | "public by policy" | "not released" | "no DP" | "not covered"
+    detail: str
+    source: str  # where the report read it from: the ledgers, the run config, privfl's design
+
+
+@dataclass
+class EmpiricalAuditUnit:
+    privacy_unit: str
+    claimed_epsilon: float | None
+    lower_bound: float | None
+    confidence: float | None
+    exceeds_claim: bool
+    meaning: str
+    estimate: float | None = None  # an empirical estimate (owner-level one-shot fit): not a bound
+
+
+@dataclass
+class EmpiricalAudit:
+    """``privfl audit``'s result (``<run-dir>/audit/result.json``) beside the claims: a lower bound, not a guarantee."""
+
+    source: str
+    experiment: str | None
+    units: list[EmpiricalAuditUnit]
+    note: str
+
+
 # --------------------------------------------------------------------------- the report
 
 
@@ -662,6 +743,10 @@ class Report:
     evidence_levels: dict[str, str]
     recompute: dict[str, Any]
     signature: ReportSignature | None = None
+    decision: Decision | None = None
+    release_channels: list[ReleaseChannel] = field(default_factory=list)
+    dpia: dict[str, Any] = field(default_factory=dict)
+    empirical_audit: EmpiricalAudit | None = None
     _document: dict[str, Any] | None = field(default=None, repr=False, compare=False)
     _context: Any = field(default=None, repr=False, compare=False)  # what narrowing to one owner needs
 
@@ -815,7 +900,8 @@ def _plain_event(event: EventParams | None) -> dict[str, Any] | None:
 
 __all__ = [
     "COMPARED_ACCOUNTANTS", "NEAR_BUDGET_FRACTION", "OWNER_UNIT", "PRIMARY_UNIT_FIELDS", "PRIVACY_UNITS",
-    "RECORD_UNIT", "REPORT_TYPE", "SCHEMA_VERSION", "UNIT_LABELS", "AccountantEpsilon", "BudgetAlert", "ContentHash",
+    "RECORD_UNIT", "REPORT_TYPE", "Decision", "DecisionRow", "EmpiricalAudit", "EmpiricalAuditUnit",
+    "ReleaseChannel", "SCHEMA_VERSION", "UNIT_LABELS", "AccountantEpsilon", "BudgetAlert", "ContentHash",
     "EvaluationPoint", "UnitAccount", "UnitMeaning", "UnitSummary", "most_used", "unit_label", "unit_views",
     "worst_status",
     "EvaluationRound", "EventParams", "ExperimentShare", "FederatedEvaluation", "HistoryRound", "HistorySection",

@@ -29,6 +29,7 @@ from privfl.privacy.report import evidence as ev
 from privfl.privacy.report.html_report import (
     ENFORCED_MARK,
     PER_OWNER_FIELDS,
+    banner,
     compared,
     event_text,
     fmt_eps,
@@ -38,17 +39,27 @@ from privfl.privacy.report.html_report import (
 )
 from privfl.privacy.report.model import COMPARED_ACCOUNTANTS, OwnerStatement, Report, UnitAccount, unit_label
 from privfl.privacy.report.pdf_writer import PdfDocument
-from privfl.privacy.report.words import odds_text, percent
+from privfl.privacy.report.sections import (
+    Paragraph,
+    Section,
+    build_sections,
+    first_sections,
+    later_sections,
+)
+from privfl.privacy.report.sections import section as named_section
+from privfl.privacy.report.status import banner_notes
+from privfl.privacy.report.words import fig, odds_text, percent
 
 MIN_FONT_PT = 9.0
 MAX_OWNER_ROWS = 300
 MAX_ALERT_ROWS = 40
 MAX_DETAIL_OWNERS = 20
-MAX_ENTRIES_PER_OWNER = 12
+MAX_ENTRIES_PER_OWNER = 40  # a 20-round run's entries all fit; the JSON and CSV hold every entry
 MAX_TABLE_ROWS = 60  # history rounds, refusals, files, evaluation rows
 PAGE = (8.27, 11.69)  # A4, inches
 MARGIN = 0.6
 RED, GREEN, ORANGE, GREY, BLACK = "#b03a2e", "#1e8449", "#ca6f1e", "#5d6d7e", "#000000"
+TONES = {"ok": GREEN, "near": ORANGE, "bad": RED, "muted": GREY, "": BLACK}  # the shared sections' tones
 
 # font, size (pt), line height (in)
 STYLES: dict[str, dict[str, Any]] = {
@@ -65,8 +76,13 @@ TEXT_WIDTH_PT = (PAGE[0] - 2 * MARGIN) * 72
 TABLE_WIDTH = int(TEXT_WIDTH_PT / (0.602 * STYLES["mono"]["size"]))  # DejaVu Sans Mono: 0.602 em per character
 
 
-def _eps(value: Any, digits: int = 4) -> str:
-    return fmt_eps(value, digits)
+def _eps(value: Any) -> str:
+    return fmt_eps(value)  # the one rounding rule (words.fig), as the HTML
+
+
+def _tone(tone: str) -> str:
+    """A shared section's tone name, or a colour already (``#rrggbb``)."""
+    return tone if tone.startswith("#") else TONES.get(tone, BLACK)
 
 
 def _rgb(colour: str) -> tuple[float, float, float]:
@@ -169,24 +185,70 @@ class _Pages:
         self.gap(0.05)
 
     def table(self, headers: list[str], rows: list[list[Any]], colours: list[str] | None = None,
-              max_width: int = TABLE_WIDTH) -> None:
+              max_width: int = TABLE_WIDTH, colour_columns: tuple[int, ...] | None = None) -> None:
+        """A table whose cells wrap (never cut); a row's colour paints only ``colour_columns`` (default: all)."""
         cells = [[str(c) for c in row] for row in rows]
-        widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
-        while sum(widths) + 2 * (len(widths) - 1) > max_width and max(widths) > 6:
+        tones = None
+        if colours:
+            tones = [[(colours[i] or BLACK) if colour_columns is None or c in colour_columns else BLACK
+                      for c in range(len(headers))] for i in range(len(cells))]
+        self.wrapped_table(headers, cells, tones, max_width)
+
+    def wrapped_table(self, headers: list[str], rows: list[list[str]], tones: list[list[str]] | None = None,
+                      max_width: int = TABLE_WIDTH, below: list[str] | None = None,
+                      below_tones: list[str] | None = None, below_header: str = "") -> None:
+        """A table whose long cells wrap onto several lines (never cut), each cell in its own colour."""
+        st = STYLES["mono"]
+        char = 0.602 * st["size"] / 72  # inches per character of DejaVu Sans Mono
+        # a header wraps too: a column is as wide as its longest cell (or its header's longest word)
+        natural = [max([max(map(len, h.split() or [""]))] + [len(r[i]) for r in rows]) for i, h in enumerate(headers)]
+        widths = list(natural)
+        rest = sum(natural[:-1]) + 2 * (len(natural) - 1)
+        if len(headers) > 2 and natural[-1] > 30 and max_width - rest < 30:
+            # the last column (a long text, e.g. "what to do") is too narrow beside the others: it goes on the
+            # lines under its row, indented, at the full width
+            below = [r[-1] for r in rows]
+            self.wrapped_table(headers[:-1] + [""], [r[:-1] + [""] for r in rows],
+                               [t[:-1] + [""] for t in tones] if tones else None, max_width, below,
+                               [t[-1] if t else "" for t in tones] if tones else None, headers[-1])
+            return
+        while sum(widths) + 2 * (len(widths) - 1) > max_width and max(widths) > 8:
             widest = widths.index(max(widths))
             widths[widest] -= 1
 
-        def fmt(row: list[str]) -> str:
-            return "  ".join((c if len(c) <= w else c[: max(w - 1, 1)] + "\u2026").ljust(w)
-                             for c, w in zip(row, widths)).rstrip()
+        def cells(row: list[str]) -> list[list[str]]:
+            return [textwrap.wrap(c, max(w, 1), break_long_words=True, break_on_hyphens=False) or [""]
+                    for c, w in zip(row, widths)]
 
-        self._room(STYLES["mono"]["height"] * min(len(rows) + 1, 4))
-        self.line(fmt(headers), "mono", GREY)
-        for i, row in enumerate(cells):
-            if self.y - STYLES["mono"]["height"] < MARGIN + 0.25:
+        def draw(row: list[str], colours: list[str]) -> None:
+            wrapped = cells(row)
+            height = max(len(c) for c in wrapped)
+            self._room(st["height"] * height)
+            for k in range(height):
+                baseline = self.y - st["size"] * 0.95 / 72
+                x = MARGIN
+                for col, (lines, w) in enumerate(zip(wrapped, widths)):
+                    if k < len(lines) and lines[k]:
+                        self.doc.text(x * 72, baseline * 72, lines[k], "mono", st["size"], _rgb(colours[col]))
+                    x += (w + 2) * char
+                self.y -= st["height"]
+
+        grey = [GREY] * len(headers)
+        self._room(st["height"] * min(len(rows) + 1, 4))
+        draw(headers, grey)
+        for i, row in enumerate(rows):
+            if self.y - st["height"] < MARGIN + 0.25:
                 self._new_page()
-                self.line(fmt(headers), "mono", GREY)
-            self.line(fmt(row), "mono", (colours[i] if colours else BLACK) or BLACK)
+                draw(headers, grey)
+            tone = (tones[i] if tones and i < len(tones) else [])
+            draw(row, [_tone(tone[c] if c < len(tone) else "") for c in range(len(headers))])
+            if below is not None:
+                colour = _tone(below_tones[i] if below_tones else "")
+                for piece in textwrap.wrap(f"{below_header}: {below[i]}", max_width - 4) or [""]:
+                    self._room(st["height"])
+                    self.doc.text((MARGIN + 4 * char) * 72, (self.y - st["size"] * 0.95 / 72) * 72, piece, "mono",
+                                  st["size"], _rgb(colour))
+                    self.y -= st["height"]
         self.gap(0.06)
 
     def banner(self, verdict: str, headline: str, color: str) -> None:
@@ -210,7 +272,11 @@ class _Pages:
         scale = min(usable_w / width_in, usable_h / height_in)
         w, h = width_in * scale, height_in * scale
         caption_lines = self.wrap(caption, "sans", STYLES["small"]["size"], TEXT_WIDTH_PT)
-        self._room(h + STYLES["small"]["height"] * len(caption_lines) + 0.2)
+        below = STYLES["small"]["height"] * len(caption_lines) + 0.2
+        left = self.y - (MARGIN + 0.25) - below - 0.1 if self.open else 0.0
+        if h > left >= 0.6 * h:  # shrink a little rather than leave most of a page empty
+            w, h = w * left / h, left
+        self._room(h + below)
         self.y -= h + 0.05
         self.doc.image(png, MARGIN * 72, self.y * 72, w * 72, h * 72)
         self.gap(0.06)
@@ -284,14 +350,34 @@ def _owner_detail(p: _Pages, o: OwnerStatement) -> None:
         match = {True: "ok", False: "WRONG", None: ""}[r.epsilon_stated_matches]
         unit = "owner" if r.privacy_unit == "owner" else "record"
         rows.append([r.sequence, r.kind, unit, r.run_id, r.round, fmt_when(r.timestamp)[5:16], event_text(r.event),
-                     _eps(r.epsilon_release, 4), _eps(r.epsilon_cumulative, 5), match, _eps(r.epsilon_remaining, 4)])
+                     _eps(r.epsilon_release), _eps(r.epsilon_cumulative), match, _eps(r.epsilon_remaining)])
         colours.append(RED if (r.epsilon_stated_matches is False or r.purpose_declared is False) else BLACK)
     p.table(["seq", "kind", "unit", "run", "rnd", "time UTC", "release", "\u03b5 alone", "\u03b5 cumul.", "stated",
-             "\u03b5 left"], rows, colours)
+             "\u03b5 left"], rows, colours, colour_columns=(9,))
+
+
+def shared_section(p: _Pages, section: Section) -> None:
+    """One section of the shared section model (:mod:`.sections`): the HTML template walks the same list."""
+    p.heading(section.heading)
+    for block in section.blocks:
+        if isinstance(block, Paragraph):
+            if block.strong and not block.text:
+                p.heading(block.strong, "h2")
+            else:
+                style = "small" if block.tone == "muted" else "body"
+                p.text(block.strong + block.text, style, TONES.get(block.tone, BLACK))
+        else:
+            p.wrapped_table(block.headers, block.rows, block.cell_tones)
 
 
 def _num(value: Any) -> str:
-    return "-" if value is None else f"{value:.4f}"
+    return "-" if value is None else fig(value)
+
+
+def _short_path(path: str) -> str:
+    """The last two parts of a ledger's path (owners/<owner>/ledger.db is ten times 'ledger.db' by name alone)."""
+    parts = Path(path).parts
+    return "/".join(parts[-2:]) if len(parts) >= 2 else path
 
 
 def render_pdf(report: Report, path: Path, figures: list | None = None) -> None:
@@ -311,26 +397,26 @@ def render_pdf(report: Report, path: Path, figures: list | None = None) -> None:
            f"{report.content_hash}" + (f", signed by key {report.signature.key_fingerprint[:16]}\u2026"
                                        if report.signature else "") + ".", "small", GREY)
     p.gap(0.1)
-    if not status.intact:
-        p.banner("LEDGER NOT INTACT \u2014 TAMPERING OR DAMAGE DETECTED", status.headline, RED)
-    elif not status.ok:
-        p.banner("INTACT, WITH PROBLEMS", status.headline, ORANGE)
-    else:
-        p.banner("INTACT", status.headline, GREEN)
+    kind, verdict = banner(report)
+    p.banner(verdict, status.headline, {"broken": RED, "problem": ORANGE, "caution": ORANGE}.get(kind, GREEN))
     for problem in status.problems[:15]:
         p.text(f"\u2022 {problem}", color=RED)
     if len(status.problems) > 15:
         p.text(f"\u2026 {len(status.problems) - 15} more problems: see the JSON version.", color=RED)
-    for warning in status.warnings[:6]:
+    for warning in banner_notes(status)[:6]:
         p.text(f"\u2022 note: {warning}", "small", ORANGE)
+    shared = build_sections(report)
+    for first in first_sections(shared):
+        shared_section(p, first)
 
     p.heading("At a glance")
     p.text(s.in_words)
     p.gap(0.06)
     p.table(["", ""], [
-        ["data owners", s.owners], ["over budget", len(s.owners_over_budget)],
+        *([] if len(report.owners) == 1 else [["data owners", s.owners]]),
+        ["over budget", len(s.owners_over_budget)],
         ["near budget (\u2265 80% used)", len(s.owners_near_budget)],
-        ["releases / refused", f"{s.charges} / {s.refusals}"],
+        *[[f"{u.label} releases / refused", f"{u.charges} / {u.refusals}"] for u in s.units],
         *([[f"highest {u.label} \u03b5", f"{_eps(u.epsilon_spent_max)} ({u.epsilon_spent_max_owner})"]
            for u in s.units] if len(s.units) > 1 else
           [["highest \u03b5 spent", f"{_eps(s.epsilon_spent_max)} ({s.epsilon_spent_max_owner})"]]),
@@ -341,7 +427,7 @@ def render_pdf(report: Report, path: Path, figures: list | None = None) -> None:
         ["final test accuracy", _eps(s.final_test_accuracy)]])
     alerts = status.budget_alerts
     if alerts:
-        p.heading("Owners to act on: over budget or near it", "h2")
+        p.heading("Over budget or near it (what to do: see What to decide)", "h2")
         p.table(["owner", "unit", "status", "used", "\u03b5 spent", "budget", "rounds left"],
                 [[a.owner_id, unit_label(a.privacy_unit), a.level, percent(a.budget_used_fraction), _eps(a.epsilon_spent),
                   _eps(a.epsilon_budget), "n/a" if a.rounds_left is None else a.rounds_left]
@@ -369,12 +455,13 @@ def render_pdf(report: Report, path: Path, figures: list | None = None) -> None:
 
     p.heading("Owners (highest share of budget used first)")
     p.text(f"A row per owner and privacy unit (record: record-level, DP-SGD; owner: owner-level, DP-FedAvg), each "
-           f"against its own budget. \u03b5 life: the unit's charges composed by the owner's own accountant; "
-           f"{' and '.join(a.upper() for a in COMPARED_ACCOUNTANTS)}: the same charges under each ({ENFORCED_MARK}: "
-           "the accountant the owner enforces its budget with; n/a: PLD does not support fixed-size sampling). "
-           "UNDECL.: entries signed with a purpose the processing record does not declare. Strength tiers and "
-           "odds: per owner, below.",
-           "small", GREY)
+           f"against its own budget. Columns: \u03b5 life (the unit's charges composed by the owner's own "
+           f"accountant); {' and '.join(a.upper() for a in COMPARED_ACCOUNTANTS)} (the same charges under each; "
+           f"{ENFORCED_MARK}: the accountant the owner enforces its budget with; n/a: PLD does not support fixed-size "
+           "sampling); " + ("\u03b5 exp (this experiment's charges alone); " if s.experiment_id else "")
+           + "budget; used (share of the budget); status; left (rounds left at the current plan); rel/ref (releases "
+           "/ refused); ledger (its verdict; UNDECL.: entries signed with a purpose the processing record does not "
+           "declare).", "small", GREY)
     ranked = report.owners_by_budget_used()
     exp = bool(s.experiment_id)
     headers = ["owner", "unit", "\u03b5 life"] + [a.upper() for a in COMPARED_ACCOUNTANTS] + \
@@ -393,7 +480,8 @@ def render_pdf(report: Report, path: Path, figures: list | None = None) -> None:
                 else ""])
             colours.append(RED if (u.budget_status == "over" or bad_owner) else
                            ORANGE if u.budget_status == "near" else BLACK)
-    p.table(headers, rows, colours)
+    p.table(headers, rows, colours, colour_columns=(headers.index("used"), headers.index("status"),
+                                                    headers.index("ledger")))
     if len(ranked) > MAX_OWNER_ROWS:
         p.text(f"The {MAX_OWNER_ROWS} owners with the highest share used of {len(ranked)}; every owner is in the "
                "HTML, JSON and CSV versions of this report.", "small", GREY)
@@ -432,17 +520,7 @@ def render_pdf(report: Report, path: Path, figures: list | None = None) -> None:
             f = images["privacy_utility"]
             p.figure(f.png, f.width_in, f.height_in, f.caption)
 
-    p.heading("Refused releases")
-    refusals = [(o, r) for o in ranked for r in o.refused_releases]
-    if refusals:
-        p.table(["owner", "unit", "run", "round", "time (UTC)", "\u03b5 then", "reason"],
-                [[o.owner_id, r.privacy_unit, r.run_id, r.round, fmt_when(r.timestamp), _eps(r.epsilon_spent_before),
-                  r.reason]
-                 for o, r in refusals[:MAX_TABLE_ROWS]])
-        if len(refusals) > MAX_TABLE_ROWS:
-            p.text(f"\u2026 {len(refusals) - MAX_TABLE_ROWS} more in the JSON and CSV versions.", "small", GREY)
-    else:
-        p.text("No release was refused.")
+    shared_section(p, named_section(shared, "refusals"))
 
     p.heading("Ledger integrity")
     p.text("Each file verified with privfl.privacy.ledger.verify: SQLite integrity and schema, every Ed25519 "
@@ -450,10 +528,11 @@ def render_pdf(report: Report, path: Path, figures: list | None = None) -> None:
            "recomputation from the events; owner ledgers also checked against the federation ledger's copies of "
            "their receipts.")
     ledgers = sorted(report.ledgers, key=lambda lg: lg.intact)
-    p.table(["file", "kind", "entries", "checked", "\u03b5 checked", "keys supplied", "verdict"],
-            [[Path(lg.path).name, lg.ledger_kind, lg.entries, lg.entries_checked, lg.epsilons_checked,
+    p.table(["owner", "file", "kind", "entries", "checked", "\u03b5 checked", "keys supplied", "verdict"],
+            [[lg.owner_id or (f"{len(lg.owners)} owners" if lg.ledger_kind == "federation" else "-"),
+              _short_path(lg.path), lg.ledger_kind, lg.entries, lg.entries_checked, lg.epsilons_checked,
               "yes" if lg.keys_independently_supplied else "no", lg.verdict] for lg in ledgers[:MAX_TABLE_ROWS]],
-            [BLACK if lg.intact else RED for lg in ledgers[:MAX_TABLE_ROWS]])
+            [GREEN if lg.intact else RED for lg in ledgers[:MAX_TABLE_ROWS]], colour_columns=(7,))
     if len(ledgers) > MAX_TABLE_ROWS:
         p.text(f"\u2026 {len(ledgers) - MAX_TABLE_ROWS} more files, all intact.", "small", GREY)
     for lg in ledgers:
@@ -504,9 +583,8 @@ def render_pdf(report: Report, path: Path, figures: list | None = None) -> None:
                    f"[{ev.SHORT.get(m['evidence'], m['evidence'])}]", color=colour)
             p.text(m["detail"], "small", indent=0.2)
 
-    p.heading("What this report cannot prove")
-    for note in report.limitations:
-        p.text(f"\u2022 {note}")
+    for later in later_sections(shared):
+        shared_section(p, later)
 
     detail = _detail_owners(report)
     p.heading("Per owner")

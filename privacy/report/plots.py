@@ -128,41 +128,78 @@ def cumulative_epsilon_figure(report: Report) -> Figure:
     return fig
 
 
+LINES_MAX_OWNERS = 4  # more owners than this: a distribution (median and range), not one line per owner
+
+
+def _carried(tracks: list[tuple[list[float], list[float]]]) -> tuple[list[float], list[list[float]]]:
+    """Each owner's lifetime epsilon at every x any owner has, carried forward from its last release."""
+    grid = sorted({x for xs, _ in tracks for x in xs})
+    columns: list[list[float]] = []
+    for x in grid:
+        values = []
+        for xs, ys in tracks:
+            last = None
+            for tx, ty in zip(xs, ys):
+                if tx <= x:
+                    last = ty
+                else:
+                    break
+            if last is not None and not math.isnan(last):
+                values.append(last)
+        columns.append(values)
+    return grid, columns
+
+
+def _median(values: list[float]) -> float:
+    ordered = sorted(values)
+    mid = len(ordered) // 2
+    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+
+
 def _cumulative_panel(ax, report: Report, members: list[tuple[OwnerStatement, UnitAccount]],
                       unit: str | None) -> None:
+    """Up to LINES_MAX_OWNERS owners: a line each; more: the owners' median and range over releases, the owners
+    near or over their budget drawn alone (named when few), and the budget marked -- never a line per owner."""
     owners = [o for o, _ in members]
     by_round = _single_run(owners, unit)
     budgets = {v.epsilon_budget for _, v in members if v.epsilon_budget is not None}
-    x_max = 1.0
-    few = len(owners) <= LEGEND_MAX_OWNERS
     tracks = [(o, v, *_track(o, by_round, unit)) for o, v in members]
+    few = len(owners) <= LINES_MAX_OWNERS
     if few:
         for (owner, view, xs, ys, rx, ry), colour in zip(tracks, _colours(len(owners))):
-            ax.plot(xs, ys, marker="o" if len(xs) <= 30 and len(owners) <= 10 else None, markersize=3,
-                    linewidth=1.8, color=colour, label=owner.owner_id)
+            ax.plot(xs, ys, marker="o" if len(xs) <= 30 else None, markersize=3, linewidth=1.8, color=colour,
+                    label=owner.owner_id)
             if rx:
                 ax.scatter(rx, ry, marker="x", s=40, color=colour, zorder=5, linewidths=2)
-            if len(budgets) > 1 and view.epsilon_budget is not None:
-                ax.axhline(view.epsilon_budget, color=colour, linestyle="--", linewidth=0.8, alpha=0.7)
     else:
-        ordinary = [list(zip(xs, ys)) for o, v, xs, ys, _, _ in tracks if v.budget_status not in ("over", "near")]
-        flagged = [(v, list(zip(xs, ys))) for o, v, xs, ys, _, _ in tracks if v.budget_status in ("over", "near")]
-        ax.add_collection(LineCollection(ordinary, colors=BLUE, linewidths=0.7, alpha=0.35, label="owner"))
+        grid, columns = _carried([(xs, ys) for _, _, xs, ys, _, _ in tracks])
+        keep = [i for i, c in enumerate(columns) if c]
+        xs_g = [grid[i] for i in keep]
+        lows = [min(columns[i]) for i in keep]
+        highs = [max(columns[i]) for i in keep]
+        ax.fill_between(xs_g, lows, highs, color=BLUE, alpha=0.18, step="post",
+                        label=f"range over the {len(owners)} owners")
+        ax.step(xs_g, [_median(columns[i]) for i in keep], where="post", color=BLUE, linewidth=1.8,
+                label="median owner")
+        flagged = [(o, v, xs, ys) for o, v, xs, ys, _, _ in tracks if v.budget_status in ("over", "near")]
         for level, colour in (("over", RED), ("near", ORANGE)):
-            lines = [line for v, line in flagged if v.budget_status == level]
-            if lines:
-                ax.add_collection(LineCollection(lines, colors=colour, linewidths=1.1, alpha=0.9,
-                                                 label=f"{level} budget ({len(lines)})"))
+            lines = [(o, xs, ys) for o, v, xs, ys in flagged if v.budget_status == level]
+            for i, (o, xs, ys) in enumerate(lines):
+                ax.step(xs, ys, where="post", color=colour, linewidth=1.0, alpha=0.9,
+                        label=(f"{level} budget: {o.owner_id}" if len(lines) <= 3 else
+                               f"{level} budget ({len(lines)} owners)") if (len(lines) <= 3 or i == 0) else None)
         rx = [x for *_, xs_r, _ in tracks for x in xs_r]
         ry = [y for *_, ys_r in tracks for y in ys_r]
         if rx:
             ax.scatter(rx, ry, marker="x", s=20, color="#333333", zorder=5, linewidths=1, label="refused")
-        ys_all = [y for _, _, _, ys, _, _ in tracks for y in ys if not math.isnan(y)]
-        ax.set_ylim(0, max(ys_all + [max(budgets, default=1.0)]) * 1.08)
-    x_max = max([x_max] + [x for _, _, xs, _, rx, _ in tracks for x in (*xs, *rx)])
+    x_max = max([1.0] + [x for _, _, xs, _, rx, _ in tracks for x in (*xs, *rx)])
+    ys_all = [y for _, _, _, ys, _, _ in tracks for y in ys if not math.isnan(y)]
+    for i, budget in enumerate(sorted(budgets)):
+        ax.axhline(budget, color=RED, linestyle="--", linewidth=1.6 if len(budgets) == 1 else 1.0,
+                   label=(f"budget \u03b5 = {budget:g}" if len(budgets) == 1 else
+                          (f"budgets \u03b5 = {', '.join(f'{b:g}' for b in sorted(budgets))}" if i == 0 else None)))
     if len(budgets) == 1:
         budget = next(iter(budgets))
-        ax.axhline(budget, color=RED, linestyle="--", linewidth=1.6, label=f"budget \u03b5 = {budget:g}")
         ax.axhline(budget * NEAR_BUDGET_FRACTION, color=ORANGE, linestyle=":", linewidth=1.2,
                    label=f"{NEAR_BUDGET_FRACTION:.0%} of the budget")
     if few and any(v.refusals for _, v in members):
@@ -170,21 +207,18 @@ def _cumulative_panel(ax, report: Report, members: list[tuple[OwnerStatement, Un
     accountants = ", ".join(sorted({a for _, v in members for a in (v.accountants or [v.accountant]) if a})) or "?"
     deltas = ", ".join(f"{d:g}" for d in sorted({v.delta for _, v in members if v.delta is not None})) or "?"
     what = "Lifetime \u03b5" if unit is None else f"{unit_label(unit).capitalize()} lifetime \u03b5"
-    ax.set_title(f"{what} per data owner (accountant {accountants}, \u03b4 = {deltas})", fontsize=11)
+    ax.set_title(f"{what} {'per data owner' if few else 'over the data owners'} (accountant {accountants}, "
+                 f"\u03b4 = {deltas})", fontsize=11)
     ax.set_xlabel("round" if by_round else "release number in the owner's ledger (all runs)", fontsize=FONT)
     ax.set_ylabel("cumulative \u03b5 (lifetime)" if unit is None else f"{unit_label(unit)} \u03b5 (lifetime)",
                   fontsize=FONT)
     ax.set_xlim(left=0, right=x_max + 0.5)
-    ax.set_ylim(bottom=0)
+    ax.set_ylim(0, max(ys_all + [max(budgets, default=1.0)]) * 1.08)
     ax.grid(True, alpha=0.3)
     ax.tick_params(labelsize=FONT)
-    ax.legend(fontsize=FONT - 1, loc="upper left", bbox_to_anchor=(1.01, 1.0), framealpha=0.85,
-              ncol=2 if 8 < len(owners) <= LEGEND_MAX_OWNERS else 1)
+    ax.legend(fontsize=FONT - 1, loc="upper left", bbox_to_anchor=(1.01, 1.0), framealpha=0.85)
     if by_round:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    if not few:
-        ax.text(0.99, 0.02, f"{len(owners)} owners (one line each)", transform=ax.transAxes, ha="right",
-                fontsize=FONT - 1, color=GREY)
 
 
 def _colour(unit: UnitAccount) -> str:
@@ -283,7 +317,11 @@ def privacy_utility_figure(report: Report) -> Figure | None:
         ax2.fill_between(xs, eps_min, eps_max, color=BLUE, alpha=0.15, label="\u03b5 range over owners")
         ax2.plot(xs, eps_med, color=BLUE, linestyle=":", label="\u03b5 median")
         ax2.set_ylabel("lifetime \u03b5", color=BLUE, fontsize=FONT)
-        ax2.set_ylim(bottom=0)
+        budgets = sorted({o.epsilon_budget for o in report.owners if o.epsilon_budget is not None})
+        for i, budget in enumerate(budgets):
+            ax2.axhline(budget, color=RED, linestyle="--", linewidth=1.2,
+                        label=f"budget \u03b5 = {', '.join(f'{b:g}' for b in budgets)}" if i == 0 else None)
+        ax2.set_ylim(0, max([e for e in eps_max if not math.isnan(e)] + budgets + [1.0]) * 1.08)
         ax2.tick_params(labelsize=FONT)
         lines, lines2 = ax.get_legend_handles_labels(), ax2.get_legend_handles_labels()
         ax.legend(lines[0] + lines2[0], lines[1] + lines2[1], fontsize=FONT - 1, loc="lower right")
@@ -313,8 +351,20 @@ def evaluation_figure(report: Report) -> Figure | None:
     evaluation = history.federated_evaluation if history else None
     if evaluation is None:
         return None
-    fig = _figure(10, 3.8)
-    ax = fig.add_subplot(1, 2, 1)
+    over_rounds = len(evaluation.rounds) >= 2  # one round is a point, not a line: only the per-owner panel
+    fig = _figure(10 if over_rounds else 6, 3.8)
+    right = fig.add_subplot(1, 2 if over_rounds else 1, 2 if over_rounds else 1)
+    if over_rounds:
+        _evaluation_over_rounds(fig.add_subplot(1, 2, 1), evaluation)
+    _evaluation_per_owner(right, report)
+    right.set_title("Per owner, latest round (lowest first)" if over_rounds else
+                    f"Per owner, round {evaluation.rounds[0].round if evaluation.rounds else '?'} (lowest first)",
+                    fontsize=11)
+    fig.tight_layout()
+    return fig
+
+
+def _evaluation_over_rounds(ax, evaluation) -> None:
     xs = [r.round for r in evaluation.rounds]
     ax.plot(xs, [_num(r.accuracy) for r in evaluation.rounds], color=GREEN, marker="o", markersize=3,
             label="accuracy (weighted by examples)")
@@ -329,7 +379,9 @@ def evaluation_figure(report: Report) -> Figure | None:
     ax.tick_params(labelsize=FONT)
     ax.legend(fontsize=FONT - 1, loc="lower right")
     ax.set_title("Federated evaluation over rounds", fontsize=11)
-    right = fig.add_subplot(1, 2, 2)
+
+
+def _evaluation_per_owner(right, report: Report) -> None:
     latest = [(o.owner_id, o.federated_evaluation.latest.accuracy) for o in report.owners
               if o.federated_evaluation and o.federated_evaluation.latest
               and o.federated_evaluation.latest.accuracy is not None]
@@ -344,10 +396,7 @@ def evaluation_figure(report: Report) -> Figure | None:
         right.set_xlabel(f"accuracy at the latest evaluation ({len(latest)} owners)", fontsize=FONT)
         right.set_ylabel("owners", fontsize=FONT)
     right.tick_params(labelsize=FONT)
-    right.set_title("Per owner, latest round (lowest first)", fontsize=11)
     right.grid(True, axis="x", alpha=0.3)
-    fig.tight_layout()
-    return fig
 
 
 def png_bytes(fig: Figure, dpi: int = DPI) -> bytes:
@@ -365,15 +414,20 @@ def figure_plan(report: Report) -> list[tuple[str, str, Callable[[Report], Figur
     """(key, caption, draw) of every picture the report has, in the order the report shows them."""
     plan: list[tuple[str, str, Callable[[Report], Figure | None]]] = []
     several = len(_report_units(report)) > 1
-    if report.owners:
+    single = len(report.owners) == 1  # one owner's statement: its figures are in its table, not in a one-bar chart
+    if report.owners and not single:
         plan.append((
             "budget_used", f"Share of each owner's lifetime privacy budget used, highest first; orange from "
             f"{NEAR_BUDGET_FRACTION:.0%} (near), red over the budget."
             + (" Record-level and owner-level budgets are shown apart (the unit in brackets)." if several else ""),
             budget_used_figure))
+    if report.owners:
         plan.append((
-            "cumulative_epsilon", "Lifetime (cumulative) epsilon of each owner after each of its releases, "
-            "recomputed from the ledger's DP events; dashed: the budget; dotted: 80% of it; x: a release refused "
+            "cumulative_epsilon", ("Lifetime (cumulative) epsilon of the owner after each of its releases" if single
+                                   else "Lifetime (cumulative) epsilon of the owners after each release (up to "
+                                   f"{LINES_MAX_OWNERS} owners: a line each; more: the median owner and the range, "
+                                   "owners near or over their budget drawn alone)")
+            + ", recomputed from the ledger's DP events; dashed: the budget; dotted: 80% of it; x: a release refused "
             "for lack of budget." + (" One panel per privacy unit: each unit is composed from its own charges."
                                      if several else ""), cumulative_epsilon_figure))
     history = report.history

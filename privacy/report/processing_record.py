@@ -52,6 +52,7 @@ FIELDS: dict[str, dict[str, tuple[str, str]]] = {
         "data_subjects": (STR_LIST, "Art. 30(1)(c) categories of data subjects"),
         "data_categories": (STR_LIST, "Art. 30(1)(c) categories of personal data"),
         "special_categories": (STR_LIST, "Art. 9(1) special categories of personal data, if any"),
+        "requester": (STR, "who asked for the processing (the coordinator or research group that runs the federation)"),
         "recipients": (STR_LIST, "Art. 30(1)(d) categories of recipients"),
         "third_country_transfers": (STR_LIST, "Art. 30(1)(e) transfers to third countries and their safeguards"),
         "retention": (STR, "Art. 30(1)(f) time limits for erasure"),

@@ -22,10 +22,11 @@ from privfl.privacy.report.processing_record import ProcessingRecord
 from privfl.privacy.report.words import epsilon_sentence
 
 PRIVACY_UNITS = {
-    "record": "one record of the owner's data set: the released updates reveal almost nothing about whether any "
-              "single record was used (add-or-remove-one neighbouring data sets)",
-    "owner": "the owner as a whole: the released model reveals almost nothing about whether the institution took "
-             "part at all, nor about anything it contributed (DP-FedAvg at the coordinator, over whole updates)",
+    "record": "one record of the owner's data set: what the released updates can reveal about whether any "
+              "single record was used is bounded by the record-level epsilon and delta (add-or-remove-one "
+              "neighbouring data sets)",
+    "owner": "the owner as a whole: what the released model can reveal about whether the institution took "
+             "part at all, and about anything it contributed, is bounded by the owner-level epsilon and delta (DP-FedAvg at the coordinator, over whole updates)",
     "unspecified": "not stated in the ledger",
 }
 MECHANISMS = {

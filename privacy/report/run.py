@@ -195,9 +195,12 @@ def build_run_report(run_dir: str | Path, *, processing_record=None, cross_check
         inputs = audited_inputs(audit)
         if not inputs["ledgers"]:
             raise FileNotFoundError(f"no ledgers found for the run {run_dir}: {audit.verdict_line()}")
+    from privfl.privacy.report.empirical import result_path
+
+    audit_result = result_path(run_dir)
     return build_report(inputs["ledgers"], history=inputs["history"],
                         processing_record=processing_record or inputs["processing_record"],
                         keys=keys if keys is not None else inputs["keys_dir"], key_files_dir=inputs["key_files_dir"],
                         cross_checks=list(dict.fromkeys([*inputs["cross_checks"], *(cross_checks or ())])),
                         cross_check_owners=inputs["owners_not_intact"], owner=owner, workers=workers, title=title,
-                        warm_up=warm_up)
+                        warm_up=warm_up, empirical_audit=audit_result if audit_result.is_file() else None)

@@ -52,6 +52,19 @@ def budget_alerts(owners: Sequence[OwnerStatement]) -> list[BudgetAlert]:
     return sorted(alerts, key=lambda a: (-a.budget_used_fraction, a.owner_id, a.privacy_unit))
 
 
+def near_budget_warning(near: Sequence[BudgetAlert]) -> str:
+    """The note naming owners near their budget (kept in ``Status.warnings``; the banner says it in its headline)."""
+    return (f"{len({a.owner_id for a in near})} owner(s) have used {NEAR_BUDGET_FRACTION:.0%} or more of their "
+            f"budget: " + _alert_names(near))
+
+
+def banner_notes(st: Status) -> list[str]:
+    """The notes shown under the banner: every warning but the near-budget one, which the headline already says."""
+    near = [a for a in st.budget_alerts if a.level == "near"]
+    repeated = near_budget_warning(near) if near else None
+    return [w for w in st.warnings if w != repeated]
+
+
 def _several_units(owners: Sequence[OwnerStatement]) -> bool:
     return len({u.privacy_unit for o in owners for u in unit_views(o)}) > 1
 
@@ -101,8 +114,7 @@ def status(files: Sequence[LedgerIntegrity], owners: Sequence[OwnerStatement], f
     alerts = budget_alerts(owners)
     near = [a for a in alerts if a.level == "near"]
     if near:
-        warnings.append(f"{len({a.owner_id for a in near})} owner(s) have used {NEAR_BUDGET_FRACTION:.0%} or more "
-                        f"of their budget: " + _alert_names(near))
+        warnings.append(near_budget_warning(near))
     unpinned = [o.owner_id for o in owners if not o.integrity.key_independently_supplied]
     if unpinned:
         warnings.append(
@@ -264,11 +276,11 @@ def in_words(s: Summary, owners: Sequence[OwnerStatement], st: Status) -> str:
         return "The ledgers hold no entries."
     first, last = (s.first_entry or "")[:10], (s.last_entry or "")[:10]
     when = "" if not first else (f" on {first}" if first == last else f" between {first} and {last}")
-    who = "1 data owner" if len(owners) == 1 else f"{len(owners)} data owners"
+    who = f"data owner {owners[0].owner_id}" if len(owners) == 1 else f"{len(owners)} data owners"
     by_unit = {u.privacy_unit: u for u in s.units}
     if set(by_unit) <= {"record"}:
-        text = [f"{who.capitalize()} released {s.charges} model update(s){when}, each charged to the owner's privacy "
-                "ledger with the DP mechanism that produced it."]
+        text = [f"{who[0].upper() + who[1:]} released {s.charges} model update(s){when}, each charged to the owner's "
+                "privacy ledger with the DP mechanism that produced it."]
     else:
         parts = []
         if "record" in by_unit:
@@ -278,7 +290,7 @@ def in_words(s: Summary, owners: Sequence[OwnerStatement], st: Status) -> str:
             parts.append(f"{by_unit['owner'].charges} owner-level charge(s), one per DP-FedAvg round in which the "
                          "owner could have been drawn by the coordinator")
         verb = "was" if len(owners) == 1 else "were"
-        text = [f"{who.capitalize()} {verb} charged {s.charges} time(s){when}: " + " and ".join(parts)
+        text = [f"{who[0].upper() + who[1:]} {verb} charged {s.charges} time(s){when}: " + " and ".join(parts)
                 + "; each charge is recorded in the owner's privacy ledger with the DP mechanism behind it."]
     units = [UNIT_WORDS.get(u, u) for u in s.privacy_units]
     if units:
@@ -325,9 +337,7 @@ def in_words(s: Summary, owners: Sequence[OwnerStatement], st: Status) -> str:
                     "costs no privacy.")
     if s.owners_over_budget:
         text.append(f"Owner(s) over budget: {_by_unit(s, 'owners_over_budget')}.")
-    if s.owners_near_budget:
-        text.append(f"Owner(s) near their budget ({NEAR_BUDGET_FRACTION:.0%} or more used): "
-                    f"{_by_unit(s, 'owners_near_budget')}.")
+    # owners near their budget: named once, in the headline (and acted on in the decision box), not again here
     if s.owners_with_undeclared_purposes:
         text.append(f"Owner(s) with entries signed for a purpose their processing record does not declare: "
                     f"{names(s.owners_with_undeclared_purposes)}.")

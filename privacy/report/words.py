@@ -30,8 +30,9 @@ TIERS_SOURCE = ("tiers commonly used in production systems (epsilon <= 1 strong,
                 "they are conventions for talking about epsilon, not law or a regulator's threshold")
 
 UNIT_PROTECTS = {
-    "record": "one record (one row) of the owner's data: the released model reveals almost nothing about whether "
-              "any single record was used (DP-SGD at the owner)",
+    "record": "one record (one row) of the owner's data: how much the released model can reveal about whether any "
+              "single record was used is bounded by the record-level epsilon and delta, and at epsilon above 1 that "
+              "bound is loose (DP-SGD at the owner)",
     "owner": "the owner as a whole: whether the institution took part at all, and everything it contributed, in the "
              "released model (DP-FedAvg at the coordinator)",
 }
@@ -158,6 +159,32 @@ def plain_words() -> PlainWords:
     )
 
 
+FIGURE_DIGITS = 3  # significant digits of every figure the report prints, in every format
+
+
+def fig(value: Any, digits: int = FIGURE_DIGITS) -> str:
+    """Every figure the report prints, rounded by one rule: ``digits`` significant digits, grouped thousands.
+
+    One function for HTML, PDF and CSV notes alike, so a figure reads the same in every view
+    (the JSON and the CSV's number columns keep full precision for recomputation).
+    """
+    if value is None:
+        return "n/a"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "n/a"
+        if math.isinf(value):
+            return "\u221e" if value > 0 else "-\u221e"
+        if abs(value) >= 10 ** digits:
+            return f"{value:,.0f}"
+        return f"{value:.{digits}g}"
+    return str(value)
+
+
 def names(items: list[str], limit: int = 10) -> str:
     shown = ", ".join(items[:limit])
     return shown + (f" and {len(items) - limit} more" if len(items) > limit else "")
@@ -175,6 +202,6 @@ def percent(fraction: float | None) -> str:
     return f"{fraction * 100:.0f}%"
 
 
-__all__ = ["ACCOUNTANT_WORDS", "EVALUATION_WORDS", "RECORD_NOT_PERSON", "TIERS", "TIERS_SOURCE", "UNITS_APART",
+__all__ = ["FIGURE_DIGITS", "fig", "ACCOUNTANT_WORDS", "EVALUATION_WORDS", "RECORD_NOT_PERSON", "TIERS", "TIERS_SOURCE", "UNITS_APART",
            "UNIT_PROTECTS", "UNIT_WORDS", "epsilon_sentence", "g",
            "names", "odds_bound", "odds_short", "odds_text", "percent", "plain_words", "strength_tier"]

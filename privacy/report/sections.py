@@ -1,0 +1,257 @@
+"""The report as an ordered list of sections, built once and walked by the HTML template and the PDF writer.
+
+Why: a section written twice (a template and a PDF function) drifts: its headings, its
+columns and its rounding differ.  Here a section is data -- a heading and an ordered list of
+blocks (a paragraph with a tone, a table with a tone per row and per cell) -- and both
+renderers only lay it out.  Every figure in it is text made by :func:`~.words.fig`, the one
+rounding rule, so the HTML and the PDF print the same digits.
+
+Sections built here: the decision box, epsilon and delta in an attacker's terms, the refused
+releases, the release channels, the empirical audit (when one ran), the DPIA / Art. 30 section
+and what the report cannot prove.  The older sections (at a glance, owners table, evaluation,
+integrity, registry, GDPR tables, per-owner detail) are still written in both renderers; moving
+them here is the same work, section by section.
+
+Tones: ``""`` (plain), ``ok`` (green), ``near`` (amber), ``bad`` (red), ``muted``.  A table
+colours a *cell* (``cell_tones``), never a whole row, so "INTACT" is never painted amber.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from privfl.privacy.report.model import Report
+from privfl.privacy.report.words import fig
+
+TONE = {"red": "bad", "amber": "near", "green": "ok"}
+REFUSAL_ROWS = 100  # refusals listed; the JSON and CSV hold every one
+DECISION_ROWS = 40  # rows of the decision box listed (worst first); the JSON and CSV hold every one
+ATTACKER_ROWS = 20  # rows of the attacker's-terms table: the highest epsilons of each unit and any delta warning
+
+
+@dataclass
+class Paragraph:
+    text: str
+    tone: str = ""
+    strong: str = ""  # a lead-in printed in bold before the text
+
+    kind: str = "paragraph"
+
+
+@dataclass
+class Table:
+    headers: list[str]
+    rows: list[list[str]]
+    cell_tones: list[list[str]] = field(default_factory=list)  # per row, per cell (empty: plain)
+    caption: str = ""
+
+    kind: str = "table"
+
+    def tone(self, row: int, cell: int) -> str:
+        if row < len(self.cell_tones) and cell < len(self.cell_tones[row]):
+            return self.cell_tones[row][cell]
+        return ""
+
+
+@dataclass
+class Section:
+    key: str  # the HTML anchor
+    heading: str
+    blocks: list[Paragraph | Table]
+    tone: str = ""  # the section's frame (the decision box: its banner colour)
+
+
+def _decision(report: Report) -> Section | None:
+    d = report.decision
+    if d is None:
+        return None
+    blocks: list[Paragraph | Table] = [
+        Paragraph(d.banner + ". " + " ".join(r[0].upper() + r[1:] + "." for r in d.reasons), TONE[d.level],
+                  strong=d.level.upper() + ": "),
+        Paragraph(f"{d.requester}; coordinator key {d.requester_key}.", strong="Requester: "),
+    ]
+    purposes = sorted({p for row in d.rows for p in row.purposes})
+    if purposes:
+        blocks.append(Paragraph("; ".join(purposes) + ".", strong="Purpose(s) signed in the ledgers: "))
+    rows, tones = [], []
+    for r in d.rows[:DECISION_ROWS]:
+        left = "n/a" if r.rounds_left is None else (f"\u2265 {r.rounds_left:,}" if r.rounds_left_at_least
+                                                     else f"{r.rounds_left:,}")
+        rows.append([r.owner_id, r.label, fig(r.epsilon_spent), fig(r.epsilon_budget), fig(r.epsilon_remaining), left,
+                     r.strength or "n/a", r.level.upper(), r.action])
+        tone = TONE[r.level]
+        tones.append(["", "", "", "", "", "", "near" if r.strength == "weak" else "", tone, tone])
+    blocks.append(Table(["owner", "privacy unit", "\u03b5 spent", "budget", "\u03b5 left", "rounds left",
+                         "strength", "verdict", "what to do"], rows, tones))
+    if len(d.rows) > DECISION_ROWS:
+        rest = d.rows[DECISION_ROWS:]
+        levels = ", ".join(f"{sum(1 for r in rest if r.level == lv)} {lv}" for lv in ("red", "amber", "green")
+                           if any(r.level == lv for r in rest))
+        blocks.append(Paragraph(f"\u2026 and {len(rest):,} more owner \u00d7 unit rows ({levels}); every row is in "
+                                "the JSON (decision.rows) and CSV (kind = decision) versions.", "muted"))
+    counts = ", ".join(f"{name}: {n}" for name, n in d.tier_counts.items())
+    blocks.append(Paragraph(f"Figures per strength tier, record-level and owner-level alike: {counts} (tiers are "
+                            "conventions, not law).", "muted"))
+    return Section("decision", "What to decide", blocks, TONE[d.level])
+
+
+def _attacker(report: Report) -> Section | None:
+    d = report.decision
+    if d is None:
+        return None
+    blocks: list[Paragraph | Table] = [Paragraph(d.attacker)]
+    shown = _attacker_rows(d.rows)
+    rows, tones = [], []
+    for r in shown:
+        certainty = "n/a" if r.attacker_certainty is None else (
+            "over 99.9%" if r.attacker_certainty > 0.999 else f"{r.attacker_certainty * 100:.1f}%")
+        rows.append([r.owner_id, r.label, fig(r.epsilon_spent), certainty, fig(r.delta),
+                     fig(r.records) if r.records else "not declared", fig(r.delta_times_n)])
+        tones.append(["", "", "", "", "", "", "near" if r.delta_warning else ""])
+    blocks.append(Table(["owner", "privacy unit", "\u03b5", "50/50 attacker: at most", "\u03b4", "records n",
+                         "\u03b4 \u00d7 n"], rows, tones))
+    if len(shown) < len(d.rows):
+        blocks.append(Paragraph(f"The {len(shown)} highest epsilons (and any delta warning) of {len(d.rows):,} "
+                                "owner \u00d7 unit figures; the JSON holds every one.", "muted"))
+    for r in [r for r in d.rows if r.delta_warning][:ATTACKER_ROWS]:
+        if r.delta_warning:
+            blocks.append(Paragraph(f"owner {r.owner_id}: {r.delta_warning}.", "near"))
+    blocks.append(Paragraph("Delta should be well below 1/n: the guarantee may fail entirely with probability delta "
+                            "for each record, so over n records up to delta \u00d7 n. Declare n under [dataset] "
+                            "records in the processing record to see it.", "muted"))
+    return Section("attacker", "Epsilon and delta in an attacker's terms", blocks)
+
+
+def _attacker_rows(rows: list) -> list:
+    if len(rows) <= ATTACKER_ROWS:
+        return list(rows)
+    warned = [r for r in rows if r.delta_warning]
+    ranked = sorted((r for r in rows if not r.delta_warning), key=lambda r: -(r.epsilon_spent or 0.0))
+    return (warned + ranked)[:ATTACKER_ROWS]
+
+
+def _channels(report: Report) -> Section:
+    rows = [[c.channel, c.released, c.coverage, c.detail, c.source] for c in report.release_channels]
+    tones = [["", "", {"DP, charged": "ok", "post-processing": "ok", "not released": "ok", "no DP": "near",
+                       "not covered": "near", "limited": "near"}.get(c.coverage, ""), "", ""]
+             for c in report.release_channels]
+    return Section("channels", "Every release channel and how it is covered", [
+        Paragraph("Epsilon covers the charged model updates (and the final model, computed from them). Everything "
+                  "else that leaves an owner is listed here with what covers it."),
+        Table(["channel", "released", "covered by", "detail", "source"], rows, tones)])
+
+
+def _empirical(report: Report) -> Section | None:
+    audit = report.empirical_audit
+    if audit is None:
+        return None
+    rows = [[u.privacy_unit, fig(u.claimed_epsilon), fig(u.lower_bound),
+             "n/a" if u.confidence is None else f"{fig(u.confidence * 100)}%", u.meaning] for u in audit.units]
+    tones = [["", "", "bad" if u.exceeds_claim else "", "", "bad" if u.exceeds_claim else ""] for u in audit.units]
+    return Section("empirical", "Empirical audit: a lower bound beside the claim", [
+        Paragraph(f"{audit.source}" + (f", experiment {audit.experiment}" if audit.experiment else "") + "."),
+        Table(["privacy unit", "claimed \u03b5", "empirical lower bound", "confidence", "what it means"], rows, tones),
+        Paragraph(audit.note, "muted")])
+
+
+def _dpia(report: Report) -> Section | None:
+    p = report.dpia
+    if not p:
+        return None
+    blocks: list[Paragraph | Table] = [Paragraph(
+        "A data protection impact assessment (Art. 35) and record of processing (Art. 30) for this processing, to "
+        "file. Items marked owner-declared come from the processing record; the rest from the verified ledgers or "
+        "privfl's design." + (f" DPIA reference: {p['reference']}." if p.get("reference") else ""))]
+    blocks.append(Paragraph("", strong="The processing"))
+    blocks.append(Table(["item", "value", "source"], [[i["item"], str(i["value"]), i["source"]]
+                                                      for i in p["processing"]],
+                        [["", "", "near" if i["source"] == "not-declared" else ""] for i in p["processing"]]))
+    blocks.append(Paragraph("", strong="Risks, likelihood, severity and residual risk after DP"))
+    blocks.append(Table(["risk", "likelihood", "severity", "measures", "residual risk"],
+                        [[r["risk"], r["likelihood"], r["severity"], r["measures"], r["residual"]] for r in p["risks"]],
+                        [["", "", "", "", "bad" if r["residual"].lower().startswith("high") else
+                          ("near" if r["residual"].startswith(("medium", "not")) else "ok")] for r in p["risks"]]))
+    blocks.append(Paragraph("", strong="Data subjects' rights"))
+    blocks.append(Table(["right", "what it means here"], [[r["right"], r["meaning"]] for r in p["rights"]]))
+    blocks.append(Paragraph("", strong="Roles"))
+    blocks.append(Table(["role", "who", "note"], [[r["role"], r["who"], r["note"]] for r in p["roles"]]))
+    blocks.append(Paragraph("", strong="Budget by purpose"))
+    blocks.append(Table(["purpose", "privacy unit", "owners", "charges", "refused"],
+                        [[r["purpose"], r["privacy_unit"], fig(r["owners"]), fig(r["charges"]), fig(r["refusals"])]
+                         for r in p["budget_by_purpose"]]))
+    blocks.append(Paragraph("", strong="Budget by experiment"))
+    blocks.append(Table(["experiment (run id)", "privacy units", "owners", "charges", "refused",
+                         "largest lifetime \u03b5 rise", "purposes"],
+                        [[r["experiment"], ", ".join(r["privacy_units"]), fig(r["owners"]), fig(r["charges"]),
+                          fig(r["refusals"]), fig(r["epsilon_rise_max"]), "; ".join(r["purposes"])]
+                         for r in p["budget_by_experiment"]]))
+    blocks.append(Paragraph("", strong="DPO's opinion and sign-off"))
+    blocks.append(Table(["", "to be filled in by the DPO"], [
+        ["opinion of the DPO", "________________________________"], ["decision", "approve / approve with "
+                                                                      "conditions / refuse"],
+        ["signed by", "________________________________"], ["date", "____-__-__"],
+        ["next review", "____-__-__"]]))
+    return Section("dpia", "DPIA and record of processing (Art. 30, 35)", blocks)
+
+
+def _refusals(report: Report) -> Section:
+    from privfl.privacy.report.html_report import event_text, fmt_when
+    from privfl.privacy.report.model import unit_label
+
+    refusals = [(o, r) for o in report.owners_by_budget_used() for r in o.refused_releases]
+    if not refusals:
+        return Section("refusals", "Refused releases", [Paragraph("No release was refused.")])
+    rows = [[o.owner_id, unit_label(r.privacy_unit), r.run_id, fig(r.round), fmt_when(r.timestamp),
+             fig(r.epsilon_spent_before), event_text(r.requested_event), r.reason] for o, r in refusals[:REFUSAL_ROWS]]
+    blocks: list[Paragraph | Table] = [
+        Paragraph(f"{len(refusals):,} release(s) refused. Each row is a release the owner refused because it would "
+                  "have crossed its budget (or for the reason given). A refusal releases nothing and is never "
+                  "charged; the refusal itself (signed, with its reason) reaches the coordinator."),
+        Table(["owner", "privacy unit", "run", "round", "time (UTC)", "\u03b5 of the unit spent then",
+               "requested release", "reason"], rows)]
+    if len(refusals) > REFUSAL_ROWS:
+        blocks.append(Paragraph(f"\u2026 {len(refusals) - REFUSAL_ROWS:,} more in the JSON and CSV versions.",
+                                "muted"))
+    return Section("refusals", "Refused releases", blocks)
+
+
+def _limitations(report: Report) -> Section:
+    return Section("limitations", "What this report cannot prove",
+                   [Paragraph(note, strong="\u2022 ") for note in report.limitations])
+
+
+def build_sections(report: Report) -> list[Section]:
+    """The shared sections in reading order: the decision box first."""
+    built = [_decision(report), _attacker(report), _refusals(report), _channels(report), _empirical(report),
+             _dpia(report), _limitations(report)]
+    return [s for s in built if s is not None]
+
+
+def section(sections: list[Section], key: str) -> Section | None:
+    return next((s for s in sections if s.key == key), None)
+
+
+def first_sections(sections: list[Section]) -> list[Section]:
+    """The sections shown above the older ones (the decision and what its figures mean)."""
+    return [s for s in sections if s.key in ("decision", "attacker")]
+
+
+def later_sections(sections: list[Section]) -> list[Section]:
+    """The shared sections after the owners' figures, before the per-owner detail (refusals come with the
+    figures and are placed by the renderers)."""
+    return [s for s in sections if s.key not in ("decision", "attacker", "refusals")]
+
+
+def plain_text(section: Section) -> list[str]:
+    """A section as lines of text (for the CSV and for tests)."""
+    lines = [section.heading]
+    for block in section.blocks:
+        if isinstance(block, Paragraph):
+            lines.append((block.strong + block.text).strip())
+        else:
+            lines.extend(" | ".join(row) for row in [block.headers, *block.rows])
+    return [line for line in lines if line]
+
+
+__all__ = ["Paragraph", "Section", "Table", "build_sections", "first_sections", "later_sections", "plain_text",
+           "section"]
+
