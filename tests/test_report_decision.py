@@ -333,3 +333,28 @@ def test_the_rdp_analysis_loaded_without_torch_is_opacus_own():
     assert list(ours) == list(theirs)
     assert opacus_backed.rdp_analysis.get_privacy_spent(orders=opacus_backed.RDP_ORDERS, rdp=ours, delta=1e-5) == \
         opacus_rdp.get_privacy_spent(orders=opacus_backed.RDP_ORDERS, rdp=theirs, delta=1e-5)
+
+
+def test_a_report_with_infinite_epsilons_over_many_owners_still_draws(tmp_path):
+    """Owners that trained without DP (their policy allows it) have an infinite record-level epsilon; with more
+    owners than get a line each, the range chart used to fail on it ('Axis limits cannot be NaN or Inf')."""
+    from privfl.privacy.events import NonPrivateRelease
+    from privfl.privacy.report.plots import LINES_MAX_OWNERS
+
+    paths, keys = [], {}
+    for i in range(LINES_MAX_OWNERS + 3):
+        owner = f"owner-{i}"
+        pair = generate_owner_keys(tmp_path / "keys", owner)
+        with OwnerLedger.open(tmp_path / f"{owner}.db", owner, load_private_key(pair.private_key)) as ledger:
+            ledger.charge("exp-1", 1, RECORD_EVENT, clipping_norm=1.0, delta=DELTA, epsilon_budget=8.0,
+                          accountant="rdp", purpose="p", update_hash=update_hash(f"{owner}/1".encode()))
+            if i % 2:
+                ledger.charge("exp-1", 2, NonPrivateRelease(), clipping_norm=0.0, delta=DELTA, epsilon_budget=8.0,
+                              accountant="rdp", purpose="p", update_hash=update_hash(f"{owner}/2".encode()),
+                              enforce_budget=False)
+        paths.append(tmp_path / f"{owner}.db")
+        keys[owner] = pair.public_key
+    report = build_report(paths, keys=keys)
+    assert any(math.isinf(o.epsilon_spent) for o in report.owners)
+    html = write_html(report, tmp_path / "report.html").read_text(encoding="utf-8")
+    assert "<img" in html or "<svg" in html

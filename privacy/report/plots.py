@@ -51,9 +51,11 @@ class RenderedFigure:
 
 
 def _num(value: Any) -> float:
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
+    """A figure as a chart draws it: NaN (left out) for None and for an infinite epsilon (a release without DP),
+    which no axis can hold; the tables and the decision box say "infinite" in words."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
         return float(value)
-    return math.nan  # None: not drawable
+    return math.nan
 
 
 def _figure(width: float, height: float) -> Figure:
