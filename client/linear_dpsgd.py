@@ -80,8 +80,10 @@ def _check(stack: LinearStack, capture: _Capture) -> str | None:
         return "a linear layer saw inputs that are not (batch, features)"
     if any(z._version != v for z, v in zip(capture.outputs, capture.versions)):
         return "a linear layer's output was changed in place"
-    owned = {id(p) for layer in stack.layers for p in layer.parameters()}
-    if any(id(p) not in owned for p in stack.params):
+    owned = [id(p) for layer in stack.layers for p in layer.parameters()]
+    if len(owned) != len(set(owned)):  # tied weights: Opacus sums the layers' shares, this path would not
+        return "a parameter is shared by more than one linear layer"
+    if any(id(p) not in set(owned) for p in stack.params):
         return "a trainable parameter lies outside the linear layers"
     return None
 

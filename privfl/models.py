@@ -100,6 +100,12 @@ def ensure_privatizable(model: nn.Module) -> None:
     from opacus.validators import ModuleValidator
 
     errors = ModuleValidator.validate(model, strict=False)
+    # Opacus validates only modules with trainable parameters: a BatchNorm without affine
+    # parameters passed, and it makes each record's gradient depend on the whole batch (one
+    # record then moves the clipped sum by more than C: tests/test_red_team_2.py).
+    errors += [f"{type(m).__name__} without parameters still mixes the records of a batch"
+               for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and
+               not any(True for _ in m.parameters())]
     if errors:
         details = "; ".join(str(e) for e in errors)
         raise ModelNotPrivatizableError(
