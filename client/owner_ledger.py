@@ -13,7 +13,7 @@ itself (:mod:`privfl.privacy.ledger.node_head`), whatever anchor the coordinator
 from __future__ import annotations
 
 import atexit
-import os
+import json
 from collections import OrderedDict
 from pathlib import Path
 
@@ -29,7 +29,7 @@ class NodeLedger(OwnerLedger):
     """An owner's ledger as its node appends to it: every entry written moves the node's head record on."""
 
     head_record: Path
-    _head_seen: tuple[tuple[int, int, int], NodeHead] | None = None  # (inode, size, mtime_ns) -> the record
+    _head_seen: tuple[bytes, NodeHead] | None = None  # the record's bytes -> the record they verified as
 
     def charge(self, *args, **kwargs) -> Entry:
         return self._recorded(super().charge(*args, **kwargs))
@@ -57,7 +57,8 @@ class NodeLedger(OwnerLedger):
         if known is None or entry.sequence > known.sequence:
             written = write_node_head(self.head_record, self._signing_key, self.owner_id, entry.sequence, entry.hash,
                                       self.path, durable=False)
-            self._head_seen = (_stamp(self.head_record), written)
+            seen = _stamp(self.head_record)  # cached only if it is still the record just written
+            self._head_seen = (seen, written) if seen is not None and _names(seen, written) else None
         return entry
 
     def _read_head(self) -> NodeHead | None:
@@ -74,12 +75,27 @@ class NodeLedger(OwnerLedger):
         return head
 
 
-def _stamp(path: Path) -> tuple[int, int, int] | None:
+def _names(raw: bytes, head: NodeHead) -> bool:
+    """Whether the record bytes ``raw`` state ``head``'s sequence and hash (another process may have written since)."""
     try:
-        status = os.stat(path)
+        data = json.loads(raw)
+        return int(data["sequence"]) == head.sequence and data["hash"] == head.hash.hex()
+    except (ValueError, KeyError, TypeError):
+        return False
+
+
+def _stamp(path: Path) -> bytes | None:
+    """The record's bytes (a few hundred): what the cached verification is keyed by.
+
+    Not (inode, size, mtime): inode numbers are reused by the next rename and mtime has the
+    file system's granularity, so another node process on the same ledger could leave a newer
+    record under the very stamp this process cached (tests/test_red_team_2.py).  Reading the
+    bytes is cheap; verifying the signature is what the cache saves.
+    """
+    try:
+        return path.read_bytes()
     except FileNotFoundError:
         return None
-    return status.st_ino, status.st_size, status.st_mtime_ns
 
 
 _OPEN: OrderedDict[tuple[str, Path, Path], tuple[NodeLedger, int]] = OrderedDict()  # least recently used first
