@@ -57,10 +57,16 @@ class Owner:
         return self._data[0]
 
 
+_SIMULATION_KEYS = {"partition-id", "num-partitions"}  # what Flower's simulation engine puts in a node config
+
+
 def node_owner(context: Any, owners_dir: str) -> Owner:
     """The owner this node serves; raises OwnerSetupError when it cannot even sign a refusal."""
     node_config = dict(context.node_config)
-    simulated = "partition-id" in node_config
+    # Simulated only when Flower's simulation keys are all there is: a node config that also names a
+    # policy (an institution that copied Flower's "partition-id=0 num-partitions=2" beside it) is a
+    # deployed node, refused for the mix, never one that reads its policy from the coordinator's folder.
+    simulated = "partition-id" in node_config and set(node_config) <= _SIMULATION_KEYS
     owner_id = ""
     try:
         if simulated:
