@@ -70,13 +70,19 @@ def _rewrite_keeping_stamp(path: Path, old: str, new: str) -> None:
 
 
 @ledger_round
-def test_squatting_another_federations_future_experiment_id_is_denial_of_service_only(tmp_path):
+@pytest.mark.parametrize("squat", ["charge", "refusal"])
+def test_squatting_another_federations_future_experiment_id_is_denial_of_service_only(tmp_path, squat):
     """Coordinator B runs first under the id federation A will use next year ("study-2027"): A's node then
     serves no round of it (an unsigned refusal, nothing written), and B's own entries never reach A's
     coordinator in full.  The owner's budget is not touched by A's refused request: denial of service only;
     A must choose a new id."""
     policy_b = deployed_owner(tmp_path / OWNER, OWNER, epsilon_budget=50.0)
-    assert signed_entry(_ask_as(policy_b, "study-2027")).kind == CHARGE  # B squats the id
+    if squat == "charge":
+        assert signed_entry(_ask_as(policy_b, "study-2027")).kind == CHARGE  # B squats the id with a round
+    else:  # or for free: a request the owner refuses (no DP) is a signed refusal entry, and binds the id too
+        reply = run_train_round(message(request(CONFIG, 1, experiment_id="study-2027", dp=False).for_owner(None)),
+                                deployed_context({"policy": str(policy_b)}))
+        assert signed_entry(reply).kind == REFUSAL
     policy_a = _second_federation(policy_b)
     close_owner_ledgers()
     with OwnerLedger.open_readonly(policy_b.parent / "ledger.db") as ledger:
@@ -343,6 +349,33 @@ def test_an_older_ledger_copy_alone_is_caught_when_the_head_record_survived(tmp_
         Path(f"{ledger_path}{suffix}").unlink(missing_ok=True)
     ledger_path.write_bytes(ledger_copy)
     assert "ends at entry 1" in _unsigned(ask_owner(policy, 3))
+
+
+def test_the_evaluation_count_on_a_kept_connection_sees_another_processs_answers(tmp_path):
+    """Two node processes of one owner (two federations) each keep a WAL connection to the evaluation record:
+    the lifetime limit counts both (BEGIN IMMEDIATE reads the other's commits), and a record replaced by
+    another file under the open connection is reopened, not written into the unlinked one."""
+    import sqlite3
+
+    from privfl.client.evaluation_record import admit_evaluation, close_evaluation_records, evaluation_record_path
+
+    ledger = tmp_path / "ledger.db"
+    try:
+        assert admit_evaluation(ledger, "model-a", "exp-1", 1, limit=2) is None  # this process, kept open
+        other = sqlite3.connect(evaluation_record_path(ledger), isolation_level=None)  # the other process
+        other.execute("PRAGMA journal_mode = WAL")
+        other.execute("INSERT INTO evaluated VALUES ('model-b', 'exp-b', 1, 0.0)")
+        other.close()
+        assert "max-evaluations = 2" in admit_evaluation(ledger, "model-c", "exp-1", 2, limit=2)
+        path = evaluation_record_path(ledger)
+        copy = tmp_path / "copy.db"
+        source = sqlite3.connect(path)
+        source.execute(f"VACUUM INTO '{copy}'")
+        source.close()
+        os.replace(copy, path)  # same two models, another inode
+        assert "max-evaluations = 2" in admit_evaluation(ledger, "model-d", "exp-1", 3, limit=2)
+    finally:
+        close_evaluation_records()
 
 
 # ------------------------------------------------------------------ 4. canary owners at a deployed node
