@@ -46,8 +46,8 @@ def enrolment_refusal(where: Layout) -> str | None:
     (:func:`privfl.privacy.audit.audit_federation`) names it, and the simulation does not start.  Problems that
     name no owner (a first run that stopped before the registry was written) do not stop enrolment.
     """
-    if not where.owner_keys_dir.is_dir():
-        return None  # a new federation folder: nothing enrolled yet
+    if not where.owner_keys_dir.is_dir() and not where.registry.exists():
+        return None  # a new federation folder: nothing enrolled yet (a lost owner-keys folder is not one)
     from privfl.privacy.audit import audit_federation
 
     audit = audit_federation(where.federation_dir, coordinator_dir=where.coordinator_dir, verify_ledgers=False)
