@@ -424,3 +424,33 @@ def test_ledger_verify_of_a_file_behind_its_node_head_record_is_not_intact(tmp_p
     audit = audit_file(ledger_path, registry=coordinator.registry_path, coordinator_key=coordinator.key.public_key())
     assert "NOT INTACT" in audit.verdict_line() and audit.exit_code != 0
 
+
+
+def test_a_federation_folder_that_lost_its_owner_keys_still_refuses_to_enrol_a_lost_owner_afresh(tmp_path):
+    """The simulation's enrolment refusal took a federation folder without ``coordinator/owner-keys`` for a new
+    one, whatever else it held: an accident (or a writer of the folder) that lost owner-keys and one owner's
+    folder got that owner enrolled with a fresh ledger, a fresh lifetime budget, although the registry anchors
+    the head of its old one.  Only a folder with neither owner keys nor a registry is new."""
+    import shutil
+
+    from bench.inprocess_grid import run_apps
+    from privfl.client.app import app as client_app
+    from privfl.config import ExperimentConfig
+    from privfl.server.app import app as server_app
+    from privfl.server.run_dir import Layout, settle
+    from privfl.simulations.owners import enrolment_refusal
+
+    config = settle(ExperimentConfig(num_owners=3, num_rounds=1, run_dir=str(tmp_path / "run-1"),
+                                     federated_evaluation="off"))
+    run_apps(server_app, client_app, 3, config.to_mapping())
+    close_owner_ledgers()
+    federation = tmp_path / "run-1.federation"
+    where = Layout(tmp_path / "run-2", federation, federation / "coordinator")
+    assert enrolment_refusal(where) is None  # intact: enrols as ever
+    shutil.rmtree(federation / "owners" / "owner-1")
+    assert "owners not intact: owner-1" in enrolment_refusal(where)
+    shutil.rmtree(federation / "coordinator" / "owner-keys")
+    refusal = enrolment_refusal(where)
+    assert refusal is not None and "owners not intact: owner-1" in refusal, "a lost owner would be enrolled afresh"
+    assert enrolment_refusal(Layout(tmp_path / "n", tmp_path / "new.federation",
+                                    tmp_path / "new.federation" / "coordinator")) is None  # a new folder still is
