@@ -238,7 +238,9 @@ def audit_file(path: str | Path, public_key=None, *, registry: str | Path | None
     audit = RunAudit(run_dir=path, subject=f"ledger {path}",
                      trust_root=", ".join(trusted) if trusted else "none named (the file judged on its own)",
                      checked_against=("checked against " + ", ".join(trusted)) if trusted else
-                     "checked on its own (no --registry: a truncated or rolled-back ledger would pass)")
+                     "checked on its own (no --registry: a truncated or rolled-back ledger would pass"
+                     + ("; no --public-key: a ledger wholly re-signed under another key would pass too)"
+                        if public_key is None else ")"))
     owner = _ledger_owner(path) if path.is_file() else ""
     registry_failed = report.problem is not None and report.problem.reason.startswith(REGISTRY_NOT_INTACT)
     audit.add_report(report, "" if registry_failed else owner)  # a bad registry says nothing of the owner's file

@@ -454,3 +454,21 @@ def test_a_federation_folder_that_lost_its_owner_keys_still_refuses_to_enrol_a_l
     assert refusal is not None and "owners not intact: owner-1" in refusal, "a lost owner would be enrolled afresh"
     assert enrolment_refusal(Layout(tmp_path / "n", tmp_path / "new.federation",
                                     tmp_path / "new.federation" / "coordinator")) is None  # a new folder still is
+
+
+def test_a_ledger_fabricated_under_a_strangers_key_never_reads_as_a_plain_intact(tmp_path):
+    """`privfl ledger verify FILE` with no trust root judged a ledger that anyone wrote and signed with a key of
+    its own INTACT, exit 0, saying only that a truncated or rolled-back ledger would pass.  The verdict must
+    say that the signer was not checked either; given the owner's public key it is NOT INTACT."""
+    from privfl.privacy.audit import audit_file
+    from privfl.privacy.events import PoissonSubsampledGaussian
+    from privfl.privacy.keys import generate_key
+
+    owner_key = generate_key()
+    with OwnerLedger.open(tmp_path / "forged.db", OWNER, generate_key(), create=True) as ledger:  # a stranger's key
+        ledger.charge("exp", 1, PoissonSubsampledGaussian(1.1, 0.05, 40), clipping_norm=1.0, delta=1e-5,
+                      epsilon_budget=8.0, accountant="rdp", privacy_unit="record")
+    alone = audit_file(tmp_path / "forged.db")
+    assert "re-signed under another key would pass" in alone.verdict_line(), alone.verdict_line()
+    checked = audit_file(tmp_path / "forged.db", owner_key.public_key())
+    assert checked.exit_code != 0 and "NOT INTACT" in checked.verdict_line()
