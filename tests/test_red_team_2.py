@@ -403,7 +403,7 @@ def test_a_deployed_node_whose_node_config_also_has_a_partition_id_is_never_simu
 
 
 @ledger_round
-def test_ledger_verify_of_a_file_behind_its_node_head_record_is_not_intact(tmp_path):
+def test_ledger_verify_of_an_older_copy_against_the_registry_is_not_intact(tmp_path):
     """`privfl ledger verify FILE` on an owner's ledger that is an older copy: the audit of a single file
     cannot see its missing tail without an anchor; with the registry that anchored it, NOT INTACT."""
     from tests.test_hostile_custody import Coordinator
