@@ -77,7 +77,7 @@ def node_owner(context: Any, owners_dir: str) -> Owner:
         else:
             policy = load_owner_policy(node_config)
         owner_id = policy.owner_id
-        ledger = open_owner_ledger(policy)
+        ledger = open_owner_ledger(policy, simulated=simulated)
     except SETUP_ERRORS as err:
         raise OwnerSetupError(str(err), owner_id) from None
     return Owner(policy, ledger, simulated, context, [])

@@ -29,6 +29,10 @@ class NodeLedger(OwnerLedger):
     """An owner's ledger as its node appends to it: every entry written moves the node's head record on."""
 
     head_record: Path
+    # fsync each record that moves on: at a deployed node (a round takes seconds; a power loss must not set
+    # the record back behind an older copy of the ledger). Not in a simulation (the speed of thousands of
+    # owner-rounds; nobody restores a simulated owner's ledger from a copy): there the record may lag.
+    durable_head: bool = True
     _head_seen: tuple[bytes, NodeHead] | None = None  # the record's bytes -> the record they verified as
 
     def charge(self, *args, **kwargs) -> Entry:
@@ -50,13 +54,14 @@ class NodeLedger(OwnerLedger):
     def _recorded(self, entry: Entry) -> Entry:
         """After the ledger committed: the record only ever moves forward (never ahead of the ledger).
 
-        Not fsynced (``write_node_head``'s ``durable``): the ledger's commit before it is the
-        durable write of the round; a record lost with the power is behind the ledger, which is allowed.
+        Fsynced at a deployed node; in a simulation not (``durable_head``): there the ledger's
+        commit before it is the durable write of the round, and a record lost with the power is
+        behind the ledger, which is allowed (but would let an older copy of the ledger alone pass).
         """
         known = self._read_head()
         if known is None or entry.sequence > known.sequence:
             written = write_node_head(self.head_record, self._signing_key, self.owner_id, entry.sequence, entry.hash,
-                                      self.path, durable=False)
+                                      self.path, durable=self.durable_head)
             seen = _stamp(self.head_record)  # cached only if it is still the record just written
             self._head_seen = (seen, written) if seen is not None and _names(seen, written) else None
         return entry
@@ -121,7 +126,7 @@ def max_open_ledgers() -> int:
     return max(16, min(1024, soft // 8))
 
 
-def open_owner_ledger(policy: OwnerPolicy) -> NodeLedger:
+def open_owner_ledger(policy: OwnerPolicy, *, simulated: bool = False) -> NodeLedger:
     """The owner's ledger, kept open for the life of this process (up to :func:`max_open_ledgers` of them).
 
     A node process serves many rounds; reopening the ledger each round costs a schema
@@ -146,6 +151,7 @@ def open_owner_ledger(policy: OwnerPolicy) -> NodeLedger:
     except MissingLedger:
         raise MissingLedger(missing_ledger_problem(ledger, read_node_head(record, signing_key.public_key()))) from None
     opened.head_record = record
+    opened.durable_head = not simulated
     _OPEN[cache_key] = (opened, _inode(ledger))
     return _checked(opened)
 
