@@ -114,8 +114,8 @@ def render_csv(report: Report) -> str:
     from privfl.privacy.report.sections import build_sections, plain_text
 
     for section in build_sections(report):
-        if section.key == "decision":
-            continue  # already above, one row per owner and unit
+        if section.key == "decision" or not section.csv:
+            continue  # already above (the decision: one row per owner and unit; the figures: the rows themselves)
         kind = {"channels": CHANNEL_KIND, "dpia": DPIA_KIND}.get(section.key, section.key)
         for line in plain_text(section):
             cells = [""] * width

@@ -29,7 +29,7 @@ from typing import Any
 from privfl.privacy.report import evidence as ev
 from privfl.privacy.report.model import COMPARED_ACCOUNTANTS, OwnerStatement, Release, Report, UnitAccount, unit_label
 from privfl.privacy.report.status import banner_notes
-from privfl.privacy.report.sections import build_sections, first_sections, later_sections, section
+from privfl.privacy.report.sections import build_sections
 from privfl.privacy.report.words import FIGURE_DIGITS, fig, odds_short, odds_text, percent
 
 HTML_ENTRY_ROWS = 2500  # entry rows listed in all (each owner gets at least MIN_ENTRIES_PER_OWNER)
@@ -285,22 +285,11 @@ def _view(report: Report, figures: list | None) -> dict[str, Any]:
               for f in (figures or [])}
     history = report.history
     evaluation = history.federated_evaluation if history else None
-    sections = [("glance", "At a glance"), ("meaning", "What epsilon means"), ("owners", "Owners"),
-                ("evaluation", "Federated evaluation"), ("utility", "Privacy and utility"),
-                ("refusals", "Refused releases"), ("integrity", "Ledger integrity"), ("registry", "Epsilon registry"),
-                ("gdpr", "GDPR"), ("limitations", "What this report cannot prove"), ("detail", "Per owner"),
-                ("recompute", "How to check")]
-    if evaluation is None:
-        sections = [s for s in sections if s[0] != "evaluation"]
-    if history is None:
-        sections = [s for s in sections if s[0] != "utility"]
     latest_eval = sorted(((o, o.federated_evaluation.latest) for o in report.owners
                           if o.federated_evaluation and o.federated_evaluation.latest),
                          key=lambda x: (x[1].accuracy is None, x[1].accuracy or 0.0, x[0].owner_id))
     kind, verdict = banner(report)
-    shared = build_sections(report)
-    sections = [(s.key, s.heading) for s in first_sections(shared)] + sections[:-3] + \
-        [(s.key, s.heading) for s in later_sections(shared) if s.key != "limitations"] + sections[-3:]
+    sections = build_sections(report)
     versions = ", ".join(f"{k} {v}" for k, v in report.generator["versions"].items() if v)
     return {
         "r": report, "s": report.summary, "status": status, "kind": kind, "verdict": verdict, "versions": versions,
@@ -314,8 +303,6 @@ def _view(report: Report, figures: list | None) -> dict[str, Any]:
         "latest_eval": latest_eval, "evaluation": evaluation,
         "collapse": COLLAPSE_ABOVE, "content_hash": report.document["content_hash"]["value"],
         "single": len(report.owners) == 1,
-        "first_sections": first_sections(shared), "later_sections": later_sections(shared),
-        "refusals_section": section(shared, "refusals"),
         "banner_notes": banner_notes(status),
     }
 

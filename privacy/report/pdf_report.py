@@ -39,14 +39,7 @@ from privfl.privacy.report.html_report import (
 )
 from privfl.privacy.report.model import COMPARED_ACCOUNTANTS, OwnerStatement, Report, UnitAccount, unit_label
 from privfl.privacy.report.pdf_writer import PdfDocument
-from privfl.privacy.report.sections import (
-    Paragraph,
-    Section,
-    build_sections,
-    first_sections,
-    later_sections,
-)
-from privfl.privacy.report.sections import section as named_section
+from privfl.privacy.report.sections import Code, Figure, Paragraph, Section, build_sections
 from privfl.privacy.report.status import banner_notes
 from privfl.privacy.report.words import fig, odds_text, percent
 
@@ -356,11 +349,19 @@ def _owner_detail(p: _Pages, o: OwnerStatement) -> None:
              "\u03b5 left"], rows, colours, colour_columns=(9,))
 
 
-def shared_section(p: _Pages, section: Section) -> None:
+def shared_section(p: _Pages, section: Section, images: dict | None = None) -> None:
     """One section of the shared section model (:mod:`.sections`): the HTML template walks the same list."""
     p.heading(section.heading)
     for block in section.blocks:
-        if isinstance(block, Paragraph):
+        if isinstance(block, Figure):
+            if images and block.name in images:
+                f = images[block.name]
+                p.figure(f.png, f.width_in, f.height_in, f.caption)
+        elif isinstance(block, Code):
+            for line in block.text.splitlines():
+                p.line(line, "mono")
+            p.gap(0.06)
+        elif isinstance(block, Paragraph):
             if block.strong and not block.text:
                 p.heading(block.strong, "h2")
             else:
@@ -380,36 +381,8 @@ def _short_path(path: str) -> str:
     return "/".join(parts[-2:]) if len(parts) >= 2 else path
 
 
-def render_pdf(report: Report, path: Path, figures: list | None = None) -> None:
-    if figures is None:
-        from privfl.privacy.report.plots import report_figures
-
-        figures = report_figures(report)
-    images = {f.key: f for f in figures}
+def _glance(p: _Pages, report: Report, images: dict) -> None:
     status, s = report.status, report.summary
-    doc = PdfDocument(_fonts(), title=report.title, author="privfl report",
-                      subject=f"privfl.privacy-budget-report {report.document['schema_version']}")
-    p = _Pages(doc, f"{report.title} \u2014 {report.generated_at}")
-    p.text(report.title, "title")
-    p.text(f"Generated {report.generated_at} by privfl {report.generator['versions'].get('privfl') or ''}. "
-           f"{report.scope.note[0].upper() + report.scope.note[1:]}. Every \u03b5 is recomputed from the DP "
-           "events in the ledger with the accountant each entry names. JSON content hash "
-           f"{report.content_hash}" + (f", signed by key {report.signature.key_fingerprint[:16]}\u2026"
-                                       if report.signature else "") + ".", "small", GREY)
-    p.gap(0.1)
-    kind, verdict = banner(report)
-    p.banner(verdict, status.headline, {"broken": RED, "problem": ORANGE, "caution": ORANGE}.get(kind, GREEN))
-    for problem in status.problems[:15]:
-        p.text(f"\u2022 {problem}", color=RED)
-    if len(status.problems) > 15:
-        p.text(f"\u2026 {len(status.problems) - 15} more problems: see the JSON version.", color=RED)
-    for warning in banner_notes(status)[:6]:
-        p.text(f"\u2022 note: {warning}", "small", ORANGE)
-    shared = build_sections(report)
-    for first in first_sections(shared):
-        shared_section(p, first)
-
-    p.heading("At a glance")
     p.text(s.in_words)
     p.gap(0.06)
     p.table(["", ""], [
@@ -436,8 +409,9 @@ def render_pdf(report: Report, path: Path, figures: list | None = None) -> None:
         if len(alerts) > MAX_ALERT_ROWS:
             p.text(f"\u2026 and {len(alerts) - MAX_ALERT_ROWS} more: see the owners table.", "small", GREY)
 
+
+def _meaning(p: _Pages, report: Report, images: dict) -> None:
     words = report.plain_words
-    p.heading("What epsilon means")
     p.text(words.epsilon)
     p.gap(0.04)
     p.text(f"How strong? {words.tiers_source[0].upper() + words.tiers_source[1:]}.")
@@ -453,7 +427,9 @@ def render_pdf(report: Report, path: Path, figures: list | None = None) -> None:
     if report.history and report.history.federated_evaluation:
         p.text(f"Evaluation is a separate release. {words.evaluation}")
 
-    p.heading("Owners (highest share of budget used first)")
+
+def _owners(p: _Pages, report: Report, images: dict) -> None:
+    s = report.summary
     p.text(f"A row per owner and privacy unit (record: record-level, DP-SGD; owner: owner-level, DP-FedAvg), each "
            f"against its own budget. Columns: \u03b5 life (the unit's charges composed by the owner's own "
            f"accountant); {' and '.join(a.upper() for a in COMPARED_ACCOUNTANTS)} (the same charges under each; "
@@ -490,39 +466,40 @@ def render_pdf(report: Report, path: Path, figures: list | None = None) -> None:
             f = images[key]
             p.figure(f.png, f.width_in, f.height_in, f.caption)
 
+
+def _evaluation(p: _Pages, report: Report, images: dict) -> None:
+    evaluation = report.history.federated_evaluation
+    p.text(f"Not covered by epsilon. {evaluation.note}", color=ORANGE)
+    if "federated_evaluation" in images:
+        f = images["federated_evaluation"]
+        p.figure(f.png, f.width_in, f.height_in, f.caption)
+    latest = sorted(((o, o.federated_evaluation.latest) for o in report.owners
+                     if o.federated_evaluation and o.federated_evaluation.latest),
+                    key=lambda x: (x[1].accuracy is None, x[1].accuracy or 0.0))
+    first = f", first {MAX_TABLE_ROWS}" if len(latest) > MAX_TABLE_ROWS else ""
+    p.heading(f"Per owner at its latest evaluation (lowest accuracy first{first})", "h2")
+    p.table(["owner", "round", "accuracy", "loss", "examples"],
+            [[o.owner_id, e.round, _num(e.accuracy), _num(e.loss), e.num_examples if e.num_examples is not None
+              else "-"] for o, e in latest[:MAX_TABLE_ROWS]])
+
+
+def _utility(p: _Pages, report: Report, images: dict) -> None:
     history = report.history
-    if history and history.federated_evaluation:
-        evaluation = history.federated_evaluation
-        p.heading("Federated evaluation (run history, unsigned)")
-        p.text(f"Not covered by epsilon. {evaluation.note}", color=ORANGE)
-        if "federated_evaluation" in images:
-            f = images["federated_evaluation"]
-            p.figure(f.png, f.width_in, f.height_in, f.caption)
-        latest = sorted(((o, o.federated_evaluation.latest) for o in report.owners
-                         if o.federated_evaluation and o.federated_evaluation.latest),
-                        key=lambda x: (x[1].accuracy is None, x[1].accuracy or 0.0))
-        first = f", first {MAX_TABLE_ROWS}" if len(latest) > MAX_TABLE_ROWS else ""
-        p.heading(f"Per owner at its latest evaluation (lowest accuracy first{first})", "h2")
-        p.table(["owner", "round", "accuracy", "loss", "examples"],
-                [[o.owner_id, e.round, _num(e.accuracy), _num(e.loss), e.num_examples if e.num_examples is not None
-                  else "-"] for o, e in latest[:MAX_TABLE_ROWS]])
-    if history:
-        p.heading("Privacy and utility (run history, unsigned)")
-        p.text(f"{history.source}: experiment {history.experiment}"
-               + (f" (id {history.experiment_id})" if history.experiment_id else "")
-               + f", status {history.status}. {history.note}.")
-        rounds = history.rounds if len(history.rounds) <= MAX_TABLE_ROWS else \
-            history.rounds[:: max(1, len(history.rounds) // MAX_TABLE_ROWS + 1)] + history.rounds[-1:]
-        p.table(["round", "test acc.", "trained", "refused", "\u03b5 min", "\u03b5 median", "\u03b5 max"], [[
-            r.round, _num(r.test_accuracy), r.participants, r.refused, _eps(r.epsilon_min), _eps(r.epsilon_median),
-            _eps(r.epsilon_max)] for r in rounds])
-        if "privacy_utility" in images:
-            f = images["privacy_utility"]
-            p.figure(f.png, f.width_in, f.height_in, f.caption)
+    p.text(f"{history.source}: experiment {history.experiment}"
+           + (f" (id {history.experiment_id})" if history.experiment_id else "")
+           + f", status {history.status}. {history.note}.")
+    rounds = history.rounds if len(history.rounds) <= MAX_TABLE_ROWS else \
+        history.rounds[:: max(1, len(history.rounds) // MAX_TABLE_ROWS + 1)] + history.rounds[-1:]
+    p.table(["round", "test acc.", "trained", "refused", "\u03b5 min", "\u03b5 median", "\u03b5 max"], [[
+        r.round, _num(r.test_accuracy), r.participants, r.refused, _eps(r.epsilon_min), _eps(r.epsilon_median),
+        _eps(r.epsilon_max)] for r in rounds])
+    if "privacy_utility" in images:
+        f = images["privacy_utility"]
+        p.figure(f.png, f.width_in, f.height_in, f.caption)
 
-    shared_section(p, named_section(shared, "refusals"))
 
-    p.heading("Ledger integrity")
+def _integrity(p: _Pages, report: Report, images: dict) -> None:
+    status = report.status
     p.text("Each file verified with privfl.privacy.ledger.verify: SQLite integrity and schema, every Ed25519 "
            "signature, the sha256 hash chain; every stated cumulative epsilon compared with this report's "
            "recomputation from the events; owner ledgers also checked against the federation ledger's copies of "
@@ -541,7 +518,8 @@ def render_pdf(report: Report, path: Path, figures: list | None = None) -> None:
     for warning in status.warnings:
         p.text(f"\u2022 note: {warning}", "small", GREY)
 
-    p.heading("Epsilon registry (Dwork, Kohli and Mulligan 2019)")
+
+def _registry(p: _Pages, report: Report, images: dict) -> None:
     groups: dict[str, list[OwnerStatement]] = {}
     for o in report.owners:
         key = json.dumps([i for i in o.epsilon_registry if i["field"] not in PER_OWNER_FIELDS], sort_keys=True,
@@ -562,7 +540,9 @@ def render_pdf(report: Report, path: Path, figures: list | None = None) -> None:
     if len(groups) > 5:
         p.text(f"\u2026 {len(groups) - 5} more groups of owners: see the HTML or JSON version.", "small", GREY)
 
-    p.heading("GDPR: record of processing (Art. 30)")
+
+def _gdpr(p: _Pages, report: Report, images: dict) -> None:
+    p.heading("Record of processing activities (Art. 30)", "h2")
     for section in report.gdpr["article_30"][:5]:
         p.text(f"Owners: {textwrap.shorten(', '.join(section['owners']) or 'none', 300)}. Source: "
                + (f"processing record {section['record']}" if section["record"] else
@@ -573,9 +553,9 @@ def render_pdf(report: Report, path: Path, figures: list | None = None) -> None:
                 value = "; ".join(map(str, value)) or "none"
             p.text(f"{item['label']} ({item['reference']}) [{ev.SHORT.get(item['evidence'], item['evidence'])}]: "
                    f"{'not declared' if value is None else value}", indent=0.1)
-    for key, title in (("article_25", "GDPR: data protection by design and by default (Art. 25)"),
-                       ("article_32", "GDPR: security of processing (Art. 32)")):
-        p.heading(title)
+    for key, title in (("article_25", "Data protection by design and by default (Art. 25)"),
+                       ("article_32", "Security of processing (Art. 32)")):
+        p.heading(title, "h2")
         for m in report.gdpr[key]:
             colour = {"met": GREEN, "failed": RED, "not met": RED}.get(
                 m["status"], ORANGE if m["status"] in ("partly met", "limitation") else GREY)
@@ -583,11 +563,9 @@ def render_pdf(report: Report, path: Path, figures: list | None = None) -> None:
                    f"[{ev.SHORT.get(m['evidence'], m['evidence'])}]", color=colour)
             p.text(m["detail"], "small", indent=0.2)
 
-    for later in later_sections(shared):
-        shared_section(p, later)
 
+def _detail(p: _Pages, report: Report, images: dict) -> None:
     detail = _detail_owners(report)
-    p.heading("Per owner")
     if len(detail) < len(report.owners):
         p.text(f"Detail for the {len(detail)} owner(s) that need attention (over or near the budget, a ledger not "
                f"intact, an undeclared purpose) of {len(report.owners)}; every owner's detail is in the HTML, and "
@@ -595,7 +573,8 @@ def render_pdf(report: Report, path: Path, figures: list | None = None) -> None:
     for o in detail:
         _owner_detail(p, o)
 
-    p.heading("How to check")
+
+def _recompute(p: _Pages, report: Report, images: dict) -> None:
     p.text(report.recompute["how"])
     for line in report.recompute["python"].splitlines():
         p.line(line, "mono")
@@ -607,6 +586,45 @@ def render_pdf(report: Report, path: Path, figures: list | None = None) -> None:
     p.heading("Evidence labels", "h2")
     for key, text in report.evidence_levels.items():
         p.text(f"{ev.SHORT.get(key, key)} ({key}): {text}", "small", indent=0.1)
+
+
+# The bodies of the sections not yet data (sections.py marks them "own"); their headings come from the list.
+OWN_SECTIONS = {"glance": _glance, "meaning": _meaning, "owners": _owners, "evaluation": _evaluation,
+                "utility": _utility, "integrity": _integrity, "registry": _registry, "gdpr": _gdpr,
+                "detail": _detail, "recompute": _recompute}
+
+
+def render_pdf(report: Report, path: Path, figures: list | None = None) -> None:
+    if figures is None:
+        from privfl.privacy.report.plots import report_figures
+
+        figures = report_figures(report)
+    images = {f.key: f for f in figures}
+    status, s = report.status, report.summary
+    doc = PdfDocument(_fonts(), title=report.title, author="privfl report",
+                      subject=f"privfl.privacy-budget-report {report.document['schema_version']}")
+    p = _Pages(doc, f"{report.title} \u2014 {report.generated_at}")
+    p.text(report.title, "title")
+    p.text(f"Generated {report.generated_at} by privfl {report.generator['versions'].get('privfl') or ''}. "
+           f"{report.scope.note[0].upper() + report.scope.note[1:]}. Every \u03b5 is recomputed from the DP "
+           "events in the ledger with the accountant each entry names. JSON content hash "
+           f"{report.content_hash}" + (f", signed by key {report.signature.key_fingerprint[:16]}\u2026"
+                                       if report.signature else "") + ".", "small", GREY)
+    p.gap(0.1)
+    kind, verdict = banner(report)
+    p.banner(verdict, status.headline, {"broken": RED, "problem": ORANGE, "caution": ORANGE}.get(kind, GREEN))
+    for problem in status.problems[:15]:
+        p.text(f"\u2022 {problem}", color=RED)
+    if len(status.problems) > 15:
+        p.text(f"\u2026 {len(status.problems) - 15} more problems: see the JSON version.", color=RED)
+    for warning in banner_notes(status)[:6]:
+        p.text(f"\u2022 note: {warning}", "small", ORANGE)
+    for section in build_sections(report):
+        if section.own:
+            p.heading(section.heading)
+            OWN_SECTIONS[section.key](p, report, images)
+        else:
+            shared_section(p, section, images)
     p.close_page()
     doc.save(path)
 

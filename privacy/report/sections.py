@@ -6,11 +6,10 @@ blocks (a paragraph with a tone, a table with a tone per row and per cell) -- an
 renderers only lay it out.  Every figure in it is text made by :func:`~.words.fig`, the one
 rounding rule, so the HTML and the PDF print the same digits.
 
-Sections built here: the decision box, epsilon and delta in an attacker's terms, the refused
-releases, the release channels, the empirical audit (when one ran), the DPIA / Art. 30 section
-and what the report cannot prove.  The older sections (at a glance, owners table, evaluation,
-integrity, registry, GDPR tables, per-owner detail) are still written in both renderers; moving
-them here is the same work, section by section.
+:func:`build_sections` is the whole report in reading order, so the two formats have the same
+headings in the same order.  A section marked ``own`` (:func:`_own`) has its heading and place
+here but its body still written by each renderer; the others are data (paragraphs, tables,
+figures by name, code).
 
 Tones: ``""`` (plain), ``ok`` (green), ``near`` (amber), ``bad`` (red), ``muted``.  A table
 colours a *cell* (``cell_tones``), never a whole row, so "INTACT" is never painted amber.
@@ -53,11 +52,34 @@ class Table:
 
 
 @dataclass
+class Figure:
+    """A chart by name (a key of :func:`~.plots.report_figures`); each renderer embeds the picture its own way."""
+    name: str
+
+    kind: str = "figure"
+
+
+@dataclass
+class Code:
+    """Lines to type, set in a monospaced font."""
+    text: str
+
+    kind: str = "code"
+
+
+@dataclass
 class Section:
     key: str  # the HTML anchor
     heading: str
-    blocks: list[Paragraph | Table]
+    blocks: list[Paragraph | Table | Figure | Code]
     tone: str = ""  # the section's frame (the decision box: its banner colour)
+    own: bool = False  # body not yet data: each renderer writes it under this heading (see :func:`_own`)
+    csv: bool = True  # also written to the CSV as text lines (the CSV rows already hold the other sections' figures)
+
+
+def _own(key: str, heading: str) -> Section:
+    """A section whose heading and place come from here but whose body each renderer still writes."""
+    return Section(key, heading, [], own=True, csv=False)
 
 
 def _decision(report: Report) -> Section | None:
@@ -220,25 +242,27 @@ def _limitations(report: Report) -> Section:
 
 
 def build_sections(report: Report) -> list[Section]:
-    """The shared sections in reading order: the decision box first."""
-    built = [_decision(report), _attacker(report), _refusals(report), _channels(report), _empirical(report),
-             _dpia(report), _limitations(report)]
+    """The whole report in reading order, the decision box first: both renderers walk this list."""
+    history = report.history
+    evaluation = history.federated_evaluation if history else None
+    built = [_decision(report), _attacker(report),
+             _own("glance", "At a glance"),
+             _own("meaning", "What epsilon means"),
+             _own("owners", "Owners (highest share of budget used first)"),
+             _own("evaluation", "Federated evaluation (run history, unsigned)") if evaluation else None,
+             _own("utility", "Privacy and utility (run history, unsigned)") if history else None,
+             _refusals(report),
+             _own("integrity", "Ledger integrity"),
+             _own("registry", "Epsilon registry (Dwork, Kohli and Mulligan 2019)"),
+             _own("gdpr", "GDPR"),
+             _channels(report), _empirical(report), _dpia(report), _limitations(report),
+             _own("detail", "Per owner"),
+             _own("recompute", "How to check")]
     return [s for s in built if s is not None]
 
 
 def section(sections: list[Section], key: str) -> Section | None:
     return next((s for s in sections if s.key == key), None)
-
-
-def first_sections(sections: list[Section]) -> list[Section]:
-    """The sections shown above the older ones (the decision and what its figures mean)."""
-    return [s for s in sections if s.key in ("decision", "attacker")]
-
-
-def later_sections(sections: list[Section]) -> list[Section]:
-    """The shared sections after the owners' figures, before the per-owner detail (refusals come with the
-    figures and are placed by the renderers)."""
-    return [s for s in sections if s.key not in ("decision", "attacker", "refusals")]
 
 
 def plain_text(section: Section) -> list[str]:
@@ -247,11 +271,14 @@ def plain_text(section: Section) -> list[str]:
     for block in section.blocks:
         if isinstance(block, Paragraph):
             lines.append((block.strong + block.text).strip())
+        elif isinstance(block, Code):
+            lines.append(block.text)
+        elif isinstance(block, Figure):
+            continue
         else:
             lines.extend(" | ".join(row) for row in [block.headers, *block.rows])
     return [line for line in lines if line]
 
 
-__all__ = ["Paragraph", "Section", "Table", "build_sections", "first_sections", "later_sections", "plain_text",
-           "section"]
+__all__ = ["Code", "Figure", "Paragraph", "Section", "Table", "build_sections", "plain_text", "section"]
 
