@@ -574,24 +574,10 @@ def _detail(p: _Pages, report: Report, images: dict) -> None:
         _owner_detail(p, o)
 
 
-def _recompute(p: _Pages, report: Report, images: dict) -> None:
-    p.text(report.recompute["how"])
-    for line in report.recompute["python"].splitlines():
-        p.line(line, "mono")
-    p.gap(0.06)
-    p.text(f"The JSON version carries a sha256 content hash of its canonical form "
-           f"({report.document['content_hash']['canonicalization']}): {report.content_hash}"
-           + (f"; signed (Ed25519) by key {report.signature.key_fingerprint}" if report.signature else "")
-           + ". Check it with: privfl report --verify-report report.json --public-key SIGNER.pub", "small")
-    p.heading("Evidence labels", "h2")
-    for key, text in report.evidence_levels.items():
-        p.text(f"{ev.SHORT.get(key, key)} ({key}): {text}", "small", indent=0.1)
-
-
 # The bodies of the sections not yet data (sections.py marks them "own"); their headings come from the list.
 OWN_SECTIONS = {"glance": _glance, "meaning": _meaning, "owners": _owners, "evaluation": _evaluation,
                 "utility": _utility, "integrity": _integrity, "registry": _registry, "gdpr": _gdpr,
-                "detail": _detail, "recompute": _recompute}
+                "detail": _detail}
 
 
 def render_pdf(report: Report, path: Path, figures: list | None = None) -> None:

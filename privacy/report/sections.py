@@ -241,6 +241,25 @@ def _limitations(report: Report) -> Section:
                    [Paragraph(note, strong="\u2022 ") for note in report.limitations])
 
 
+def _recompute(report: Report) -> Section:
+    from privfl.privacy.report import evidence as ev
+
+    r = report.recompute
+    signed = f"; signed (Ed25519) by key {report.signature.key_fingerprint}" if report.signature else ""
+    return Section("recompute", "How to check", [
+        Paragraph(r["how"]),
+        Code(r["python"]),
+        Paragraph(f"Stated and recomputed epsilons are compared to a relative {r['epsilon_rel_tol']:g} (absolute "
+                  f"{r['epsilon_abs_tol']:g}). Neighbouring relation: {r['neighbouring_relation']}. The JSON version "
+                  "of this report holds every number and the signed entry bytes.", "muted"),
+        Paragraph("The JSON version carries a sha256 content hash of its canonical form "
+                  f"({report.document['content_hash']['canonicalization']}): {report.content_hash}{signed}. Check it "
+                  "with: privfl report --verify-report report.json --public-key SIGNER.pub", "muted"),
+        Paragraph("", strong="Evidence labels"),
+        Table(["label", "meaning"], [[f"{ev.SHORT.get(k, k)} ({k})", v] for k, v in report.evidence_levels.items()]),
+    ], csv=False)
+
+
 def build_sections(report: Report) -> list[Section]:
     """The whole report in reading order, the decision box first: both renderers walk this list."""
     history = report.history
@@ -257,7 +276,7 @@ def build_sections(report: Report) -> list[Section]:
              _own("gdpr", "GDPR"),
              _channels(report), _empirical(report), _dpia(report), _limitations(report),
              _own("detail", "Per owner"),
-             _own("recompute", "How to check")]
+             _recompute(report)]
     return [s for s in built if s is not None]
 
 
