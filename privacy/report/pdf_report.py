@@ -410,24 +410,6 @@ def _glance(p: _Pages, report: Report, images: dict) -> None:
             p.text(f"\u2026 and {len(alerts) - MAX_ALERT_ROWS} more: see the owners table.", "small", GREY)
 
 
-def _meaning(p: _Pages, report: Report, images: dict) -> None:
-    words = report.plain_words
-    p.text(words.epsilon)
-    p.gap(0.04)
-    p.text(f"How strong? {words.tiers_source[0].upper() + words.tiers_source[1:]}.")
-    for tier in words.tiers:
-        bound = f"\u2264 {tier.up_to:g}" if tier.up_to is not None else "above"
-        p.text(f"\u2022 {tier.name} (\u03b5 {bound}): {tier.meaning}", indent=0.1)
-    p.text("What each privacy unit protects (different guarantees, each with its own budget, never added "
-           "together):")
-    for meaning in words.privacy_units:
-        p.text(f"\u2022 {meaning.label}: {meaning.protects}", indent=0.1)
-    p.text(f"PLD and RDP. {words.accountants}")
-    p.text(f"One record is not one patient. {words.privacy_unit}")
-    if report.history and report.history.federated_evaluation:
-        p.text(f"Evaluation is a separate release. {words.evaluation}")
-
-
 def _owners(p: _Pages, report: Report, images: dict) -> None:
     s = report.summary
     p.text(f"A row per owner and privacy unit (record: record-level, DP-SGD; owner: owner-level, DP-FedAvg), each "
@@ -575,7 +557,7 @@ def _detail(p: _Pages, report: Report, images: dict) -> None:
 
 
 # The bodies of the sections not yet data (sections.py marks them "own"); their headings come from the list.
-OWN_SECTIONS = {"glance": _glance, "meaning": _meaning, "owners": _owners, "evaluation": _evaluation,
+OWN_SECTIONS = {"glance": _glance, "owners": _owners, "evaluation": _evaluation,
                 "utility": _utility, "integrity": _integrity, "registry": _registry, "gdpr": _gdpr,
                 "detail": _detail}
 

@@ -42,6 +42,8 @@ class Table:
     rows: list[list[str]]
     cell_tones: list[list[str]] = field(default_factory=list)  # per row, per cell (empty: plain)
     caption: str = ""
+    numeric: tuple[int, ...] = ()  # columns of figures (the HTML aligns them right)
+    strong: tuple[int, ...] = ()  # columns printed in bold (the HTML; the PDF's monospaced tables have no bold)
 
     kind: str = "table"
 
@@ -241,6 +243,31 @@ def _limitations(report: Report) -> Section:
                    [Paragraph(note, strong="\u2022 ") for note in report.limitations])
 
 
+def _meaning(report: Report) -> Section:
+    words, s = report.plain_words, report.summary
+    counts = report.decision.tier_counts if report.decision else {
+        t.name: sum(1 for o in report.owners if o.strength == t.name) for t in words.tiers}
+    owners = {u.privacy_unit: u.owners for u in s.units}
+    blocks: list[Paragraph | Table | Figure | Code] = [
+        Paragraph(words.epsilon),
+        Table(["\u03b5", "worst-case change of anyone's odds"], [[fig(x["epsilon"]), x["text"]]
+                                                                for x in words.odds_examples], numeric=(0,)),
+        Paragraph(f"{words.tiers_source[0].upper() + words.tiers_source[1:]}.", strong="How strong? "),
+        Table(["tier", "\u03b5", "meaning", "figures here (owner \u00d7 unit, record- and owner-level)"],
+              [[t.name, f"\u2264 {fig(t.up_to)}" if t.up_to is not None else "above", t.meaning,
+                fig(counts.get(t.name, 0))] for t in words.tiers], numeric=(3,), strong=(0,)),
+        Paragraph("Record-level and owner-level epsilons are different guarantees, each with its own budget; they "
+                  "are never added together.", strong="What each privacy unit protects. "),
+        Table(["privacy unit", "protects", "owners here"], [[m.label, m.protects, fig(owners.get(m.privacy_unit, 0))]
+                                                            for m in words.privacy_units],
+              numeric=(2,), strong=(0,)),
+        Paragraph(words.accountants, strong="PLD and RDP. "),
+        Paragraph(words.privacy_unit, strong="One record is not one patient. ")]
+    if report.history and report.history.federated_evaluation:
+        blocks.append(Paragraph(words.evaluation, strong="Evaluation is a separate release. "))
+    return Section("meaning", "What epsilon means", blocks, csv=False)
+
+
 def _recompute(report: Report) -> Section:
     from privfl.privacy.report import evidence as ev
 
@@ -266,7 +293,7 @@ def build_sections(report: Report) -> list[Section]:
     evaluation = history.federated_evaluation if history else None
     built = [_decision(report), _attacker(report),
              _own("glance", "At a glance"),
-             _own("meaning", "What epsilon means"),
+             _meaning(report),
              _own("owners", "Owners (highest share of budget used first)"),
              _own("evaluation", "Federated evaluation (run history, unsigned)") if evaluation else None,
              _own("utility", "Privacy and utility (run history, unsigned)") if history else None,
