@@ -523,29 +523,6 @@ def _registry(p: _Pages, report: Report, images: dict) -> None:
         p.text(f"\u2026 {len(groups) - 5} more groups of owners: see the HTML or JSON version.", "small", GREY)
 
 
-def _gdpr(p: _Pages, report: Report, images: dict) -> None:
-    p.heading("Record of processing activities (Art. 30)", "h2")
-    for section in report.gdpr["article_30"][:5]:
-        p.text(f"Owners: {textwrap.shorten(', '.join(section['owners']) or 'none', 300)}. Source: "
-               + (f"processing record {section['record']}" if section["record"] else
-                  "no processing record given (--processing-record; see docs/report-schema.md)"), "small", GREY)
-        for item in section["items"]:
-            value = item["value"]
-            if isinstance(value, list):
-                value = "; ".join(map(str, value)) or "none"
-            p.text(f"{item['label']} ({item['reference']}) [{ev.SHORT.get(item['evidence'], item['evidence'])}]: "
-                   f"{'not declared' if value is None else value}", indent=0.1)
-    for key, title in (("article_25", "Data protection by design and by default (Art. 25)"),
-                       ("article_32", "Security of processing (Art. 32)")):
-        p.heading(title, "h2")
-        for m in report.gdpr[key]:
-            colour = {"met": GREEN, "failed": RED, "not met": RED}.get(
-                m["status"], ORANGE if m["status"] in ("partly met", "limitation") else GREY)
-            p.text(f"{m['measure']} ({m['reference']}): {m['status'].upper()} "
-                   f"[{ev.SHORT.get(m['evidence'], m['evidence'])}]", color=colour)
-            p.text(m["detail"], "small", indent=0.2)
-
-
 def _detail(p: _Pages, report: Report, images: dict) -> None:
     detail = _detail_owners(report)
     if len(detail) < len(report.owners):
@@ -558,7 +535,7 @@ def _detail(p: _Pages, report: Report, images: dict) -> None:
 
 # The bodies of the sections not yet data (sections.py marks them "own"); their headings come from the list.
 OWN_SECTIONS = {"glance": _glance, "owners": _owners, "evaluation": _evaluation,
-                "utility": _utility, "integrity": _integrity, "registry": _registry, "gdpr": _gdpr,
+                "utility": _utility, "integrity": _integrity, "registry": _registry,
                 "detail": _detail}
 
 

@@ -268,6 +268,45 @@ def _meaning(report: Report) -> Section:
     return Section("meaning", "What epsilon means", blocks, csv=False)
 
 
+MEASURE_TONE = {"met": "ok", "failed": "bad", "not met": "bad", "partly met": "near", "limitation": "near"}
+
+
+def _gdpr(report: Report) -> Section:
+    from privfl.privacy.report import evidence as ev
+    from privfl.privacy.report.html_report import value_text
+
+    def value(v) -> str:
+        v = value_text(v)
+        if v is None:
+            return "not declared"
+        return v if isinstance(v, str) else ("; ".join(v) or "none")
+
+    blocks: list[Paragraph | Table | Figure | Code] = [Paragraph("", strong="Record of processing activities (Art. 30)")]
+    for part in report.gdpr["article_30"]:
+        owners = ", ".join(part["owners"]) or "no owner in this report"
+        owners = owners if len(owners) <= 400 else owners[:400] + "\u2026"
+        if part["record"]:
+            source = f"processing record {part['record']}" + (f" ({part['record_id']})" if part.get("record_id") else "") \
+                + (f", last reviewed {part['last_reviewed']}" if part.get("last_reviewed") else "")
+        else:
+            source = ("no processing record given (pass --processing-record record.toml; see "
+                      "docs/report-schema.md)")
+        blocks.append(Paragraph(f"Owners: {owners}. Source: {source}."))
+        blocks.append(Table(["", "reference", "value", "source"],
+                            [[i["label"], i["reference"], value(i["value"]), ev.SHORT.get(i["evidence"], i["evidence"])]
+                             for i in part["items"]],
+                            [["", "", "near" if i["value"] is None else "", ""] for i in part["items"]]))
+    for key, title in (("article_25", "Data protection by design and by default (Art. 25)"),
+                       ("article_32", "Security of processing (Art. 32)")):
+        measures = report.gdpr[key]
+        blocks.append(Paragraph("", strong=title))
+        blocks.append(Table(["measure", "reference", "status", "evidence", "detail"],
+                            [[m["measure"], m["reference"], m["status"], ev.SHORT.get(m["evidence"], m["evidence"]),
+                              m["detail"]] for m in measures],
+                            [["", "", MEASURE_TONE.get(m["status"], ""), "", ""] for m in measures]))
+    return Section("gdpr", "GDPR", blocks, csv=False)
+
+
 def _recompute(report: Report) -> Section:
     from privfl.privacy.report import evidence as ev
 
@@ -300,7 +339,7 @@ def build_sections(report: Report) -> list[Section]:
              _refusals(report),
              _own("integrity", "Ledger integrity"),
              _own("registry", "Epsilon registry (Dwork, Kohli and Mulligan 2019)"),
-             _own("gdpr", "GDPR"),
+             _gdpr(report),
              _channels(report), _empirical(report), _dpia(report), _limitations(report),
              _own("detail", "Per owner"),
              _recompute(report)]
