@@ -375,12 +375,6 @@ def _num(value: Any) -> str:
     return "-" if value is None else fig(value)
 
 
-def _short_path(path: str) -> str:
-    """The last two parts of a ledger's path (owners/<owner>/ledger.db is ten times 'ledger.db' by name alone)."""
-    parts = Path(path).parts
-    return "/".join(parts[-2:]) if len(parts) >= 2 else path
-
-
 def _glance(p: _Pages, report: Report, images: dict) -> None:
     status, s = report.status, report.summary
     p.text(s.in_words)
@@ -480,27 +474,6 @@ def _utility(p: _Pages, report: Report, images: dict) -> None:
         p.figure(f.png, f.width_in, f.height_in, f.caption)
 
 
-def _integrity(p: _Pages, report: Report, images: dict) -> None:
-    status = report.status
-    p.text("Each file verified with privfl.privacy.ledger.verify: SQLite integrity and schema, every Ed25519 "
-           "signature, the sha256 hash chain; every stated cumulative epsilon compared with this report's "
-           "recomputation from the events; owner ledgers also checked against the federation ledger's copies of "
-           "their receipts.")
-    ledgers = sorted(report.ledgers, key=lambda lg: lg.intact)
-    p.table(["owner", "file", "kind", "entries", "checked", "\u03b5 checked", "keys supplied", "verdict"],
-            [[lg.owner_id or (f"{len(lg.owners)} owners" if lg.ledger_kind == "federation" else "-"),
-              _short_path(lg.path), lg.ledger_kind, lg.entries, lg.entries_checked, lg.epsilons_checked,
-              "yes" if lg.keys_independently_supplied else "no", lg.verdict] for lg in ledgers[:MAX_TABLE_ROWS]],
-            [GREEN if lg.intact else RED for lg in ledgers[:MAX_TABLE_ROWS]], colour_columns=(7,))
-    if len(ledgers) > MAX_TABLE_ROWS:
-        p.text(f"\u2026 {len(ledgers) - MAX_TABLE_ROWS} more files, all intact.", "small", GREY)
-    for lg in ledgers:
-        if lg.problem:
-            p.text(f"{lg.path}: {lg.problem}", color=RED)
-    for warning in status.warnings:
-        p.text(f"\u2022 note: {warning}", "small", GREY)
-
-
 def _registry(p: _Pages, report: Report, images: dict) -> None:
     groups: dict[str, list[OwnerStatement]] = {}
     for o in report.owners:
@@ -535,7 +508,7 @@ def _detail(p: _Pages, report: Report, images: dict) -> None:
 
 # The bodies of the sections not yet data (sections.py marks them "own"); their headings come from the list.
 OWN_SECTIONS = {"glance": _glance, "owners": _owners, "evaluation": _evaluation,
-                "utility": _utility, "integrity": _integrity, "registry": _registry,
+                "utility": _utility, "registry": _registry,
                 "detail": _detail}
 
 

@@ -24,6 +24,7 @@ from privfl.privacy.report.words import fig
 TONE = {"red": "bad", "amber": "near", "green": "ok"}
 REFUSAL_ROWS = 100  # refusals listed; the JSON and CSV hold every one
 DECISION_ROWS = 40  # rows of the decision box listed (worst first); the JSON and CSV hold every one
+LEDGER_ROWS = 120  # ledger files listed (not intact first); the JSON holds every one
 ATTACKER_ROWS = 20  # rows of the attacker's-terms table: the highest epsilons of each unit and any delta warning
 
 
@@ -268,6 +269,43 @@ def _meaning(report: Report) -> Section:
     return Section("meaning", "What epsilon means", blocks, csv=False)
 
 
+def _integrity(report: Report) -> Section:
+    from pathlib import Path
+
+    ledgers = sorted(report.ledgers, key=lambda lg: lg.intact)  # not intact first (a stable sort keeps the order)
+    rows, tones = [], []
+    for lg in ledgers[:LEDGER_ROWS]:
+        parts = Path(lg.path).parts
+        fps = sorted(lg.key_fingerprints.items())
+        keys = "; ".join(f"{o}: {fp[:16]}\u2026" for o, fp in fps[:3]) + (
+            f"; and {len(fps) - 3} more" if len(fps) > 3 else "")
+        notes = "; ".join(lg.notes[:3]) + (f"; \u2026 {len(lg.notes) - 3} more" if len(lg.notes) > 3 else "")
+        rows.append([lg.owner_id or (f"{len(lg.owners)} owners" if lg.ledger_kind == "federation" else "-"),
+                     "/".join(parts[-2:]) if len(parts) >= 2 else lg.path, lg.ledger_kind, fig(lg.entries),
+                     f"{fig(lg.entries_checked)} / {fig(lg.epsilons_checked)}",
+                     "yes" if lg.keys_independently_supplied else
+                     f"no ({len(lg.owners_with_supplied_keys)} of {len(lg.owners)})",
+                     lg.verdict, keys or "-", notes])
+        tones.append(["", "", "", "", "", "" if lg.keys_independently_supplied else "near", "ok" if lg.intact else "bad",
+                      "", ""])
+    intact = sum(1 for lg in report.ledgers if lg.intact)
+    blocks: list[Paragraph | Table | Figure | Code] = [
+        Paragraph("Each file was verified with privfl.privacy.ledger.verify: SQLite integrity and schema, every "
+                  "Ed25519 signature, the sha256 hash chain, the indexed columns against the signed bytes. Every "
+                  "cumulative epsilon an entry states was compared with this report's recomputation from the events. "
+                  "Owner ledgers were also checked against the receipts the federation ledger holds (detects entries "
+                  "removed from the end)."),
+        Paragraph(f"{len(report.ledgers):,} ledger file(s): {intact:,} intact."),
+        Table(["owner", "file", "kind", "entries", "entries / \u03b5 checked", "keys supplied independently",
+               "verdict", "key fingerprints (sha256 of the public key)", "notes"], rows, tones, numeric=(3, 4))]
+    if len(ledgers) > LEDGER_ROWS:
+        blocks.append(Paragraph(f"\u2026 {len(ledgers) - LEDGER_ROWS:,} more files, all intact; every file is in the "
+                                "JSON version.", "muted"))
+    blocks += [Paragraph(f"{lg.path}: {lg.problem}", "bad") for lg in ledgers if lg.problem]
+    blocks += [Paragraph(w, "muted", strong="Note: ") for w in report.status.warnings]
+    return Section("integrity", "Ledger integrity", blocks, csv=False)
+
+
 MEASURE_TONE = {"met": "ok", "failed": "bad", "not met": "bad", "partly met": "near", "limitation": "near"}
 
 
@@ -337,7 +375,7 @@ def build_sections(report: Report) -> list[Section]:
              _own("evaluation", "Federated evaluation (run history, unsigned)") if evaluation else None,
              _own("utility", "Privacy and utility (run history, unsigned)") if history else None,
              _refusals(report),
-             _own("integrity", "Ledger integrity"),
+             _integrity(report),
              _own("registry", "Epsilon registry (Dwork, Kohli and Mulligan 2019)"),
              _gdpr(report),
              _channels(report), _empirical(report), _dpia(report), _limitations(report),
