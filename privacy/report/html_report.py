@@ -225,7 +225,8 @@ class OwnerDetail:
     compared: list[list[tuple[str, str, bool]]]  # per unit: PLD, RDP (and the enforced one, if another)
 
 
-def _registry_groups(owners: list[OwnerStatement]) -> list[dict[str, Any]]:
+def registry_groups(owners: list[OwnerStatement]) -> list[dict[str, Any]]:
+    """Owners with the same registry entries, one card each (the per-owner fields listed by value)."""
     groups: dict[str, list[OwnerStatement]] = {}
     for o in owners:
         shared = [i for i in o.epsilon_registry if i["field"] not in PER_OWNER_FIELDS]
@@ -299,7 +300,7 @@ def _view(report: Report, figures: list | None) -> dict[str, Any]:
         "several_units": len(report.summary.units) > 1, "compared_names": [a.upper() for a in COMPARED_ACCOUNTANTS],
         "enforced_mark": ENFORCED_MARK, "unit_label": unit_label,
         "alerts": status.budget_alerts[:ALERTS_SHOWN], "alerts_more": max(0, len(status.budget_alerts) - ALERTS_SHOWN),
-        "details": details, "entry_limit": limit, "registry": _registry_groups(report.owners),
+        "details": details, "entry_limit": limit,
         "latest_eval": latest_eval, "evaluation": evaluation,
         "collapse": COLLAPSE_ABOVE, "content_hash": report.document["content_hash"]["value"],
         "single": len(report.owners) == 1,

@@ -20,22 +20,18 @@ Why these choices:
 
 from __future__ import annotations
 
-import json
 import textwrap
 from pathlib import Path
 from typing import Any
 
-from privfl.privacy.report import evidence as ev
 from privfl.privacy.report.html_report import (
     ENFORCED_MARK,
-    PER_OWNER_FIELDS,
     banner,
     compared,
     event_text,
     fmt_eps,
     fmt_when,
     rounds_left_text,
-    setting_text,
 )
 from privfl.privacy.report.model import COMPARED_ACCOUNTANTS, OwnerStatement, Report, UnitAccount, unit_label
 from privfl.privacy.report.pdf_writer import PdfDocument
@@ -474,28 +470,6 @@ def _utility(p: _Pages, report: Report, images: dict) -> None:
         p.figure(f.png, f.width_in, f.height_in, f.caption)
 
 
-def _registry(p: _Pages, report: Report, images: dict) -> None:
-    groups: dict[str, list[OwnerStatement]] = {}
-    for o in report.owners:
-        key = json.dumps([i for i in o.epsilon_registry if i["field"] not in PER_OWNER_FIELDS], sort_keys=True,
-                         default=str)
-        groups.setdefault(key, []).append(o)
-    for members in list(groups.values())[:5]:
-        p.heading(textwrap.shorten("Owners: " + ", ".join(m.owner_id for m in members), 100), "h2")
-        for item in members[0].epsilon_registry:
-            value = item["value"]
-            if item["field"] in PER_OWNER_FIELDS and len(members) > 1:
-                value = "per owner: see the owners table"
-            elif isinstance(value, list):
-                value = "; ".join(setting_text(x) if isinstance(x, dict) else str(x) for x in value) or "none"
-            elif isinstance(value, float):
-                value = _eps(value)
-            p.text(f"{item['label']} [{ev.SHORT.get(item['evidence'], item['evidence'])}]: "
-                   f"{'not declared' if value is None else value}", indent=0.1)
-    if len(groups) > 5:
-        p.text(f"\u2026 {len(groups) - 5} more groups of owners: see the HTML or JSON version.", "small", GREY)
-
-
 def _detail(p: _Pages, report: Report, images: dict) -> None:
     detail = _detail_owners(report)
     if len(detail) < len(report.owners):
@@ -508,7 +482,7 @@ def _detail(p: _Pages, report: Report, images: dict) -> None:
 
 # The bodies of the sections not yet data (sections.py marks them "own"); their headings come from the list.
 OWN_SECTIONS = {"glance": _glance, "owners": _owners, "evaluation": _evaluation,
-                "utility": _utility, "registry": _registry,
+                "utility": _utility,
                 "detail": _detail}
 
 

@@ -24,6 +24,7 @@ from privfl.privacy.report.words import fig
 TONE = {"red": "bad", "amber": "near", "green": "ok"}
 REFUSAL_ROWS = 100  # refusals listed; the JSON and CSV hold every one
 DECISION_ROWS = 40  # rows of the decision box listed (worst first); the JSON and CSV hold every one
+REGISTRY_CARDS = 20  # groups of owners with the same registry entries; the JSON holds every owner's
 LEDGER_ROWS = 120  # ledger files listed (not intact first); the JSON holds every one
 ATTACKER_ROWS = 20  # rows of the attacker's-terms table: the highest epsilons of each unit and any delta warning
 
@@ -306,6 +307,31 @@ def _integrity(report: Report) -> Section:
     return Section("integrity", "Ledger integrity", blocks, csv=False)
 
 
+def _registry(report: Report) -> Section:
+    from privfl.privacy.report import evidence as ev
+    from privfl.privacy.report.html_report import registry_groups
+
+    cards = registry_groups(report.owners)
+    blocks: list[Paragraph | Table | Figure | Code] = [Paragraph(
+        "The fields proposed for an \u201cepsilon registry\u201d by Dwork, Kohli and Mulligan (\u201cDifferential "
+        "Privacy in Practice: Expose Your Epsilons!\u201d, Journal of Privacy and Confidentiality, 2019): what the "
+        "guarantee is, what it protects, what was released, how releases compose, over which period, and who set the "
+        "budget. Owners with the same entries share a card.")]
+    for card in cards[:REGISTRY_CARDS]:
+        blocks.append(Paragraph("", strong=f"Owners: {card['names']}"))
+        rows = []
+        for row in card["rows"]:
+            value = row["value"]
+            value = "not declared" if value is None else (value if isinstance(value, str) else
+                                                          ("; ".join(value) or "none"))
+            rows.append([row["label"], value, ev.SHORT.get(row["evidence"], row["evidence"])])
+        blocks.append(Table(["field", "value", "source"], rows))
+    if len(cards) > REGISTRY_CARDS:
+        blocks.append(Paragraph(f"\u2026 {len(cards) - REGISTRY_CARDS:,} more groups of owners: every owner's registry "
+                                "entries are in the JSON version.", "muted"))
+    return Section("registry", "Epsilon registry (Dwork, Kohli and Mulligan 2019)", blocks, csv=False)
+
+
 MEASURE_TONE = {"met": "ok", "failed": "bad", "not met": "bad", "partly met": "near", "limitation": "near"}
 
 
@@ -376,7 +402,7 @@ def build_sections(report: Report) -> list[Section]:
              _own("utility", "Privacy and utility (run history, unsigned)") if history else None,
              _refusals(report),
              _integrity(report),
-             _own("registry", "Epsilon registry (Dwork, Kohli and Mulligan 2019)"),
+             _registry(report),
              _gdpr(report),
              _channels(report), _empirical(report), _dpia(report), _limitations(report),
              _own("detail", "Per owner"),
