@@ -439,37 +439,6 @@ def _owners(p: _Pages, report: Report, images: dict) -> None:
             p.figure(f.png, f.width_in, f.height_in, f.caption)
 
 
-def _evaluation(p: _Pages, report: Report, images: dict) -> None:
-    evaluation = report.history.federated_evaluation
-    p.text(f"Not covered by epsilon. {evaluation.note}", color=ORANGE)
-    if "federated_evaluation" in images:
-        f = images["federated_evaluation"]
-        p.figure(f.png, f.width_in, f.height_in, f.caption)
-    latest = sorted(((o, o.federated_evaluation.latest) for o in report.owners
-                     if o.federated_evaluation and o.federated_evaluation.latest),
-                    key=lambda x: (x[1].accuracy is None, x[1].accuracy or 0.0))
-    first = f", first {MAX_TABLE_ROWS}" if len(latest) > MAX_TABLE_ROWS else ""
-    p.heading(f"Per owner at its latest evaluation (lowest accuracy first{first})", "h2")
-    p.table(["owner", "round", "accuracy", "loss", "examples"],
-            [[o.owner_id, e.round, _num(e.accuracy), _num(e.loss), e.num_examples if e.num_examples is not None
-              else "-"] for o, e in latest[:MAX_TABLE_ROWS]])
-
-
-def _utility(p: _Pages, report: Report, images: dict) -> None:
-    history = report.history
-    p.text(f"{history.source}: experiment {history.experiment}"
-           + (f" (id {history.experiment_id})" if history.experiment_id else "")
-           + f", status {history.status}. {history.note}.")
-    rounds = history.rounds if len(history.rounds) <= MAX_TABLE_ROWS else \
-        history.rounds[:: max(1, len(history.rounds) // MAX_TABLE_ROWS + 1)] + history.rounds[-1:]
-    p.table(["round", "test acc.", "trained", "refused", "\u03b5 min", "\u03b5 median", "\u03b5 max"], [[
-        r.round, _num(r.test_accuracy), r.participants, r.refused, _eps(r.epsilon_min), _eps(r.epsilon_median),
-        _eps(r.epsilon_max)] for r in rounds])
-    if "privacy_utility" in images:
-        f = images["privacy_utility"]
-        p.figure(f.png, f.width_in, f.height_in, f.caption)
-
-
 def _detail(p: _Pages, report: Report, images: dict) -> None:
     detail = _detail_owners(report)
     if len(detail) < len(report.owners):
@@ -481,9 +450,7 @@ def _detail(p: _Pages, report: Report, images: dict) -> None:
 
 
 # The bodies of the sections not yet data (sections.py marks them "own"); their headings come from the list.
-OWN_SECTIONS = {"glance": _glance, "owners": _owners, "evaluation": _evaluation,
-                "utility": _utility,
-                "detail": _detail}
+OWN_SECTIONS = {"glance": _glance, "owners": _owners, "detail": _detail}
 
 
 def render_pdf(report: Report, path: Path, figures: list | None = None) -> None:

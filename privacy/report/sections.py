@@ -25,6 +25,8 @@ TONE = {"red": "bad", "amber": "near", "green": "ok"}
 REFUSAL_ROWS = 100  # refusals listed; the JSON and CSV hold every one
 DECISION_ROWS = 40  # rows of the decision box listed (worst first); the JSON and CSV hold every one
 REGISTRY_CARDS = 20  # groups of owners with the same registry entries; the JSON holds every owner's
+HISTORY_ROWS = 100  # rounds of the run history and of federated evaluation listed (evenly spaced beyond)
+EVALUATION_OWNERS = 100  # owners listed at their latest evaluation (lowest accuracy first)
 LEDGER_ROWS = 120  # ledger files listed (not intact first); the JSON holds every one
 ATTACKER_ROWS = 20  # rows of the attacker's-terms table: the highest epsilons of each unit and any delta warning
 
@@ -270,6 +272,69 @@ def _meaning(report: Report) -> Section:
     return Section("meaning", "What epsilon means", blocks, csv=False)
 
 
+def _num(value) -> str:
+    return "-" if value is None else fig(value)
+
+
+def _spaced(rows: list) -> list:
+    """At most HISTORY_ROWS rows, evenly spaced, the last one kept."""
+    if len(rows) <= HISTORY_ROWS:
+        return list(rows)
+    return rows[:: len(rows) // HISTORY_ROWS + 1] + rows[-1:]
+
+
+def _evaluation(report: Report) -> Section | None:
+    evaluation = report.history.federated_evaluation if report.history else None
+    if evaluation is None:
+        return None
+    from privfl.privacy.report import evidence as ev
+
+    latest = sorted(((o, o.federated_evaluation.latest) for o in report.owners
+                     if o.federated_evaluation and o.federated_evaluation.latest),
+                    key=lambda x: (x[1].accuracy is None, x[1].accuracy or 0.0, x[0].owner_id))
+    rounds = _spaced(evaluation.rounds)
+    blocks: list[Paragraph | Table | Figure | Code] = [
+        Paragraph(f"{evaluation.note} [{ev.SHORT.get(evaluation.evidence, evaluation.evidence)}]", "near",
+                  strong="Not covered by epsilon. "),
+        Figure("federated_evaluation"),
+        Paragraph("", strong=f"Per owner, latest round ({len(latest):,} owners, lowest accuracy first)"),
+        Table(["owner", "round", "accuracy", "loss", "examples"],
+              [[o.owner_id, fig(e.round), _num(e.accuracy), _num(e.loss), _num(e.num_examples)]
+               for o, e in latest[:EVALUATION_OWNERS]], numeric=(1, 2, 3, 4))]
+    if len(latest) > EVALUATION_OWNERS:
+        blocks.append(Paragraph(f"The {EVALUATION_OWNERS} lowest of {len(latest):,}; every owner's is in the JSON "
+                                "version.", "muted"))
+    blocks += [
+        Paragraph("", strong=f"Over rounds ({len(evaluation.rounds):,}"
+                  + (f", {len(rounds)} shown" if len(rounds) < len(evaluation.rounds) else "") + ")"),
+        Table(["round", "accuracy", "loss", "examples", "owners evaluated", "accuracy min", "accuracy max"],
+              [[fig(e.round), _num(e.accuracy), _num(e.loss), _num(e.num_examples), fig(e.owners_evaluated),
+                _num(e.accuracy_min), _num(e.accuracy_max)] for e in rounds], numeric=(0, 1, 2, 3, 4, 5, 6))]
+    return Section("evaluation", "Federated evaluation (run history, unsigned)", blocks, csv=False)
+
+
+def _utility(report: Report) -> Section | None:
+    history = report.history
+    if history is None:
+        return None
+    from privfl.privacy.report import evidence as ev
+    from privfl.privacy.report.html_report import fmt_eps
+
+    rounds = _spaced(history.rounds)
+    return Section("utility", "Privacy and utility (run history, unsigned)", [
+        Paragraph(f"Run history [{ev.SHORT.get(history.evidence, history.evidence)}] {history.source}, experiment "
+                  f"{history.experiment}" + (f" (id {history.experiment_id})" if history.experiment_id else "")
+                  + f", status {history.status}. {history.note}."),
+        Figure("privacy_utility"),
+        Paragraph("", strong=f"Per round ({len(history.rounds):,}"
+                  + (f", {len(rounds)} shown" if len(rounds) < len(history.rounds) else "") + ")"),
+        Table(["round", "test accuracy", "test loss", "owners trained", "refused", "\u03b5 min", "\u03b5 median",
+               "\u03b5 max"],
+              [[fig(h.round), _num(h.test_accuracy), _num(h.test_loss), fig(h.participants), fig(h.refused),
+                fmt_eps(h.epsilon_min), fmt_eps(h.epsilon_median), fmt_eps(h.epsilon_max)] for h in rounds],
+              numeric=tuple(range(8)))], csv=False)
+
+
 def _integrity(report: Report) -> Section:
     from pathlib import Path
 
@@ -392,14 +457,12 @@ def _recompute(report: Report) -> Section:
 
 def build_sections(report: Report) -> list[Section]:
     """The whole report in reading order, the decision box first: both renderers walk this list."""
-    history = report.history
-    evaluation = history.federated_evaluation if history else None
     built = [_decision(report), _attacker(report),
              _own("glance", "At a glance"),
              _meaning(report),
              _own("owners", "Owners (highest share of budget used first)"),
-             _own("evaluation", "Federated evaluation (run history, unsigned)") if evaluation else None,
-             _own("utility", "Privacy and utility (run history, unsigned)") if history else None,
+             _evaluation(report),
+             _utility(report),
              _refusals(report),
              _integrity(report),
              _registry(report),
