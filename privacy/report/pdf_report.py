@@ -41,7 +41,6 @@ from privfl.privacy.report.words import fig, odds_text, percent
 
 MIN_FONT_PT = 9.0
 MAX_OWNER_ROWS = 300
-MAX_ALERT_ROWS = 40
 MAX_DETAIL_OWNERS = 20
 MAX_ENTRIES_PER_OWNER = 40  # a 20-round run's entries all fit; the JSON and CSV hold every entry
 MAX_TABLE_ROWS = 60  # history rounds, refusals, files, evaluation rows
@@ -371,35 +370,6 @@ def _num(value: Any) -> str:
     return "-" if value is None else fig(value)
 
 
-def _glance(p: _Pages, report: Report, images: dict) -> None:
-    status, s = report.status, report.summary
-    p.text(s.in_words)
-    p.gap(0.06)
-    p.table(["", ""], [
-        *([] if len(report.owners) == 1 else [["data owners", s.owners]]),
-        ["over budget", len(s.owners_over_budget)],
-        ["near budget (\u2265 80% used)", len(s.owners_near_budget)],
-        *[[f"{u.label} releases / refused", f"{u.charges} / {u.refusals}"] for u in s.units],
-        *([[f"highest {u.label} \u03b5", f"{_eps(u.epsilon_spent_max)} ({u.epsilon_spent_max_owner})"]
-           for u in s.units] if len(s.units) > 1 else
-          [["highest \u03b5 spent", f"{_eps(s.epsilon_spent_max)} ({s.epsilon_spent_max_owner})"]]),
-        ["\u03b4", ", ".join(f"{d:g}" for d in s.deltas)], ["privacy unit", ", ".join(s.privacy_units)],
-        ["accountant", ", ".join(s.accountants)], ["period (UTC)", f"{fmt_when(s.first_entry)} to "
-                                                                    f"{fmt_when(s.last_entry)}"],
-        ["this experiment", s.experiment_id or "-"],
-        ["final test accuracy", _eps(s.final_test_accuracy)]])
-    alerts = status.budget_alerts
-    if alerts:
-        p.heading("Over budget or near it (what to do: see What to decide)", "h2")
-        p.table(["owner", "unit", "status", "used", "\u03b5 spent", "budget", "rounds left"],
-                [[a.owner_id, unit_label(a.privacy_unit), a.level, percent(a.budget_used_fraction), _eps(a.epsilon_spent),
-                  _eps(a.epsilon_budget), "n/a" if a.rounds_left is None else a.rounds_left]
-                 for a in alerts[:MAX_ALERT_ROWS]],
-                [RED if a.level == "over" else ORANGE for a in alerts[:MAX_ALERT_ROWS]])
-        if len(alerts) > MAX_ALERT_ROWS:
-            p.text(f"\u2026 and {len(alerts) - MAX_ALERT_ROWS} more: see the owners table.", "small", GREY)
-
-
 def _owners(p: _Pages, report: Report, images: dict) -> None:
     s = report.summary
     p.text(f"A row per owner and privacy unit (record: record-level, DP-SGD; owner: owner-level, DP-FedAvg), each "
@@ -450,7 +420,7 @@ def _detail(p: _Pages, report: Report, images: dict) -> None:
 
 
 # The bodies of the sections not yet data (sections.py marks them "own"); their headings come from the list.
-OWN_SECTIONS = {"glance": _glance, "owners": _owners, "detail": _detail}
+OWN_SECTIONS = {"owners": _owners, "detail": _detail}
 
 
 def render_pdf(report: Report, path: Path, figures: list | None = None) -> None:

@@ -272,6 +272,59 @@ def _meaning(report: Report) -> Section:
     return Section("meaning", "What epsilon means", blocks, csv=False)
 
 
+EVIDENCE_NOTE = ("Each value is labelled with where it comes from: ledger-verified and recomputed are proven by the "
+                 "verified ledger; owner-declared is the owner's statement; privfl-design is what the software does "
+                 "by construction, not evidenced by the ledger; run-history comes from the unsigned run history.")
+
+
+def _glance(report: Report) -> Section:
+    from privfl.privacy.report.html_report import ALERTS_SHOWN, fmt_eps, fmt_when
+    from privfl.privacy.report.model import unit_label
+    from privfl.privacy.report.words import percent
+
+    s, status = report.summary, report.status
+    cards: list[tuple[str, str, str]] = [("verdict", status.verdict, "ok" if status.intact else "bad")]
+    if len(report.owners) != 1:
+        cards.append(("data owners", fig(s.owners), ""))
+    cards.append(("over budget", fig(len(s.owners_over_budget)), "bad" if s.owners_over_budget else ""))
+    cards.append((f"near budget (\u2265 {percent(status.near_budget_fraction)} used)", fig(len(s.owners_near_budget)),
+                  "near" if s.owners_near_budget else ""))
+    if len(s.units) > 1:
+        cards += [(f"highest {u.label} \u03b5 (lifetime)", "n/a" if u.epsilon_spent_max is None else
+                   f"{fmt_eps(u.epsilon_spent_max)} ({u.epsilon_spent_max_owner})", "") for u in s.units]
+    else:
+        cards.append(("highest \u03b5 spent (lifetime)", "n/a" if s.epsilon_spent_max is None else
+                      f"{fmt_eps(s.epsilon_spent_max)} ({s.epsilon_spent_max_owner})", ""))
+    cards += [(f"{u.label} releases / refused", f"{fig(u.charges)} / {fig(u.refusals)}", "") for u in s.units]
+    cards += [("\u03b4", ", ".join(f"{d:g}" for d in s.deltas), ""), ("privacy unit", ", ".join(s.privacy_units), ""),
+              ("accountant", ", ".join(s.accountants), ""),
+              ("period (UTC)", f"{fmt_when(s.first_entry)} to {fmt_when(s.last_entry)}", "")]
+    if s.experiment_id:
+        cards.append(("this experiment", s.experiment_id, ""))
+    if s.final_test_accuracy is not None:
+        cards.append(("final test accuracy", fig(s.final_test_accuracy), ""))
+    blocks: list[Paragraph | Table | Figure | Code] = [
+        Table(["", ""], [[k, v] for k, v, _ in cards], [["", tone] for _, _, tone in cards]),
+        Paragraph(s.in_words, strong="In words. ")]
+    alerts = status.budget_alerts
+    if alerts:
+        blocks.append(Paragraph("", strong="Over budget or near it (highest share used first; what to do: see What "
+                                           "to decide)"))
+        blocks.append(Table(["owner", "privacy unit", "status", "budget used", "\u03b5 spent", "budget",
+                             "rounds left at the current plan"],
+                            [[a.owner_id, unit_label(a.privacy_unit), a.level, percent(a.budget_used_fraction),
+                              fmt_eps(a.epsilon_spent), fmt_eps(a.epsilon_budget),
+                              "n/a" if a.rounds_left is None else fig(a.rounds_left)] for a in alerts[:ALERTS_SHOWN]],
+                            [["", "", "bad" if a.level == "over" else "near", "bad" if a.level == "over" else "near",
+                              "", "", ""] for a in alerts[:ALERTS_SHOWN]], numeric=(3, 4, 5, 6)))
+        if len(alerts) > ALERTS_SHOWN:
+            blocks.append(Paragraph(f"\u2026 and {len(alerts) - ALERTS_SHOWN:,} more: see the owners table.", "muted"))
+    else:
+        blocks.append(Paragraph("No owner is over or near a budget (see What to decide above).", "muted"))
+    blocks.append(Paragraph(EVIDENCE_NOTE, "muted"))
+    return Section("glance", "At a glance", blocks, csv=False)
+
+
 def _num(value) -> str:
     return "-" if value is None else fig(value)
 
@@ -458,7 +511,7 @@ def _recompute(report: Report) -> Section:
 def build_sections(report: Report) -> list[Section]:
     """The whole report in reading order, the decision box first: both renderers walk this list."""
     built = [_decision(report), _attacker(report),
-             _own("glance", "At a glance"),
+             _glance(report),
              _meaning(report),
              _own("owners", "Owners (highest share of budget used first)"),
              _evaluation(report),
