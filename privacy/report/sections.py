@@ -7,9 +7,11 @@ renderers only lay it out.  Every figure in it is text made by :func:`~.words.fi
 rounding rule, so the HTML and the PDF print the same digits.
 
 :func:`build_sections` is the whole report in reading order, so the two formats have the same
-headings in the same order.  A section marked ``own`` (:func:`_own`) has its heading and place
-here but its body still written by each renderer; the others are data (paragraphs, tables,
-figures by name, code).
+headings in the same order.  Every section is data (paragraphs, tables, figures by name -- each
+renderer embeds the chart its own way -- and code) except two marked ``own`` (:func:`_own`): the
+owners table and the per-owner detail take their heading and place from here, but their bodies
+are still written by each renderer (the HTML lists every column, links and collapsible
+statements; the PDF's monospaced page holds fewer columns).
 
 Tones: ``""`` (plain), ``ok`` (green), ``near`` (amber), ``bad`` (red), ``muted``.  A table
 colours a *cell* (``cell_tones``), never a whole row, so "INTACT" is never painted amber.
