@@ -397,9 +397,8 @@ def _integrity(report: Report) -> Section:
     rows, tones = [], []
     for lg in ledgers[:LEDGER_ROWS]:
         parts = Path(lg.path).parts
-        fps = sorted(lg.key_fingerprints.items())
-        keys = "; ".join(f"{o}: {fp[:16]}\u2026" for o, fp in fps[:3]) + (
-            f"; and {len(fps) - 3} more" if len(fps) > 3 else "")
+        fps = sorted(lg.key_fingerprints.values())
+        keys = f"{fps[0][:12]}\u2026" if len(fps) == 1 else (f"{len(fps)} keys (per owner below)" if fps else "")
         notes = "; ".join(lg.notes[:3]) + (f"; \u2026 {len(lg.notes) - 3} more" if len(lg.notes) > 3 else "")
         rows.append([lg.owner_id or (f"{len(lg.owners)} owners" if lg.ledger_kind == "federation" else "-"),
                      "/".join(parts[-2:]) if len(parts) >= 2 else lg.path, lg.ledger_kind, fig(lg.entries),
@@ -418,7 +417,7 @@ def _integrity(report: Report) -> Section:
                   "removed from the end)."),
         Paragraph(f"{len(report.ledgers):,} ledger file(s): {intact:,} intact."),
         Table(["owner", "file", "kind", "entries", "entries / \u03b5 checked", "keys supplied independently",
-               "verdict", "key fingerprints (sha256 of the public key)", "notes"], rows, tones, numeric=(3, 4))]
+               "verdict", "key (sha256 of the public key)", "notes"], rows, tones, numeric=(3, 4))]
     if len(ledgers) > LEDGER_ROWS:
         blocks.append(Paragraph(f"\u2026 {len(ledgers) - LEDGER_ROWS:,} more files, all intact; every file is in the "
                                 "JSON version.", "muted"))
