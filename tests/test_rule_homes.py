@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import math
 import shutil
-import sqlite3
 from pathlib import Path
 
 import pytest
@@ -26,6 +25,7 @@ from privfl.privacy.keys import generate_key
 from privfl.privacy.ledger import OwnerLedger
 from privfl.server.app import app as server_app
 from privfl.server.run_dir import settle
+from tests.ledger_helpers import without_guards
 
 OWNERS = 3
 
@@ -62,17 +62,7 @@ def _ledger(world: Path, owner: str) -> Path:
 
 def _sql(path: Path, *statements: str) -> None:
     """What an attacker with the file does: drop the append-only guards, edit, put the guards back."""
-    db = sqlite3.connect(path, isolation_level=None)
-    try:
-        triggers = db.execute("SELECT name, sql FROM sqlite_master WHERE type = 'trigger'").fetchall()
-        for name, _ in triggers:
-            db.execute(f"DROP TRIGGER {name}")
-        for statement in statements:
-            db.execute(statement)
-        for _, statement in triggers:
-            db.execute(statement)
-    finally:
-        db.close()
+    without_guards(path, *((statement, ()) for statement in statements))
 
 
 def _named(text: str) -> list[str]:
