@@ -297,3 +297,8 @@ def test_privfl_audit_of_an_owner_level_experiment_prints_claim_and_estimate(tmp
     assert unit["estimate"] == pytest.approx(float(line.group(2)), abs=0.005)
     assert unit["lower_bound"] is None and unit["confidence"] is None and unit["kind"] == "estimate"
     assert "record" not in record["units"] and record["canaries"] == 0
+    # the run's own report, written again after scoring, shows the estimate beside the claim
+    report = json.loads((run_dir / "report.json").read_text())
+    shown = next(u for u in report["empirical_audit"]["units"] if u["privacy_unit"] == "owner")
+    assert shown["estimate"] == pytest.approx(unit["estimate"]) and "not a bound" in shown["meaning"]
+    assert "empirical" in (run_dir / "report.html").read_text(encoding="utf-8").lower()

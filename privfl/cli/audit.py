@@ -92,6 +92,10 @@ def run(args: argparse.Namespace) -> int:
         return 1
     lines, record = score(result, audited, canaries, args.confidence, canary_owners)
     (run_dir / "audit" / RESULT_FILE).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    if result.reports:  # the run's own report again, now with the empirical result beside the claim
+        from privfl.privacy.report import write_run_report
+
+        write_run_report(run_dir, audit=result.audit, passphrase_env=audited.coordinator_key_passphrase_env)
     print()
     for line in lines:
         print(line)
