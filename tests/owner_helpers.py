@@ -130,3 +130,18 @@ def signed_entry(reply):
     from privfl.privacy.ledger import Entry
 
     return Entry.from_signed(reply[protocol.PRIVACY][protocol.SIGNED_ENTRY])
+
+
+def run_in_process(run_dir: Path, federation: Path | None = None, rounds: int = 1, owners: int = 3):
+    """A small simulated run through privfl's own ServerApp and ClientApp in this process (no Flower engine)."""
+    from bench.inprocess_grid import run_apps
+    from privfl.client.app import app as client_app
+    from privfl.client.owner_ledger import close_owner_ledgers
+    from privfl.server.app import app as server_app
+
+    config = artefacts.settle(ExperimentConfig(num_owners=owners, num_rounds=rounds, run_dir=str(run_dir),
+                                               federation_dir=str(federation) if federation else "",
+                                               federated_evaluation="off"))
+    run_apps(server_app, client_app, owners, config.to_mapping())
+    close_owner_ledgers()  # as a node process exits
+    return config

@@ -26,17 +26,13 @@ from privfl.server.run_dir import locate, settle
 from privfl.simulations.launcher import _settle_run
 from privfl.simulations.summary import run_problems
 from tests.ledger_helpers import without_guards
+from tests.owner_helpers import run_in_process
 
 OWNERS = 3
 
 
 def _run(run_dir: Path, federation: Path | None = None, rounds: int = 1) -> ExperimentConfig:
-    config = settle(ExperimentConfig(num_owners=OWNERS, num_rounds=rounds, run_dir=str(run_dir),
-                                     federation_dir=str(federation) if federation else "",
-                                     federated_evaluation="off"))
-    run_apps(server_app, client_app, OWNERS, config.to_mapping())
-    close_owner_ledgers()  # as a node process exits
-    return config
+    return run_in_process(run_dir, federation, rounds, OWNERS)
 
 
 @pytest.fixture(scope="module")

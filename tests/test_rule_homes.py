@@ -15,28 +15,19 @@ from pathlib import Path
 
 import pytest
 
-from bench.inprocess_grid import run_apps
 from privfl.cli import main as privfl
-from privfl.client.app import app as client_app
-from privfl.client.owner_ledger import close_owner_ledgers
 from privfl.config import ExperimentConfig
 from privfl.privacy.events import PoissonSubsampledGaussian
 from privfl.privacy.keys import generate_key
 from privfl.privacy.ledger import OwnerLedger
-from privfl.server.app import app as server_app
-from privfl.server.run_dir import settle
 from tests.ledger_helpers import without_guards
+from tests.owner_helpers import run_in_process
 
 OWNERS = 3
 
 
-def _run(run_dir: Path, federation: Path | None = None) -> ExperimentConfig:
-    config = settle(ExperimentConfig(num_owners=OWNERS, num_rounds=1, run_dir=str(run_dir),
-                                     federation_dir=str(federation) if federation else "",
-                                     federated_evaluation="off"))
-    run_apps(server_app, client_app, OWNERS, config.to_mapping())
-    close_owner_ledgers()  # as a node process exits
-    return config
+def _run(run_dir: Path, federation: Path | None = None, rounds: int = 1) -> ExperimentConfig:
+    return run_in_process(run_dir, federation, rounds, OWNERS)
 
 
 @pytest.fixture(scope="module")
